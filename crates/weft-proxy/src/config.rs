@@ -1,0 +1,341 @@
+//! The proxy's configuration, read from environment variables.
+//!
+//! Every setting is declared once in [`SETTINGS`], with its `WEFT_PROXY_*` name, the
+//! `LINKERD2_PROXY_*` aliases that let weft-proxy stand in for linkerd2-proxy, its
+//! default and a one-line description. `docs/proxy-config.md` lists the same table;
+//! a unit test keeps the two in step. A value that does not parse stops the proxy
+//! with an error naming the variable that was actually set and its value.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One environment setting: where it is read from and what it defaults to.
+#[derive(Debug)]
+pub struct Setting {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    /// Default as it would be written in the environment; empty means "unset".
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! settings {
+    ($($ident:ident = $name:literal, [$($alias:literal),*], $default:literal, $help:literal;)*) => {
+        $(pub const $ident: Setting = Setting {
+            name: $name,
+            aliases: &[$($alias),*],
+            default: $default,
+            help: $help,
+        };)*
+        /// All settings, in the order the docs list them.
+        pub const SETTINGS: &[Setting] = &[$($ident),*];
+    };
+}
+
+settings! {
+    OUTBOUND_LISTEN_ADDR = "WEFT_PROXY_OUTBOUND_LISTEN_ADDR", ["LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR"],
+        "127.0.0.1:4140", "Where the outbound listener accepts redirected and explicit-proxy connections.";
+    INBOUND_LISTEN_ADDR = "WEFT_PROXY_INBOUND_LISTEN_ADDR", ["LINKERD2_PROXY_INBOUND_LISTEN_ADDR"],
+        "0.0.0.0:4143", "Where the inbound listener accepts connections redirected to the workload.";
+    ADMIN_LISTEN_ADDR = "WEFT_PROXY_ADMIN_LISTEN_ADDR", ["LINKERD2_PROXY_ADMIN_LISTEN_ADDR"],
+        "0.0.0.0:4191", "Admin server: /metrics, /ready, /live, /shutdown.";
+    INBOUND_FORWARD_ADDR = "WEFT_PROXY_INBOUND_FORWARD_ADDR", [],
+        "", "Where inbound connections that were not redirected (no original destination) go, e.g. 127.0.0.1:8080 in rootless mode. Unset: such connections are refused.";
+    INBOUND_OPAQUE_PORTS = "WEFT_PROXY_INBOUND_OPAQUE_PORTS", ["LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION"],
+        "25,587,3306,4444,5432,6379,9300,11211", "Inbound target ports proxied as opaque TCP without protocol detection (list of ports and ranges, e.g. 25,8000-8010).";
+    OUTBOUND_OPAQUE_PORTS = "WEFT_PROXY_OUTBOUND_OPAQUE_PORTS", ["LINKERD2_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION"],
+        "25,587,3306,4444,5432,6379,9300,11211", "Outbound target ports proxied as opaque TCP without protocol detection.";
+    INBOUND_DETECT_TIMEOUT = "WEFT_PROXY_INBOUND_DETECT_TIMEOUT", ["LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT"],
+        "1s", "How long inbound protocol detection waits for the client's first bytes before treating the connection as opaque (server-speaks-first protocols).";
+    OUTBOUND_DETECT_TIMEOUT = "WEFT_PROXY_OUTBOUND_DETECT_TIMEOUT", ["LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT"],
+        "1s", "The same for outbound connections.";
+    INBOUND_CONNECT_TIMEOUT = "WEFT_PROXY_INBOUND_CONNECT_TIMEOUT", ["LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT"],
+        "1s", "Connect timeout towards the local workload.";
+    OUTBOUND_CONNECT_TIMEOUT = "WEFT_PROXY_OUTBOUND_CONNECT_TIMEOUT", ["LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT"],
+        "1s", "Connect timeout towards remote endpoints.";
+    RESPONSE_TIMEOUT = "WEFT_PROXY_RESPONSE_TIMEOUT", [],
+        "", "Longest wait for response headers before answering 504 (unset: no limit; per-route timeouts come from the control plane).";
+    TCP_IDLE_TIMEOUT = "WEFT_PROXY_TCP_IDLE_TIMEOUT", [],
+        "1h", "An opaque TCP connection with no bytes in either direction for this long is closed.";
+    HTTP_POOL_IDLE_TIMEOUT = "WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", ["LINKERD2_PROXY_OUTBOUND_HTTP1_CONNECTION_POOL_IDLE_TIMEOUT"],
+        "10s", "Idle keep-alive connections to an endpoint are closed after this long.";
+    HTTP_HEADER_READ_TIMEOUT = "WEFT_PROXY_HTTP_HEADER_READ_TIMEOUT", [],
+        "30s", "A client must send a complete HTTP/1 request head within this time, or the connection is closed.";
+    SHUTDOWN_GRACE_PERIOD = "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", ["LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD"],
+        "30s", "On SIGTERM or /shutdown, how long in-flight requests and connections may take to finish.";
+    WORKER_THREADS = "WEFT_PROXY_WORKER_THREADS", ["LINKERD2_PROXY_CORES"],
+        "1", "Runtime worker threads. One avoids cross-core wake-ups; raise it only after measuring.";
+    LOG = "WEFT_PROXY_LOG", ["LINKERD2_PROXY_LOG"],
+        "warn,weft_proxy=info", "Log filter (tracing-subscriber EnvFilter syntax).";
+    LOG_FORMAT = "WEFT_PROXY_LOG_FORMAT", ["LINKERD2_PROXY_LOG_FORMAT"],
+        "plain", "Log format: plain or json.";
+}
+
+/// An environment value that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// A set of TCP ports, e.g. the ports that skip protocol detection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet(Vec<(u16, u16)>);
+
+impl PortSet {
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| lo <= port && port <= hi)
+    }
+
+    /// Inclusive ranges, in the order given.
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+
+    /// Parses `25,587,8000-8010`; blanks are ignored.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (lo, hi) = match part.split_once('-') {
+                Some((lo, hi)) => (parse_port(lo)?, parse_port(hi)?),
+                None => {
+                    let p = parse_port(part)?;
+                    (p, p)
+                }
+            };
+            if lo > hi {
+                return Err(format!("port range {part} is backwards"));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(PortSet(ranges))
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{s:?} is not a port (1-65535)")),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// Parses durations the way linkerd2-proxy writes them: `500ms`, `10s`, `2m`, `1h`.
+/// A bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "expected a duration like 500ms, 10s, 2m or 1h".to_string())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub inbound_forward_addr: Option<SocketAddr>,
+    pub inbound_opaque_ports: PortSet,
+    pub outbound_opaque_ports: PortSet,
+    pub inbound_detect_timeout: Duration,
+    pub outbound_detect_timeout: Duration,
+    pub inbound_connect_timeout: Duration,
+    pub outbound_connect_timeout: Duration,
+    pub response_timeout: Option<Duration>,
+    pub tcp_idle_timeout: Duration,
+    pub http_pool_idle_timeout: Duration,
+    pub http_header_read_timeout: Duration,
+    pub shutdown_grace_period: Duration,
+    pub worker_threads: usize,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+/// Reads settings through a lookup function, so tests need not touch the process
+/// environment.
+struct Reader<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// The variable that is set (name first, then aliases) and its value, or the default.
+    fn raw(&self, s: &Setting) -> (&'static str, String) {
+        std::iter::once(&s.name)
+            .chain(s.aliases)
+            .find_map(|var| (self.0)(var).map(|v| (*var, v)))
+            .unwrap_or((s.name, s.default.to_string()))
+    }
+
+    fn parse<T>(
+        &self,
+        s: &Setting,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let (var, value) = self.raw(s);
+        f(&value).map_err(|reason| ConfigError { var, value, reason })
+    }
+
+    fn optional<T>(
+        &self,
+        s: &Setting,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.parse(s, |v| match v.trim() {
+            "" => Ok(None),
+            v => f(v).map(Some),
+        })
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| "expected an IP:port address such as 127.0.0.1:4140 or [::]:4143".into())
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let r = Reader(lookup);
+        Ok(Config {
+            outbound_addr: r.parse(&OUTBOUND_LISTEN_ADDR, parse_addr)?,
+            inbound_addr: r.parse(&INBOUND_LISTEN_ADDR, parse_addr)?,
+            admin_addr: r.parse(&ADMIN_LISTEN_ADDR, parse_addr)?,
+            inbound_forward_addr: r.optional(&INBOUND_FORWARD_ADDR, parse_addr)?,
+            inbound_opaque_ports: r.parse(&INBOUND_OPAQUE_PORTS, PortSet::parse)?,
+            outbound_opaque_ports: r.parse(&OUTBOUND_OPAQUE_PORTS, PortSet::parse)?,
+            inbound_detect_timeout: r.parse(&INBOUND_DETECT_TIMEOUT, parse_duration)?,
+            outbound_detect_timeout: r.parse(&OUTBOUND_DETECT_TIMEOUT, parse_duration)?,
+            inbound_connect_timeout: r.parse(&INBOUND_CONNECT_TIMEOUT, parse_duration)?,
+            outbound_connect_timeout: r.parse(&OUTBOUND_CONNECT_TIMEOUT, parse_duration)?,
+            response_timeout: r.optional(&RESPONSE_TIMEOUT, parse_duration)?,
+            tcp_idle_timeout: r.parse(&TCP_IDLE_TIMEOUT, parse_duration)?,
+            http_pool_idle_timeout: r.parse(&HTTP_POOL_IDLE_TIMEOUT, parse_duration)?,
+            http_header_read_timeout: r.parse(&HTTP_HEADER_READ_TIMEOUT, parse_duration)?,
+            shutdown_grace_period: r.parse(&SHUTDOWN_GRACE_PERIOD, parse_duration)?,
+            worker_threads: r.parse(&WORKER_THREADS, |v| match v.trim().parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => Ok(n),
+                _ => Err("expected a number of threads from 1 to 64".into()),
+            })?,
+            log_filter: r.raw(&LOG).1,
+            log_format: r.parse(&LOG_FORMAT, |v| match v.trim() {
+                "plain" => Ok(LogFormat::Plain),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected plain or json".into()),
+            })?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_linkerds_ports() {
+        let c = config(&[]).expect("defaults parse");
+        assert_eq!(c.outbound_addr.port(), 4140);
+        assert_eq!(c.inbound_addr.port(), 4143);
+        assert_eq!(c.admin_addr.port(), 4191);
+        assert!(c.inbound_opaque_ports.contains(3306));
+        assert!(!c.inbound_opaque_ports.contains(80));
+        assert_eq!(c.response_timeout, None);
+        assert_eq!(c.worker_threads, 1);
+    }
+
+    #[test]
+    fn linkerd_aliases_are_honoured_and_weft_names_win() {
+        let c = config(&[("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:5143")]).unwrap();
+        assert_eq!(c.inbound_addr, "127.0.0.1:5143".parse().unwrap());
+        let c = config(&[
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:5143"),
+            ("WEFT_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:6143"),
+        ])
+        .unwrap();
+        assert_eq!(c.inbound_addr.port(), 6143);
+    }
+
+    #[test]
+    fn errors_name_the_variable_that_was_set() {
+        let err = config(&[("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "soon")]).unwrap_err();
+        assert_eq!(err.var, "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT=\"soon\""),
+            "{msg}"
+        );
+
+        let err = config(&[("WEFT_PROXY_OUTBOUND_OPAQUE_PORTS", "25,70000")]).unwrap_err();
+        assert!(err.to_string().contains("70000"), "{err}");
+        let err = config(&[("WEFT_PROXY_ADMIN_LISTEN_ADDR", "localhost")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_ADMIN_LISTEN_ADDR");
+        let err = config(&[("WEFT_PROXY_WORKER_THREADS", "0")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_WORKER_THREADS");
+    }
+
+    #[test]
+    fn durations_and_port_sets_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("").is_err());
+        let p = PortSet::parse("25, 8000-8010").unwrap();
+        assert!(p.contains(25) && p.contains(8005) && !p.contains(8011));
+        assert!(PortSet::parse("10-5").is_err());
+        assert_eq!(PortSet::parse("").unwrap(), PortSet::default());
+    }
+
+    /// The documentation lists every setting with its aliases and default.
+    #[test]
+    fn docs_list_every_setting() {
+        let doc = include_str!("../../../docs/proxy-config.md");
+        for s in SETTINGS {
+            let row = doc
+                .lines()
+                .find(|l| l.contains(&format!("`{}`", s.name)))
+                .unwrap_or_else(|| panic!("docs/proxy-config.md lacks {}", s.name));
+            for alias in s.aliases {
+                assert!(
+                    row.contains(alias),
+                    "row for {} lacks alias {alias}",
+                    s.name
+                );
+            }
+            if !s.default.is_empty() {
+                assert!(
+                    row.contains(&format!("`{}`", s.default)),
+                    "row for {} lacks default",
+                    s.name
+                );
+            }
+        }
+    }
+}

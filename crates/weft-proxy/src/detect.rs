@@ -1,0 +1,231 @@
+//! Protocol detection: what the client speaks, decided from its first bytes.
+//!
+//! The bytes read here are not lost: they are handed back as the prefix of a
+//! [`PrefixedIo`], which replays them before reading from the socket again. The
+//! peek buffer and the wait are both bounded, so a client that sends nothing (a
+//! server-speaks-first protocol such as SMTP or MySQL) or sends an endless line is
+//! proxied as opaque TCP after the timeout instead of hanging.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// At most this many bytes are read before deciding. An HTTP/1 request line
+/// longer than this is treated as opaque, like one that is not HTTP at all.
+pub const PEEK_CAPACITY: usize = 8 * 1024;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Opaque,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1",
+            Protocol::Http2 => "h2",
+            Protocol::Opaque => "opaque",
+        }
+    }
+}
+
+/// What the bytes so far say.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Known(Protocol),
+    NeedMore,
+}
+
+fn classify(buf: &[u8]) -> Verdict {
+    if buf.len() >= H2_PREFACE.len() && buf.starts_with(H2_PREFACE) {
+        return Verdict::Known(Protocol::Http2);
+    }
+    let h2_possible = buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf);
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(end) if is_http1_request_line(&buf[..end]) => Verdict::Known(Protocol::Http1),
+        Some(_) if !h2_possible => Verdict::Known(Protocol::Opaque),
+        _ if buf.len() >= PEEK_CAPACITY => Verdict::Known(Protocol::Opaque),
+        _ if !h2_possible && !could_be_http1(buf) => Verdict::Known(Protocol::Opaque),
+        _ => Verdict::NeedMore,
+    }
+}
+
+/// `METHOD SP request-target SP HTTP/1.x` (RFC 9112 section 3).
+fn is_http1_request_line(line: &[u8]) -> bool {
+    let Some(sp) = line.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let method = &line[..sp];
+    !method.is_empty()
+        && method.iter().all(|&b| is_tchar(b))
+        && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
+        && line.len() > sp + 1 + b" HTTP/1.1".len()
+}
+
+/// Until the line ends, HTTP/1 is still possible while the first word is a token.
+fn could_be_http1(buf: &[u8]) -> bool {
+    match buf.iter().position(|&b| b == b' ') {
+        Some(sp) => sp > 0 && buf[..sp].iter().all(|&b| is_tchar(b)),
+        None => buf.iter().all(|&b| is_tchar(b)),
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads from `io` until the protocol is known, the buffer is full, the client
+/// closes its side, or `timeout` passes; whatever was read is returned for replay.
+pub async fn detect<I: AsyncRead + Unpin>(
+    io: &mut I,
+    timeout: Duration,
+) -> io::Result<(Protocol, Bytes)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if buf.capacity() == buf.len() {
+            buf.reserve((PEEK_CAPACITY - buf.len()).min(buf.len()));
+        }
+        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
+        let protocol = match read {
+            Err(_elapsed) => Protocol::Opaque,
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(0)) => Protocol::Opaque,
+            Ok(Ok(_)) => match classify(&buf) {
+                Verdict::Known(p) => p,
+                Verdict::NeedMore => continue,
+            },
+        };
+        return Ok((protocol, buf.freeze()));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An I/O stream that first yields bytes already read from it.
+    #[derive(Debug)]
+    pub struct PrefixedIo<I> {
+        prefix: Bytes,
+        #[pin]
+        io: I,
+    }
+}
+
+impl<I> PrefixedIo<I> {
+    pub fn new(prefix: Bytes, io: I) -> Self {
+        Self { prefix, io }
+    }
+
+    pub fn get_ref(&self) -> &I {
+        &self.io
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        this.io.poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn classifies_first_bytes() {
+        use Protocol::*;
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Verdict::Known(Http1)
+        );
+        assert_eq!(
+            classify(b"CONNECT a:443 HTTP/1.1\r\n"),
+            Verdict::Known(Http1)
+        );
+        assert_eq!(classify(H2_PREFACE), Verdict::Known(Http2));
+        assert_eq!(classify(b"PRI * HTTP/2"), Verdict::NeedMore);
+        assert_eq!(classify(b"GET /very/long"), Verdict::NeedMore);
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Verdict::Known(Opaque));
+        assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Verdict::Known(Opaque));
+        assert_eq!(classify(b"hello world\r\n"), Verdict::Known(Opaque));
+        assert_eq!(classify(b"G\x00T"), Verdict::Known(Opaque));
+        assert_eq!(classify(&[b'A'; PEEK_CAPACITY]), Verdict::Known(Opaque));
+    }
+
+    #[tokio::test]
+    async fn detection_keeps_the_bytes_and_times_out_on_silence() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(b"GET / HT").await.unwrap();
+        let task = tokio::spawn(async move {
+            let detected = detect(&mut server, Duration::from_secs(5)).await.unwrap();
+            (detected, server)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client
+            .write_all(b"TP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let ((proto, prefix), server) = task.await.unwrap();
+        assert_eq!(proto, Protocol::Http1);
+        let mut replay = PrefixedIo::new(prefix, server);
+        let expected = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut head = vec![0; expected.len()];
+        replay.read_exact(&mut head).await.unwrap();
+        assert_eq!(head, expected);
+
+        let (_quiet_client, mut server) = tokio::io::duplex(1024);
+        let (proto, prefix) = detect(&mut server, Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!((proto, prefix.len()), (Protocol::Opaque, 0));
+    }
+}

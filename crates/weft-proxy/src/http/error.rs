@@ -1,0 +1,161 @@
+//! Errors the proxy answers itself, and how they look to the client.
+//!
+//! Every such response carries `l5d-proxy-error` naming the cause, so a client
+//! can tell a proxy failure from one of its server. gRPC clients get a
+//! trailers-only response with a `grpc-status`, which is what their libraries
+//! understand.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode};
+
+use super::body::ProxyBody;
+use crate::tcp::ConnectError;
+
+pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("no response from {addr} within {timeout:?}")]
+    ResponseTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("request to {addr} failed: {reason}")]
+    Upstream { addr: SocketAddr, reason: String },
+    #[error("cannot resolve {authority}: {reason}")]
+    Resolve { authority: String, reason: String },
+    #[error("request would loop back to the proxy itself at {0}")]
+    Loop(SocketAddr),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+/// gRPC status codes used here (grpc/status.h).
+const GRPC_INVALID_ARGUMENT: u8 = 3;
+const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+const GRPC_UNAVAILABLE: u8 = 14;
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Connect(ConnectError::Timeout { .. })
+            | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Connect(_) | ProxyError::Upstream { .. } | ProxyError::Resolve { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Loop(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn grpc_status(&self) -> u8 {
+        match self.status() {
+            StatusCode::GATEWAY_TIMEOUT => GRPC_DEADLINE_EXCEEDED,
+            StatusCode::BAD_REQUEST => GRPC_INVALID_ARGUMENT,
+            _ => GRPC_UNAVAILABLE,
+        }
+    }
+
+    /// The `error` label of `{inbound,outbound}_http_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Connect(ConnectError::Timeout { .. }) => "connect_timeout",
+            ProxyError::Connect(ConnectError::Failed { .. }) => "connect_failed",
+            ProxyError::ResponseTimeout { .. } => "response_timeout",
+            ProxyError::Upstream { .. } => "upstream_failed",
+            ProxyError::Resolve { .. } => "resolve_failed",
+            ProxyError::Loop(_) => "loop",
+            ProxyError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    /// The response the client sees.
+    pub fn to_response(&self, grpc: bool) -> Response<ProxyBody> {
+        let message = self.to_string();
+        let header = header_value(&message);
+        let mut builder = Response::builder().header(L5D_PROXY_ERROR, header.clone());
+        if grpc {
+            builder = builder
+                .status(StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header("grpc-status", self.grpc_status().to_string())
+                .header("grpc-message", grpc_message(&message));
+        } else {
+            builder = builder.status(self.status());
+        }
+        builder.body(ProxyBody::empty()).unwrap_or_else(|_| {
+            let mut r = Response::new(ProxyBody::empty());
+            *r.status_mut() = self.status();
+            r
+        })
+    }
+}
+
+/// A header value from arbitrary text: anything that is not visible ASCII becomes '?'.
+fn header_value(text: &str) -> HeaderValue {
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("proxy error"))
+}
+
+/// Percent-encodes a grpc-message as the gRPC HTTP/2 spec requires.
+fn grpc_message(text: &str) -> HeaderValue {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("proxy error"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_status_and_grpc_codes() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let refused = ProxyError::Connect(ConnectError::Failed {
+            addr,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+        let r = refused.to_response(false);
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert!(
+            r.headers()[L5D_PROXY_ERROR]
+                .to_str()
+                .unwrap()
+                .contains("127.0.0.1:1")
+        );
+
+        let timeout = ProxyError::ResponseTimeout {
+            addr,
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(
+            timeout.to_response(false).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        let g = timeout.to_response(true);
+        assert_eq!(g.status(), StatusCode::OK);
+        assert_eq!(g.headers()["grpc-status"], "4");
+        assert_eq!(refused.to_response(true).headers()["grpc-status"], "14");
+    }
+
+    #[test]
+    fn messages_are_made_header_safe() {
+        assert_eq!(grpc_message("50% naïve"), "50%25 na%C3%AFve");
+        assert_eq!(header_value("bad\nline"), "bad?line");
+    }
+}

@@ -1,0 +1,412 @@
+//! HTTP proxying: serve the client's connection with hyper, forward each
+//! request to its endpoint through a pooled client, stream the response back.
+//!
+//! A connection's protocol is kept end to end in this version (HTTP/1 to
+//! HTTP/1, HTTP/2 to HTTP/2). Bodies stream in both directions without being
+//! buffered; hyper's flow control bounds what is held in memory.
+
+pub mod body;
+pub mod client;
+pub mod error;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info};
+
+use self::body::{ProxyBody, ResponseEnd, grpc_status};
+use self::client::Client;
+use self::error::ProxyError;
+use crate::drain::Watch;
+use crate::metrics::{AuthorityMetrics, Direction, HttpConnMetrics};
+use crate::proxy::Shared;
+use crate::tcp::{self, ConnectError};
+
+/// One client connection being served as HTTP.
+pub struct HttpConn {
+    pub direction: Direction,
+    /// The endpoint of a redirected connection. `None` in explicit-proxy mode,
+    /// where every request names its own target.
+    pub target: Option<SocketAddr>,
+    pub http2: bool,
+    /// The listener's own address, to refuse requests that would loop.
+    pub listen_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    pub metrics: HttpConnMetrics,
+    pub watch: Watch,
+    client: Option<Client>,
+}
+
+impl HttpConn {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        direction: Direction,
+        target: Option<SocketAddr>,
+        http2: bool,
+        listen_addr: SocketAddr,
+        shared: Arc<Shared>,
+        metrics: HttpConnMetrics,
+        watch: Watch,
+    ) -> Self {
+        let client = target.map(|addr| shared.clients.get(direction, addr, http2));
+        HttpConn {
+            direction,
+            target,
+            http2,
+            listen_addr,
+            shared,
+            metrics,
+            watch,
+            client,
+        }
+    }
+}
+
+/// Drives a hyper connection until it ends; once draining starts, asks it to
+/// finish in-flight requests and close.
+macro_rules! until_drained {
+    ($conn:expr, $watch:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => res,
+            _ = $watch.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
+/// Serves one client connection whose protocol has been detected.
+pub async fn serve<I>(io: I, conn: Arc<HttpConn>) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let watch = conn.watch.clone();
+    let http2 = conn.http2;
+    let header_read_timeout = conn.shared.config.http_header_read_timeout;
+    let svc = service_fn(move |req| handle(conn.clone(), req));
+    let io = TokioIo::new(io);
+    if http2 {
+        let c = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc);
+        until_drained!(c, watch)
+    } else {
+        let c = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        until_drained!(c, watch)
+    }
+}
+
+async fn handle(
+    conn: Arc<HttpConn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let grpc = is_grpc(req.headers());
+    let authority = request_authority(&req);
+    let metrics = conn
+        .metrics
+        .for_authority(authority.as_ref().map_or("", Authority::as_str));
+    metrics.request_total.inc();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match proxy(&conn, req, authority, &metrics, started, grpc).await {
+        Ok(resp) => Ok(resp),
+        Err(err) => {
+            info!(%method, %path, error = %err, "request failed");
+            conn.shared.metrics.http_error(conn.direction, err.kind());
+            let resp = err.to_response(grpc);
+            let status = metrics.status(resp.status().as_u16());
+            status.latency_ms.observe(elapsed_ms(started));
+            status.failure.inc();
+            Ok(resp)
+        }
+    }
+}
+
+async fn proxy(
+    conn: &HttpConn,
+    mut req: Request<Incoming>,
+    authority: Option<Authority>,
+    metrics: &AuthorityMetrics,
+    started: Instant,
+    grpc: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (addr, client) = match (conn.target, &conn.client) {
+        (Some(addr), Some(client)) => (addr, client.clone()),
+        _ if req.method() == Method::CONNECT => return tunnel(conn, req).await,
+        _ => {
+            let authority = authority.clone().ok_or_else(|| {
+                ProxyError::BadRequest(
+                    "an explicit-proxy request needs an absolute URI or a Host header".into(),
+                )
+            })?;
+            let addr = resolve(&authority).await?;
+            if is_self(addr, conn.listen_addr) {
+                return Err(ProxyError::Loop(addr));
+            }
+            (
+                addr,
+                conn.shared
+                    .clients
+                    .get(Direction::Outbound, addr, conn.http2),
+            )
+        }
+    };
+
+    let upgrade = headers::is_upgrade(&req);
+    let is_connect = req.method() == Method::CONNECT;
+    let version = req.version();
+    headers::strip_hop_by_hop(req.headers_mut(), version, upgrade);
+    if !is_connect {
+        *req.uri_mut() = absolute_uri(req.uri(), authority, addr)?;
+    }
+    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let response = client.request(req);
+    let response = match conn.shared.config.response_timeout {
+        Some(timeout) => tokio::time::timeout(timeout, response)
+            .await
+            .map_err(|_| ProxyError::ResponseTimeout { addr, timeout })?,
+        None => response.await,
+    };
+    let mut resp = response.map_err(|e| upstream_error(addr, e))?;
+
+    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || (is_connect && resp.status().is_success());
+    if let Some(on_client) = on_client_upgrade
+        && switched
+    {
+        let on_server = hyper::upgrade::on(&mut resp);
+        splice_upgraded(on_client, on_server, conn.watch.clone());
+    }
+    let resp_version = resp.version();
+    headers::strip_hop_by_hop(resp.headers_mut(), resp_version, switched);
+
+    let status = metrics.status(resp.status().as_u16());
+    status.latency_ms.observe(elapsed_ms(started));
+    let (classify_grpc, http_failed) = match grpc.then(|| grpc_status(resp.headers())) {
+        // A trailers-only gRPC response carries its status in the headers.
+        Some(Some(code)) => (false, code != 0),
+        Some(None) => (true, false),
+        None => (false, resp.status().is_server_error()),
+    };
+    let end = ResponseEnd {
+        success: status.success,
+        failure: status.failure,
+        grpc: classify_grpc,
+        http_failed,
+    };
+    Ok(resp.map(|body| ProxyBody::upstream(body, end)))
+}
+
+/// Explicit-proxy `CONNECT host:port`: dial the target, answer 200, then splice
+/// the client's connection to it.
+async fn tunnel(
+    conn: &HttpConn,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let authority = req
+        .uri()
+        .authority()
+        .cloned()
+        .ok_or_else(|| ProxyError::BadRequest("CONNECT needs a host:port target".into()))?;
+    let addr = resolve(&authority).await?;
+    if is_self(addr, conn.listen_addr) {
+        return Err(ProxyError::Loop(addr));
+    }
+    let config = &conn.shared.config;
+    let upstream = tcp::connect(
+        &conn.shared.metrics,
+        Direction::Outbound,
+        addr,
+        config.outbound_connect_timeout,
+    )
+    .await?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let idle = config.tcp_idle_timeout;
+    let watch = conn.watch.clone();
+    tokio::spawn(async move {
+        let _watch = watch;
+        let client = match on_upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(e) => {
+                return debug!(error = %e, "CONNECT client went away before the tunnel opened");
+            }
+        };
+        let upstream_conn = upstream.conn().clone();
+        match tcp::copy_bidirectional(client, upstream, &upstream_conn, idle).await {
+            Ok((sent, received)) => debug!(%addr, sent, received, "tunnel closed"),
+            Err(e) => debug!(%addr, error = %e, "tunnel ended"),
+        }
+    });
+    Ok(Response::new(ProxyBody::empty()))
+}
+
+/// After a 101 (or a successful CONNECT), the connection belongs to the new
+/// protocol: copy bytes between the two upgraded halves.
+fn splice_upgraded(on_client: OnUpgrade, on_server: OnUpgrade, watch: Watch) {
+    tokio::spawn(async move {
+        let _watch = watch;
+        match tokio::try_join!(on_client, on_server) {
+            Ok((client, server)) => {
+                let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                    debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => debug!(error = %e, "upgrade did not complete"),
+        }
+    });
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The request's authority: from an absolute URI (HTTP/2, explicit proxy) or
+/// the Host header (origin-form HTTP/1).
+fn request_authority<B>(req: &Request<B>) -> Option<Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    let host = req.headers().get(http::header::HOST)?;
+    Authority::try_from(host.as_bytes()).ok()
+}
+
+/// The pooled client wants an absolute URI; the authority stays the client's.
+fn absolute_uri(
+    uri: &Uri,
+    authority: Option<Authority>,
+    addr: SocketAddr,
+) -> Result<Uri, ProxyError> {
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return Ok(uri.clone());
+    }
+    let authority = match authority {
+        Some(a) => a,
+        None => Authority::try_from(addr.to_string().as_str())
+            .map_err(|e| ProxyError::BadRequest(format!("no usable authority: {e}")))?,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("cannot rebuild the request URI: {e}")))
+}
+
+async fn resolve(authority: &Authority) -> Result<SocketAddr, ProxyError> {
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let failed = |reason: String| ProxyError::Resolve {
+        authority: authority.to_string(),
+        reason,
+    };
+    tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .next()
+        .ok_or_else(|| failed("no addresses".into()))
+}
+
+/// Whether `addr` is the proxy's own listener (a request that would loop).
+fn is_self(addr: SocketAddr, listen: SocketAddr) -> bool {
+    let local_ip = listen.ip().is_loopback() || listen.ip().is_unspecified();
+    addr.port() == listen.port()
+        && (addr.ip() == listen.ip()
+            || addr.ip().is_unspecified()
+            || (local_ip && addr.ip().is_loopback()))
+}
+
+/// Turns a pooled-client failure into the proxy's own error, keeping the
+/// connect failure (refused, timed out) when that is what happened.
+fn upstream_error(addr: SocketAddr, err: hyper_util::client::legacy::Error) -> ProxyError {
+    let mut reason = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(connect) = e.downcast_ref::<ConnectError>() {
+            return ProxyError::Connect(match connect {
+                ConnectError::Timeout { addr, timeout } => ConnectError::Timeout {
+                    addr: *addr,
+                    timeout: *timeout,
+                },
+                ConnectError::Failed { addr, source } => ConnectError::Failed {
+                    addr: *addr,
+                    source: match source.raw_os_error() {
+                        Some(code) => std::io::Error::from_raw_os_error(code),
+                        None => std::io::Error::new(source.kind(), source.to_string()),
+                    },
+                },
+            });
+        }
+        reason.push_str(": ");
+        reason.push_str(&e.to_string());
+        source = e.source();
+    }
+    ProxyError::Upstream { addr, reason }
+}
+
+fn elapsed_ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_detection() {
+        let listen: SocketAddr = "127.0.0.1:4140".parse().unwrap();
+        assert!(is_self("127.0.0.1:4140".parse().unwrap(), listen));
+        assert!(is_self("127.0.0.2:4140".parse().unwrap(), listen));
+        assert!(is_self("0.0.0.0:4140".parse().unwrap(), listen));
+        assert!(!is_self("127.0.0.1:8080".parse().unwrap(), listen));
+        assert!(!is_self("198.18.0.2:4140".parse().unwrap(), listen));
+    }
+
+    #[test]
+    fn absolute_uri_keeps_the_authority() {
+        let addr: SocketAddr = "10.1.1.1:8080".parse().unwrap();
+        let uri: Uri = "/a?b=1".parse().unwrap();
+        let auth = Authority::from_static("web.svc:80");
+        assert_eq!(
+            absolute_uri(&uri, Some(auth), addr).unwrap(),
+            "http://web.svc:80/a?b=1"
+        );
+        assert_eq!(
+            absolute_uri(&uri, None, addr).unwrap(),
+            "http://10.1.1.1:8080/a?b=1"
+        );
+        let abs: Uri = "http://x:1/p".parse().unwrap();
+        assert_eq!(absolute_uri(&abs, None, addr).unwrap(), abs);
+    }
+}

@@ -1,0 +1,96 @@
+//! I/O wrappers shared by every path: byte counting for TCP metrics.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::metrics::TcpConn;
+
+pin_project_lite::pin_project! {
+    /// Counts the bytes that cross `io` into the connection's TCP metrics.
+    #[derive(Debug)]
+    pub struct Metered<I> {
+        #[pin]
+        io: I,
+        conn: Arc<TcpConn>,
+    }
+}
+
+impl<I> Metered<I> {
+    pub fn new(io: I, conn: Arc<TcpConn>) -> Self {
+        Metered { io, conn }
+    }
+
+    pub fn conn(&self) -> &Arc<TcpConn> {
+        &self.conn
+    }
+
+    pub fn get_ref(&self) -> &I {
+        &self.io
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Metered<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.io.poll_read(cx, buf);
+        match &res {
+            Poll::Ready(Ok(())) => this.conn.add_read(buf.filled().len() - before),
+            Poll::Ready(Err(e)) => this.conn.set_error(e),
+            Poll::Pending => {}
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Metered<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.io.poll_write(cx, buf);
+        record_write(this.conn, &res);
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.io.poll_write_vectored(cx, bufs);
+        record_write(this.conn, &res);
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+fn record_write(conn: &TcpConn, res: &Poll<io::Result<usize>>) {
+    match res {
+        Poll::Ready(Ok(n)) => conn.add_written(*n),
+        Poll::Ready(Err(e)) => conn.set_error(e),
+        Poll::Pending => {}
+    }
+}

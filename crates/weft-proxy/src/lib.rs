@@ -1,0 +1,22 @@
+//! weft-proxy: the sidecar that carries every TCP connection of one workload.
+//!
+//! Module map (see ARCHITECTURE.md for the flow):
+//! - [`config`]: settings from the environment, with linkerd2-proxy aliases.
+//! - [`proxy`]: listeners, original destination, detection, dispatch, drain.
+//! - [`detect`]: what protocol a connection speaks.
+//! - [`http`]: HTTP/1 and HTTP/2 proxying with pooled endpoint clients.
+//! - [`tcp`]: opaque forwarding and endpoint connects.
+//! - [`metrics`], [`admin`]: Linkerd-compatible metrics and the admin server.
+//! - [`init`]: iptables capture rules (`weft-proxy init`).
+
+pub mod admin;
+pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod init;
+pub mod io;
+pub mod metrics;
+pub mod orig_dst;
+pub mod proxy;
+pub mod tcp;

@@ -1,0 +1,608 @@
+//! Metrics with Linkerd's names and labels, exposed in Prometheus text format.
+//!
+//! Label sets are resolved once per connection ([`TcpConn`]) and once per
+//! authority on a connection ([`AuthorityMetrics`]); the request path then only
+//! clones handles and bumps atomics. Families hash label sets only on those
+//! first look-ups.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Linkerd's latency buckets (milliseconds), so its dashboards' quantiles line up.
+const LATENCY_MS_BUCKETS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+];
+const DURATION_MS_BUCKETS: [f64; 7] = [1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0];
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Which side of the proxy a TCP connection is on: `src` was accepted from a
+/// client, `dst` was opened to a server.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Peer {
+    Src,
+    Dst,
+}
+
+impl EncodeLabelValue for Peer {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        let s = match self {
+            Peer::Src => "src",
+            Peer::Dst => "dst",
+        };
+        EncodeLabelValue::encode(&s, encoder)
+    }
+}
+
+/// The TLS state of a connection, as Linkerd labels it (`tls`, `no_tls_reason`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Tls {
+    /// The peer did not offer mesh TLS (inbound plaintext).
+    NotProvidedByRemote,
+    /// Discovery gave no identity for the endpoint (outbound plaintext).
+    NotProvidedByServiceDiscovery,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsLabels {
+    tls: &'static str,
+    no_tls_reason: &'static str,
+}
+
+impl From<Tls> for TlsLabels {
+    fn from(t: Tls) -> Self {
+        let no_tls_reason = match t {
+            Tls::NotProvidedByRemote => "not_provided_by_remote",
+            Tls::NotProvidedByServiceDiscovery => "not_provided_by_service_discovery",
+        };
+        TlsLabels {
+            tls: "no_identity",
+            no_tls_reason,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    direction: Direction,
+    peer: Peer,
+    target_addr: String,
+    #[prometheus(flatten)]
+    tls: TlsLabels,
+}
+
+impl TcpLabels {
+    pub fn new(direction: Direction, peer: Peer, target_addr: String, tls: Tls) -> Self {
+        TcpLabels {
+            direction,
+            peer,
+            target_addr,
+            tls: tls.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpCloseLabels {
+    #[prometheus(flatten)]
+    conn: TcpLabels,
+    errno: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    direction: Direction,
+    authority: String,
+    target_addr: String,
+    #[prometheus(flatten)]
+    tls: TlsLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    #[prometheus(flatten)]
+    request: RequestLabels,
+    status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    #[prometheus(flatten)]
+    request: RequestLabels,
+    status_code: u16,
+    classification: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_MS_BUCKETS)
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_MS_BUCKETS)
+}
+
+/// Every metric the proxy exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    tcp_open_total: Family<TcpLabels, Counter>,
+    tcp_close_total: Family<TcpCloseLabels, Counter>,
+    tcp_open_connections: Family<TcpLabels, Gauge>,
+    tcp_read_bytes_total: Family<TcpLabels, Counter>,
+    tcp_write_bytes_total: Family<TcpLabels, Counter>,
+    tcp_connection_duration_ms: HistogramFamily<TcpCloseLabels>,
+    request_total: Family<RequestLabels, Counter>,
+    response_total: Family<ResponseLabels, Counter>,
+    response_latency_ms: HistogramFamily<LatencyLabels>,
+    inbound_http_errors_total: Family<ErrorLabels, Counter>,
+    outbound_http_errors_total: Family<ErrorLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut m = Metrics {
+            tcp_open_total: Family::default(),
+            tcp_close_total: Family::default(),
+            tcp_open_connections: Family::default(),
+            tcp_read_bytes_total: Family::default(),
+            tcp_write_bytes_total: Family::default(),
+            tcp_connection_duration_ms: Family::new_with_constructor(duration_histogram),
+            request_total: Family::default(),
+            response_total: Family::default(),
+            response_latency_ms: Family::new_with_constructor(latency_histogram),
+            inbound_http_errors_total: Family::default(),
+            outbound_http_errors_total: Family::default(),
+            registry: Registry::default(),
+        };
+        // prometheus-client appends `_total` to counters.
+        m.registry.register(
+            "tcp_open",
+            "Total TCP connections opened",
+            m.tcp_open_total.clone(),
+        );
+        m.registry.register(
+            "tcp_close",
+            "Total TCP connections closed",
+            m.tcp_close_total.clone(),
+        );
+        m.registry.register(
+            "tcp_open_connections",
+            "TCP connections currently open",
+            m.tcp_open_connections.clone(),
+        );
+        m.registry.register(
+            "tcp_read_bytes",
+            "Bytes read from the peer",
+            m.tcp_read_bytes_total.clone(),
+        );
+        m.registry.register(
+            "tcp_write_bytes",
+            "Bytes written to the peer",
+            m.tcp_write_bytes_total.clone(),
+        );
+        m.registry.register(
+            "tcp_connection_duration_ms",
+            "Lifetime of closed TCP connections in milliseconds",
+            m.tcp_connection_duration_ms.clone(),
+        );
+        m.registry
+            .register("request", "Total HTTP requests", m.request_total.clone());
+        m.registry
+            .register("response", "Total HTTP responses", m.response_total.clone());
+        m.registry.register(
+            "response_latency_ms",
+            "Time from request to response headers in milliseconds",
+            m.response_latency_ms.clone(),
+        );
+        m.registry.register(
+            "inbound_http_errors",
+            "Inbound HTTP requests the proxy answered with an error of its own",
+            m.inbound_http_errors_total.clone(),
+        );
+        m.registry.register(
+            "outbound_http_errors",
+            "Outbound HTTP requests the proxy answered with an error of its own",
+            m.outbound_http_errors_total.clone(),
+        );
+        m.registry
+            .register_collector(Box::new(ProcessCollector::new()));
+        Arc::new(m)
+    }
+
+    /// The whole registry in Prometheus text format 0.0.4.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Opens the per-connection accounting for one TCP connection; dropping the
+    /// last clone of the returned handle records the close.
+    pub fn tcp_open(self: &Arc<Self>, labels: TcpLabels) -> Arc<TcpConn> {
+        self.tcp_open_total.get_or_create(&labels).inc();
+        let open = self.tcp_open_connections.get_or_create_owned(&labels);
+        open.inc();
+        Arc::new(TcpConn {
+            read: self.tcp_read_bytes_total.get_or_create_owned(&labels),
+            written: self.tcp_write_bytes_total.get_or_create_owned(&labels),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            errno: AtomicI32::new(0),
+            open,
+            opened_at: Instant::now(),
+            labels,
+            metrics: self.clone(),
+        })
+    }
+
+    /// Counts an error response the proxy produced itself.
+    pub fn http_error(&self, direction: Direction, error: &'static str) {
+        let family = match direction {
+            Direction::Inbound => &self.inbound_http_errors_total,
+            Direction::Outbound => &self.outbound_http_errors_total,
+        };
+        family.get_or_create(&ErrorLabels { error }).inc();
+    }
+}
+
+/// Byte counts and lifetime of one TCP connection.
+#[derive(Debug)]
+pub struct TcpConn {
+    read: Counter,
+    written: Counter,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    errno: AtomicI32,
+    open: Gauge,
+    opened_at: Instant,
+    labels: TcpLabels,
+    metrics: Arc<Metrics>,
+}
+
+impl TcpConn {
+    pub fn add_read(&self, n: usize) {
+        self.read.inc_by(n as u64);
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn add_written(&self, n: usize) {
+        self.written.inc_by(n as u64);
+        self.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Total bytes moved either way; idle detection compares successive values.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed) + self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection as ended by an I/O error (the `errno` label on close).
+    pub fn set_error(&self, err: &std::io::Error) {
+        if let Some(code) = err.raw_os_error() {
+            self.errno.store(code, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for TcpConn {
+    fn drop(&mut self) {
+        self.open.dec();
+        let errno = match self.errno.load(Ordering::Relaxed) {
+            0 => String::new(),
+            code => errno_name(code),
+        };
+        let labels = TcpCloseLabels {
+            conn: self.labels.clone(),
+            errno,
+        };
+        self.metrics.tcp_close_total.get_or_create(&labels).inc();
+        let ms = self.opened_at.elapsed().as_secs_f64() * 1e3;
+        self.metrics
+            .tcp_connection_duration_ms
+            .get_or_create(&labels)
+            .observe(ms);
+    }
+}
+
+fn errno_name(code: i32) -> String {
+    match code {
+        libc::ECONNRESET => "ECONNRESET".into(),
+        libc::ECONNREFUSED => "ECONNREFUSED".into(),
+        libc::EPIPE => "EPIPE".into(),
+        libc::ETIMEDOUT => "ETIMEDOUT".into(),
+        libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        libc::ENETUNREACH => "ENETUNREACH".into(),
+        other => other.to_string(),
+    }
+}
+
+/// HTTP metrics of one connection: the label set is fixed except for the
+/// authority, which is usually the same for every request on a connection.
+#[derive(Debug)]
+pub struct HttpConnMetrics {
+    metrics: Arc<Metrics>,
+    direction: Direction,
+    target_addr: String,
+    tls: Tls,
+    current: Mutex<Option<Arc<AuthorityMetrics>>>,
+}
+
+impl HttpConnMetrics {
+    pub fn new(metrics: Arc<Metrics>, direction: Direction, target_addr: String, tls: Tls) -> Self {
+        HttpConnMetrics {
+            metrics,
+            direction,
+            target_addr,
+            tls,
+            current: Mutex::new(None),
+        }
+    }
+
+    pub fn for_authority(&self, authority: &str) -> Arc<AuthorityMetrics> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = current.as_ref().filter(|m| m.labels.authority == authority) {
+            return m.clone();
+        }
+        let labels = RequestLabels {
+            direction: self.direction,
+            authority: authority.to_string(),
+            target_addr: self.target_addr.clone(),
+            tls: self.tls.into(),
+        };
+        let m = Arc::new(AuthorityMetrics {
+            request_total: self.metrics.request_total.get_or_create_owned(&labels),
+            statuses: Mutex::new(Vec::new()),
+            labels,
+            metrics: self.metrics.clone(),
+        });
+        *current = Some(m.clone());
+        m
+    }
+}
+
+/// Request and response metrics for one (connection, authority).
+#[derive(Debug)]
+pub struct AuthorityMetrics {
+    pub request_total: Counter,
+    statuses: Mutex<Vec<StatusMetrics>>,
+    labels: RequestLabels,
+    metrics: Arc<Metrics>,
+}
+
+/// Handles for one status code: latency, and the response counters by
+/// classification (decided only at the end of the stream for gRPC).
+#[derive(Clone, Debug)]
+pub struct StatusMetrics {
+    code: u16,
+    pub latency_ms: Histogram,
+    pub success: Counter,
+    pub failure: Counter,
+}
+
+impl AuthorityMetrics {
+    pub fn status(&self, code: u16) -> StatusMetrics {
+        let mut statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = statuses.iter().find(|s| s.code == code) {
+            return s.clone();
+        }
+        let response = |classification| ResponseLabels {
+            request: self.labels.clone(),
+            status_code: code,
+            classification,
+        };
+        let latency = LatencyLabels {
+            request: self.labels.clone(),
+            status_code: code,
+        };
+        let s = StatusMetrics {
+            code,
+            latency_ms: self
+                .metrics
+                .response_latency_ms
+                .get_or_create_owned(&latency),
+            success: self
+                .metrics
+                .response_total
+                .get_or_create_owned(&response("success")),
+            failure: self
+                .metrics
+                .response_total
+                .get_or_create_owned(&response("failure")),
+        };
+        statuses.push(s.clone());
+        s
+    }
+}
+
+/// `process_*` metrics read from /proc at scrape time.
+#[derive(Debug)]
+struct ProcessCollector {
+    start_time: f64,
+    clock_ticks: f64,
+    page_size: f64,
+}
+
+impl ProcessCollector {
+    fn new() -> Self {
+        let start_time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        // SAFETY: sysconf only reads configuration values.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        ProcessCollector {
+            start_time,
+            clock_ticks: ticks.max(1) as f64,
+            page_size: page.max(1) as f64,
+        }
+    }
+}
+
+/// Fields of /proc/self/stat after the command name: utime, stime, vsize, rss.
+fn proc_stat() -> Option<(f64, f64, f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may contain spaces; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime 15, vsize 23, rss 24.
+    let get = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+    Some((get(14)?, get(15)?, get(23)?, get(24)?))
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let mut gauge = |name: &str, help: &str, value: f64| -> fmt::Result {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        gauge(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            self.start_time,
+        )?;
+        if let Some((_, _, vsize, rss)) = proc_stat() {
+            gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                vsize,
+            )?;
+            gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                rss * self.page_size,
+            )?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            gauge(
+                "process_open_fds",
+                "Number of open file descriptors",
+                fds.count() as f64,
+            )?;
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            gauge(
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                limit.rlim_cur as f64,
+            )?;
+        }
+        if let Some((utime, stime, _, _)) = proc_stat() {
+            let c = ConstCounter::new((utime + stime) / self.clock_ticks);
+            let desc = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(desc)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_uses_linkerd_names_and_labels() {
+        let m = Metrics::new();
+        let conn = m.tcp_open(TcpLabels::new(
+            Direction::Inbound,
+            Peer::Src,
+            "10.0.0.1:80".into(),
+            Tls::NotProvidedByRemote,
+        ));
+        conn.add_read(10);
+        let http = HttpConnMetrics::new(
+            m.clone(),
+            Direction::Inbound,
+            "10.0.0.1:80".into(),
+            Tls::NotProvidedByRemote,
+        );
+        let a = http.for_authority("web:80");
+        a.request_total.inc();
+        let s = a.status(200);
+        s.success.inc();
+        s.latency_ms.observe(3.0);
+        assert!(Arc::ptr_eq(&a, &http.for_authority("web:80")));
+        drop(conn);
+
+        let text = m.encode();
+        for needle in [
+            r#"request_total{direction="inbound",authority="web:80",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 1"#,
+            r#"response_total{direction="inbound",authority="web:80",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",status_code="200",classification="success"} 1"#,
+            r#"response_latency_ms_bucket{direction="inbound",authority="web:80",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",status_code="200",le="3"} 1"#,
+            r#"tcp_read_bytes_total{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 10"#,
+            r#"tcp_open_connections{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 0"#,
+            r#"tcp_close_total{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",errno=""} 1"#,
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(needle), "missing {needle}\n{text}");
+        }
+    }
+}

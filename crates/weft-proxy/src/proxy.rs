@@ -1,0 +1,292 @@
+//! The proxy's listeners and what happens to each accepted connection.
+//!
+//! ```text
+//! accept ─▶ original destination ─▶ opaque port? ─▶ detect ─┬▶ HTTP/1, HTTP/2 ─▶ http::serve
+//!                                                          └▶ opaque ─▶ tcp::copy_bidirectional
+//! ```
+//!
+//! Outbound, a connection that was not redirected (its original destination is
+//! the listener itself) is an explicit-proxy client: each HTTP request names its
+//! target (absolute URI, CONNECT or Host). Inbound, such a connection goes to
+//! `WEFT_PROXY_INBOUND_FORWARD_ADDR` if one is set.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::Config;
+use crate::detect::{self, PrefixedIo, Protocol};
+use crate::drain::{Drain, ShutdownTrigger, Watch};
+use crate::http::{self, HttpConn, client::Clients};
+use crate::io::Metered;
+use crate::metrics::{Direction, HttpConnMetrics, Metrics, Peer, TcpLabels, Tls};
+use crate::{admin, orig_dst, tcp};
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub clients: Clients,
+}
+
+/// Whether the proxy should receive traffic (`/ready`): listeners bound and not draining.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .with_context(|| format!("creating the {what} socket"))?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding the {what} listener to {addr}"))?;
+    socket
+        .listen(1024)
+        .with_context(|| format!("listening on {addr} ({what})"))
+}
+
+/// Runs the proxy until SIGTERM, SIGINT or `/shutdown`, then drains.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let inbound = bind(config.inbound_addr, "inbound")?;
+    let outbound = bind(config.outbound_addr, "outbound")?;
+    let admin_listener = bind(config.admin_addr, "admin")?;
+    info!(
+        inbound = %inbound.local_addr()?,
+        outbound = %outbound.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        "listening"
+    );
+
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared {
+        clients: Clients::new(&config, metrics.clone()),
+        metrics,
+        config,
+    });
+    let (drain, watch) = Drain::new();
+    let (shutdown, mut shutdown_requested) = ShutdownTrigger::new();
+    let readiness = Readiness::default();
+
+    tokio::spawn(accept_loop(
+        shared.clone(),
+        Direction::Inbound,
+        inbound,
+        watch.clone(),
+    ));
+    tokio::spawn(accept_loop(
+        shared.clone(),
+        Direction::Outbound,
+        outbound,
+        watch,
+    ));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        shared.metrics.clone(),
+        readiness.clone(),
+        shutdown,
+    ));
+    readiness.set(true);
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let why = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = shutdown_requested.recv() => "/shutdown",
+    };
+    let grace = shared.config.shutdown_grace_period;
+    info!(
+        signal = why,
+        ?grace,
+        "draining: listeners closed, finishing in-flight requests"
+    );
+    readiness.set(false);
+    if drain.drain(grace).await {
+        info!("drained");
+    } else {
+        warn!(
+            ?grace,
+            "grace period over with connections still open; closing them"
+        );
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    direction: Direction,
+    listener: TcpListener,
+    watch: Watch,
+) {
+    let listen_addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return warn!(%direction, error = %e, "listener has no address"),
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = watch.signaled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let span = info_span!("conn", dir = %direction, %client);
+                let conn = serve_connection(
+                    shared.clone(),
+                    direction,
+                    stream,
+                    listen_addr,
+                    watch.clone(),
+                );
+                tokio::spawn(conn.instrument(span));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                warn!(%direction, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    direction: Direction,
+    stream: TcpStream,
+    listen_addr: SocketAddr,
+    watch: Watch,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => return debug!(error = %e, "connection closed before it could be served"),
+    };
+    let orig = match orig_dst::original_dst(&stream) {
+        Ok(a) => a,
+        Err(e) => return warn!(error = %e, "cannot read the original destination; closing"),
+    };
+    let config = &shared.config;
+    let target = match direction {
+        _ if orig != local => Some(orig),
+        Direction::Inbound => match config.inbound_forward_addr {
+            Some(addr) => Some(addr),
+            None => {
+                return warn!(
+                    %local,
+                    "inbound connection was not redirected and WEFT_PROXY_INBOUND_FORWARD_ADDR is unset; closing"
+                );
+            }
+        },
+        Direction::Outbound => None,
+    };
+    let tls = match direction {
+        Direction::Inbound => Tls::NotProvidedByRemote,
+        Direction::Outbound => Tls::NotProvidedByServiceDiscovery,
+    };
+    let target_label = target.unwrap_or(local).to_string();
+    let tcp_conn = shared.metrics.tcp_open(TcpLabels::new(
+        direction,
+        Peer::Src,
+        target_label.clone(),
+        tls,
+    ));
+    let mut io = Metered::new(stream, tcp_conn);
+
+    let (opaque_ports, detect_timeout) = match direction {
+        Direction::Inbound => (&config.inbound_opaque_ports, config.inbound_detect_timeout),
+        Direction::Outbound => (
+            &config.outbound_opaque_ports,
+            config.outbound_detect_timeout,
+        ),
+    };
+    let (protocol, prefix) = match target {
+        Some(t) if opaque_ports.contains(t.port()) => (Protocol::Opaque, Bytes::new()),
+        _ => match detect::detect(&mut io, detect_timeout).await {
+            Ok(detected) => detected,
+            Err(e) => return debug!(error = %e, "connection failed during protocol detection"),
+        },
+    };
+    debug!(?target, protocol = protocol.as_str(), "serving");
+    let io = PrefixedIo::new(prefix, io);
+    match (protocol, target) {
+        (Protocol::Http1 | Protocol::Http2, _) => {
+            let metrics =
+                HttpConnMetrics::new(shared.metrics.clone(), direction, target_label, tls);
+            let http2 = protocol == Protocol::Http2;
+            let conn = HttpConn::new(
+                direction,
+                target,
+                http2,
+                listen_addr,
+                shared.clone(),
+                metrics,
+                watch,
+            );
+            if let Err(e) = http::serve(io, Arc::new(conn)).await {
+                debug!(error = %e, "HTTP connection ended with an error");
+            }
+        }
+        (Protocol::Opaque, Some(target)) => {
+            forward_opaque(&shared, direction, io, target, watch).await
+        }
+        (Protocol::Opaque, None) => {
+            info!(
+                "explicit-proxy client did not speak HTTP; closing (set http_proxy only for HTTP clients)"
+            )
+        }
+    }
+}
+
+async fn forward_opaque<I>(
+    shared: &Shared,
+    direction: Direction,
+    client: PrefixedIo<Metered<I>>,
+    target: SocketAddr,
+    _watch: Watch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let timeout = match direction {
+        Direction::Inbound => shared.config.inbound_connect_timeout,
+        Direction::Outbound => shared.config.outbound_connect_timeout,
+    };
+    let server = match tcp::connect(&shared.metrics, direction, target, timeout).await {
+        Ok(s) => s,
+        Err(e) => return info!(error = %e, "opaque connection refused: endpoint unreachable"),
+    };
+    let client_conn = client.get_ref().conn().clone();
+    match tcp::copy_bidirectional(client, server, &client_conn, shared.config.tcp_idle_timeout)
+        .await
+    {
+        Ok((sent, received)) => debug!(%target, sent, received, "opaque connection closed"),
+        Err(e) => {
+            client_conn.set_error(&e);
+            debug!(
+                %target,
+                sent = client_conn.bytes_read(),
+                received = client_conn.bytes_written(),
+                error = %e,
+                "opaque connection ended"
+            )
+        }
+    }
+}
