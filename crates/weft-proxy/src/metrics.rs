@@ -6,6 +6,7 @@
 //! first look-ups.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -370,39 +371,42 @@ fn errno_name(code: i32) -> String {
 }
 
 /// HTTP metrics of one connection: the label set is fixed except for the
-/// authority, which is usually the same for every request on a connection.
+/// authority and (explicit proxy) the target, which are usually the same for
+/// every request on a connection.
 #[derive(Debug)]
 pub struct HttpConnMetrics {
     metrics: Arc<Metrics>,
     direction: Direction,
-    target_addr: String,
     tls: Tls,
     current: Mutex<Option<Arc<AuthorityMetrics>>>,
 }
 
 impl HttpConnMetrics {
-    pub fn new(metrics: Arc<Metrics>, direction: Direction, target_addr: String, tls: Tls) -> Self {
+    pub fn new(metrics: Arc<Metrics>, direction: Direction, tls: Tls) -> Self {
         HttpConnMetrics {
             metrics,
             direction,
-            target_addr,
             tls,
             current: Mutex::new(None),
         }
     }
 
-    pub fn for_authority(&self, authority: &str) -> Arc<AuthorityMetrics> {
+    pub fn for_request(&self, authority: &str, target_addr: SocketAddr) -> Arc<AuthorityMetrics> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = current.as_ref().filter(|m| m.labels.authority == authority) {
+        if let Some(m) = current
+            .as_ref()
+            .filter(|m| m.target == target_addr && m.labels.authority == authority)
+        {
             return m.clone();
         }
         let labels = RequestLabels {
             direction: self.direction,
             authority: authority.to_string(),
-            target_addr: self.target_addr.clone(),
+            target_addr: target_addr.to_string(),
             tls: self.tls.into(),
         };
         let m = Arc::new(AuthorityMetrics {
+            target: target_addr,
             request_total: self.metrics.request_total.get_or_create_owned(&labels),
             statuses: Mutex::new(Vec::new()),
             labels,
@@ -416,6 +420,7 @@ impl HttpConnMetrics {
 /// Request and response metrics for one (connection, authority).
 #[derive(Debug)]
 pub struct AuthorityMetrics {
+    target: SocketAddr,
     pub request_total: Counter,
     statuses: Mutex<Vec<StatusMetrics>>,
     labels: RequestLabels,
@@ -577,18 +582,14 @@ mod tests {
             Tls::NotProvidedByRemote,
         ));
         conn.add_read(10);
-        let http = HttpConnMetrics::new(
-            m.clone(),
-            Direction::Inbound,
-            "10.0.0.1:80".into(),
-            Tls::NotProvidedByRemote,
-        );
-        let a = http.for_authority("web:80");
+        let http = HttpConnMetrics::new(m.clone(), Direction::Inbound, Tls::NotProvidedByRemote);
+        let target = "10.0.0.1:80".parse().unwrap();
+        let a = http.for_request("web:80", target);
         a.request_total.inc();
         let s = a.status(200);
         s.success.inc();
         s.latency_ms.observe(3.0);
-        assert!(Arc::ptr_eq(&a, &http.for_authority("web:80")));
+        assert!(Arc::ptr_eq(&a, &http.for_request("web:80", target)));
         drop(conn);
 
         let text = m.encode();

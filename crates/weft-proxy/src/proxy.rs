@@ -203,12 +203,9 @@ async fn serve_connection(
         Direction::Outbound => Tls::NotProvidedByServiceDiscovery,
     };
     let target_label = target.unwrap_or(local).to_string();
-    let tcp_conn = shared.metrics.tcp_open(TcpLabels::new(
-        direction,
-        Peer::Src,
-        target_label.clone(),
-        tls,
-    ));
+    let tcp_conn = shared
+        .metrics
+        .tcp_open(TcpLabels::new(direction, Peer::Src, target_label, tls));
     let mut io = Metered::new(stream, tcp_conn);
 
     let (opaque_ports, detect_timeout) = match direction {
@@ -229,8 +226,7 @@ async fn serve_connection(
     let io = PrefixedIo::new(prefix, io);
     match (protocol, target) {
         (Protocol::Http1 | Protocol::Http2, _) => {
-            let metrics =
-                HttpConnMetrics::new(shared.metrics.clone(), direction, target_label, tls);
+            let metrics = HttpConnMetrics::new(shared.metrics.clone(), direction, tls);
             let http2 = protocol == Protocol::Http2;
             let conn = HttpConn::new(
                 direction,
@@ -241,8 +237,12 @@ async fn serve_connection(
                 metrics,
                 watch,
             );
-            if let Err(e) = http::serve(io, Arc::new(conn)).await {
-                debug!(error = %e, "HTTP connection ended with an error");
+            match http::serve(io, Arc::new(conn)).await {
+                Err(e) if e.is_parse() || e.is_timeout() => {
+                    info!(error = %e, "closed HTTP connection: client sent a malformed or incomplete request")
+                }
+                Err(e) => debug!(error = %e, "HTTP connection ended with an error"),
+                Ok(()) => {}
             }
         }
         (Protocol::Opaque, Some(target)) => {

@@ -122,13 +122,20 @@ async fn handle(
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let authority = request_authority(&req);
-    let metrics = conn
-        .metrics
-        .for_authority(authority.as_ref().map_or("", Authority::as_str));
+    let endpoint = endpoint(&conn, &req, authority.as_ref()).await;
+    let target_addr = endpoint.as_ref().map_or(conn.listen_addr, |e| e.addr);
+    let metrics = conn.metrics.for_request(
+        authority.as_ref().map_or("", Authority::as_str),
+        target_addr,
+    );
     metrics.request_total.inc();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    match proxy(&conn, req, authority, &metrics, started, grpc).await {
+    let result = match endpoint {
+        Ok(endpoint) => proxy(&conn, req, authority, endpoint, &metrics, started, grpc).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(resp) => Ok(resp),
         Err(err) => {
             info!(%method, %path, error = %err, "request failed");
@@ -142,34 +149,61 @@ async fn handle(
     }
 }
 
+/// Where a request goes: the connection's redirect target, or in explicit-proxy
+/// mode the address its authority names.
+struct Endpoint {
+    addr: SocketAddr,
+    /// `None` for an explicit-proxy CONNECT, which is tunnelled, not pooled.
+    client: Option<Client>,
+}
+
+async fn endpoint(
+    conn: &HttpConn,
+    req: &Request<Incoming>,
+    authority: Option<&Authority>,
+) -> Result<Endpoint, ProxyError> {
+    if let (Some(addr), Some(client)) = (conn.target, &conn.client) {
+        return Ok(Endpoint {
+            addr,
+            client: Some(client.clone()),
+        });
+    }
+    let connect = req.method() == Method::CONNECT;
+    let authority = match (connect, authority) {
+        (true, _) => req.uri().authority(),
+        (false, a) => a,
+    }
+    .ok_or_else(|| {
+        ProxyError::BadRequest(if connect {
+            "CONNECT needs a host:port target".into()
+        } else {
+            "an explicit-proxy request needs an absolute URI or a Host header".into()
+        })
+    })?;
+    let addr = resolve(authority).await?;
+    if is_self(addr, conn.listen_addr) {
+        return Err(ProxyError::Loop(addr));
+    }
+    let client = (!connect).then(|| {
+        conn.shared
+            .clients
+            .get(Direction::Outbound, addr, conn.http2)
+    });
+    Ok(Endpoint { addr, client })
+}
+
 async fn proxy(
     conn: &HttpConn,
     mut req: Request<Incoming>,
     authority: Option<Authority>,
+    endpoint: Endpoint,
     metrics: &AuthorityMetrics,
     started: Instant,
     grpc: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (addr, client) = match (conn.target, &conn.client) {
-        (Some(addr), Some(client)) => (addr, client.clone()),
-        _ if req.method() == Method::CONNECT => return tunnel(conn, req).await,
-        _ => {
-            let authority = authority.clone().ok_or_else(|| {
-                ProxyError::BadRequest(
-                    "an explicit-proxy request needs an absolute URI or a Host header".into(),
-                )
-            })?;
-            let addr = resolve(&authority).await?;
-            if is_self(addr, conn.listen_addr) {
-                return Err(ProxyError::Loop(addr));
-            }
-            (
-                addr,
-                conn.shared
-                    .clients
-                    .get(Direction::Outbound, addr, conn.http2),
-            )
-        }
+    let addr = endpoint.addr;
+    let Some(client) = endpoint.client else {
+        return tunnel(conn, req, addr).await;
     };
 
     let upgrade = headers::is_upgrade(&req);
@@ -223,16 +257,8 @@ async fn proxy(
 async fn tunnel(
     conn: &HttpConn,
     mut req: Request<Incoming>,
+    addr: SocketAddr,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let authority = req
-        .uri()
-        .authority()
-        .cloned()
-        .ok_or_else(|| ProxyError::BadRequest("CONNECT needs a host:port target".into()))?;
-    let addr = resolve(&authority).await?;
-    if is_self(addr, conn.listen_addr) {
-        return Err(ProxyError::Loop(addr));
-    }
     let config = &conn.shared.config;
     let upstream = tcp::connect(
         &conn.shared.metrics,

@@ -1,0 +1,375 @@
+//! HTTP through a real weft-proxy with real clients: curl (HTTP/1.1), h2load
+//! and hyper (HTTP/2), tonic (gRPC unary and streaming), tungstenite (WebSocket).
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use support::*;
+use weft_testkit::pb::{EchoRequest, echo_client::EchoClient};
+
+#[tokio::test]
+async fn explicit_proxy_http1_with_curl() {
+    let server = spawn_http().await;
+    let proxy = Proxy::start(&[]);
+    let via = format!("http://{}", proxy.outbound);
+
+    let (ok, body, err) = curl(&["-x", &via, &format!("http://{server}/hello")]).await;
+    assert!(ok, "{err}");
+    assert_eq!(body, "hello from weft-testkit\n");
+
+    // Several requests on one keep-alive connection, with hop-by-hop headers
+    // that must not reach the server and an end-to-end one that must.
+    let url = format!("http://{server}/headers");
+    let (ok, body, err) = curl(&[
+        "-x",
+        &via,
+        &url,
+        &url,
+        "-H",
+        "Connection: x-hop-header",
+        "-H",
+        "x-hop-header: secret",
+        "-H",
+        "keep-alive: timeout=5",
+        "-H",
+        "x-end-to-end: kept",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(body.matches("method: GET").count(), 2, "{body}");
+    assert!(body.contains("x-end-to-end: kept"), "{body}");
+    assert!(
+        !body.contains("x-hop-header"),
+        "hop-by-hop header leaked: {body}"
+    );
+    assert!(!body.contains("keep-alive"), "{body}");
+    assert!(
+        body.contains(&format!("host: {server}")),
+        "authority not preserved: {body}"
+    );
+
+    let labels = [
+        ("direction", "outbound"),
+        ("target_addr", &server.to_string() as &str),
+    ];
+    assert_eq!(proxy.metric("request_total", &labels), 3.0);
+    let ok_labels = [
+        labels[0],
+        labels[1],
+        ("status_code", "200"),
+        ("classification", "success"),
+    ];
+    assert_eq!(proxy.metric("response_total", &ok_labels), 3.0);
+    assert_eq!(proxy.metric("response_latency_ms_count", &labels), 3.0);
+}
+
+#[tokio::test]
+async fn explicit_proxy_connect_tunnel() {
+    let server = spawn_http().await;
+    let proxy = Proxy::start(&[]);
+    // -p makes curl tunnel through CONNECT, as HTTPS and gRPC clients do.
+    let (ok, body, err) = curl(&[
+        "-p",
+        "-x",
+        &format!("http://{}", proxy.outbound),
+        &format!("http://{server}/hello"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(body, "hello from weft-testkit\n");
+    let opened = proxy.metric(
+        "tcp_open_total",
+        &[("peer", "dst"), ("target_addr", &server.to_string())],
+    );
+    assert_eq!(opened, 1.0);
+}
+
+#[tokio::test]
+async fn inbound_http1_status_codes_and_errors_are_classified() {
+    let server = spawn_http().await;
+    let proxy = inbound_proxy_to(server, &[]);
+    let base = format!("http://{}", proxy.inbound);
+    let (ok, codes, err) = curl(&[
+        "-w",
+        "%{http_code}\n",
+        "-o",
+        "/dev/null",
+        &format!("{base}/status/201"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/status/404"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/status/503"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(codes, "201\n404\n503\n");
+    let inbound = ("direction", "inbound");
+    assert_eq!(
+        proxy.metric("response_total", &[inbound, ("classification", "success")]),
+        2.0
+    );
+    assert_eq!(
+        proxy.metric(
+            "response_total",
+            &[
+                inbound,
+                ("status_code", "503"),
+                ("classification", "failure")
+            ]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn proxy_errors_are_explicit_502_and_504() {
+    let server = spawn_http().await;
+    let dead = loopback(free_port());
+    let proxy = Proxy::start(&[("WEFT_PROXY_RESPONSE_TIMEOUT", "300ms".into())]);
+    let via = format!("http://{}", proxy.outbound);
+
+    let (_, out, _) = curl(&["-i", "-x", &via, &format!("http://{dead}/")]).await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(
+        out.contains(&format!("l5d-proxy-error: connect to {dead} failed")),
+        "{out}"
+    );
+
+    let (_, out, _) = curl(&["-i", "-x", &via, &format!("http://{server}/delay/3000")]).await;
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(out.contains("l5d-proxy-error: no response from"), "{out}");
+
+    // A request that names the proxy itself would loop.
+    let (_, out, _) = curl(&["-i", "-x", &via, &format!("http://{}/", proxy.outbound)]).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("loop back to the proxy"), "{out}");
+
+    // The proxy keeps serving after all of that.
+    let (ok, body, _) = curl(&["-x", &via, &format!("http://{server}/hello")]).await;
+    assert!(ok && body.starts_with("hello"));
+    assert_eq!(
+        proxy.metric("outbound_http_errors_total", &[("error", "connect_failed")]),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric(
+            "outbound_http_errors_total",
+            &[("error", "response_timeout")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_with_h2load_and_trailers() {
+    let server = spawn_http().await;
+    let proxy = inbound_proxy_to(server, &[]);
+
+    let out = tokio::process::Command::new("h2load")
+        .args([
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-m",
+            "16",
+            &format!("http://{}/hello", proxy.inbound),
+        ])
+        .output()
+        .await
+        .expect("h2load is installed (apt-get install nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2000 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("2000 2xx"), "{text}");
+    // Four client connections were multiplexed onto pooled HTTP/2 connections.
+    assert_eq!(proxy.metric("tcp_open_total", &[("peer", "src")]), 4.0);
+    assert!(proxy.metric("tcp_open_total", &[("peer", "dst")]) <= 4.0);
+
+    // Trailers cross the proxy (hyper HTTP/2 client).
+    let stream = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/trailers", proxy.inbound))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrived");
+    assert_eq!(trailers["x-weft-trailer"], "done");
+    assert_eq!(collected.to_bytes(), "body before trailers\n");
+}
+
+#[tokio::test]
+async fn grpc_unary_streaming_and_status_through_the_proxy() {
+    let server = spawn_grpc().await;
+    let proxy = inbound_proxy_to(server, &[]);
+    let mut client = EchoClient::connect(format!("http://{}", proxy.inbound))
+        .await
+        .expect("connect via proxy");
+
+    let reply = client
+        .unary(EchoRequest {
+            message: "ping".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("unary call")
+        .into_inner();
+    assert_eq!(reply.message, "ping");
+
+    let status = client
+        .unary(EchoRequest {
+            message: "boom".into(),
+            fail_with_code: 9,
+            ..Default::default()
+        })
+        .await
+        .expect_err("the server fails this call");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("boom"));
+
+    // Bidirectional streaming: each reply arrives before the next message is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = client
+        .chat(tokio_stream_from(rx))
+        .await
+        .expect("chat")
+        .into_inner();
+    for i in 0..20 {
+        tx.send(EchoRequest {
+            message: format!("m{i}"),
+            payload: vec![7; 10_000],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("reply in time");
+        let r = r.expect("stream open").expect("reply ok");
+        assert_eq!(
+            (r.message.as_str(), r.payload.len()),
+            (format!("m{i}").as_str(), 10_000)
+        );
+    }
+    drop(tx);
+    assert!(
+        replies.next().await.is_none(),
+        "stream ends after the client half-closes"
+    );
+
+    let grpc = ("direction", "inbound");
+    assert_eq!(
+        proxy.metric("response_total", &[grpc, ("classification", "success")]),
+        2.0
+    );
+    assert_eq!(
+        proxy.metric("response_total", &[grpc, ("classification", "failure")]),
+        1.0
+    );
+
+    // A gRPC call to an endpoint that is down gets UNAVAILABLE from the proxy.
+    let dead = loopback(free_port());
+    let proxy_to_dead = inbound_proxy_to(dead, &[]);
+    let mut client = EchoClient::connect(format!("http://{}", proxy_to_dead.inbound))
+        .await
+        .unwrap();
+    let status = client
+        .unary(EchoRequest::default())
+        .await
+        .expect_err("no server");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("connect to"), "{status:?}");
+    assert!(status.metadata().get("l5d-proxy-error").is_some());
+}
+
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<EchoRequest>,
+) -> impl futures_util::Stream<Item = EchoRequest> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    let server = spawn_websocket().await;
+    let proxy = inbound_proxy_to(server, &[]);
+    let stream = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async(format!("ws://{}/chat", proxy.inbound), stream)
+            .await
+            .expect("websocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    for i in 0..10 {
+        let msg = tokio_tungstenite::tungstenite::Message::text(format!("hello {i}"));
+        ws.send(msg.clone()).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, msg);
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn large_streamed_bodies_keep_memory_bounded() {
+    const GIB: u64 = 1 << 30;
+    let server = spawn_http().await;
+    let proxy = Proxy::start(&[]);
+    let via = format!("http://{}", proxy.outbound);
+    let (rss_before, _) = proxy.memory_kib();
+
+    // 1 GiB upload from a pipe (chunked, with Expect: 100-continue).
+    let upload = format!(
+        "head -c {GIB} /dev/zero | curl -sS --max-time 300 -T - -x {via} http://{server}/upload"
+    );
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", &upload])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{GIB}\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 1 GiB download.
+    let (ok, size, err) = curl(&[
+        "--max-time",
+        "300",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        "-x",
+        &via,
+        &format!("http://{server}/bytes/{GIB}"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(size, GIB.to_string());
+
+    let (_, peak) = proxy.memory_kib();
+    assert!(
+        peak < rss_before + 32 * 1024,
+        "streaming 1 GiB each way grew the proxy from {rss_before} KiB to a peak of {peak} KiB"
+    );
+    let read = proxy.metric("tcp_read_bytes_total", &[("peer", "src")]);
+    assert!(read >= GIB as f64, "client bytes counted: {read}");
+}

@@ -1,0 +1,165 @@
+//! Admin endpoints, graceful shutdown and configuration errors.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let proxy = Proxy::start(&[]);
+    assert_eq!(http_get(proxy.admin, "/ready").map(|r| r.0), Some(200));
+    assert_eq!(http_get(proxy.admin, "/live").map(|r| r.0), Some(200));
+    assert_eq!(http_get(proxy.admin, "/nope").map(|r| r.0), Some(404));
+    // GET is not a shutdown.
+    assert_eq!(http_get(proxy.admin, "/shutdown").map(|r| r.0), Some(405));
+
+    let (ok, headers, _) = curl(&[
+        "-sD",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("http://{}/metrics", proxy.admin),
+    ])
+    .await;
+    assert!(ok);
+    assert!(
+        headers
+            .to_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    let metrics = proxy.metrics();
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_over_admin_drains_and_exits() {
+    let mut proxy = Proxy::start(&[]);
+    let (ok, body, err) = curl(&["-X", "POST", &format!("http://{}/shutdown", proxy.admin)]).await;
+    assert!(ok, "{err}");
+    assert_eq!(body, "shutdown\n");
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(proxy.log().contains("drained"), "{}", proxy.log());
+}
+
+#[tokio::test]
+async fn shutdown_is_refused_from_non_loopback_clients() {
+    // The admin server listens on all addresses; a client connecting from a
+    // non-loopback address of this host must not be able to stop the proxy.
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped: this host has no non-loopback IPv4 address to connect from");
+        return;
+    };
+    let port = free_port();
+    let proxy = Proxy::start(&[("WEFT_PROXY_ADMIN_LISTEN_ADDR", format!("0.0.0.0:{port}"))]);
+    let url = format!("http://{ip}:{port}/shutdown");
+    let (_, code, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", &url]).await;
+    assert_eq!(code, "403");
+    assert_eq!(
+        http_get(proxy.admin, "/live").map(|r| r.0),
+        Some(200),
+        "still running"
+    );
+}
+
+/// An address of this host that is not loopback (e.g. the primary interface).
+fn non_loopback_ip() -> Option<String> {
+    let out = Command::new("hostname").arg("-I").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let server = spawn_http().await;
+    let mut proxy = Proxy::start(&[("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s".into())]);
+    let via = format!("http://{}", proxy.outbound);
+    let slow = {
+        let url = format!("http://{server}/delay/1500");
+        let via = via.clone();
+        tokio::spawn(async move { curl(&["-x", &via, &url]).await })
+    };
+    // Let the request reach the server before asking the proxy to stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.metric("request_total", &[]) < 1.0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(proxy.outbound)
+            .await
+            .is_err(),
+        "listeners close when draining starts"
+    );
+    let (ok, body, err) = slow.await.unwrap();
+    assert!(ok, "in-flight request failed: {err}");
+    assert_eq!(body, "slept 1500ms\n");
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_bad_setting_stops_the_proxy_with_its_name_and_value() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .env_clear()
+        .env("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT=\"soon\""),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .env_clear()
+        .env("WEFT_PROXY_LOG", "weft_proxy=loud")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WEFT_PROXY_LOG"));
+}
+
+#[test]
+fn a_port_in_use_is_reported_with_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .env_clear()
+        .env("WEFT_PROXY_INBOUND_LISTEN_ADDR", addr.to_string())
+        .env(
+            "WEFT_PROXY_OUTBOUND_LISTEN_ADDR",
+            loopback(free_port()).to_string(),
+        )
+        .env(
+            "WEFT_PROXY_ADMIN_LISTEN_ADDR",
+            loopback(free_port()).to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("binding the inbound listener to {addr}")),
+        "{stderr}"
+    );
+}
