@@ -24,21 +24,36 @@ fn missing_capability() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root to create network namespaces".into());
     }
-    for (tool, package) in [("ip", "iproute2"), ("iptables", "iptables"), ("setpriv", "util-linux")] {
-        if Command::new(tool).arg("-V").output().is_err() && Command::new(tool).arg("--version").output().is_err() {
-            return Some(format!("{tool} is not installed (apt-get install {package})"));
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+        ("setpriv", "util-linux"),
+    ] {
+        if Command::new(tool).arg("-V").output().is_err()
+            && Command::new(tool).arg("--version").output().is_err()
+        {
+            return Some(format!(
+                "{tool} is not installed (apt-get install {package})"
+            ));
         }
     }
     None
 }
 
 fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 fn must(args: &[&str]) -> String {
     let out = sh(args);
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -51,15 +66,27 @@ struct Pods {
 impl Pods {
     fn create() -> Pods {
         static N: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed));
-        let pods = Pods { a: format!("weft-cap{id}-a"), b: format!("weft-cap{id}-b") };
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let pods = Pods {
+            a: format!("weft-cap{id}-a"),
+            b: format!("weft-cap{id}-b"),
+        };
         let (va, vb) = (format!("wca{id}"), format!("wcb{id}"));
         must(&["ip", "netns", "add", &pods.a]);
         must(&["ip", "netns", "add", &pods.b]);
-        must(&["ip", "link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        must(&[
+            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+        ]);
         must(&["ip", "link", "set", &va, "netns", &pods.a]);
         must(&["ip", "link", "set", &vb, "netns", &pods.b]);
-        for (ns, dev, addr) in [(&pods.a, &va, "198.18.0.1/24"), (&pods.b, &vb, "198.18.0.2/24")] {
+        for (ns, dev, addr) in [
+            (&pods.a, &va, "198.18.0.1/24"),
+            (&pods.b, &vb, "198.18.0.2/24"),
+        ] {
             must(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
             must(&["ip", "-n", ns, "link", "set", dev, "up"]);
             must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
@@ -93,7 +120,17 @@ impl PodProxy {
     fn start(ns: &str) -> PodProxy {
         let log = std::env::temp_dir().join(format!("weft-capture-{ns}.log"));
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "setpriv", "--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "setpriv",
+                "--reuid",
+                PROXY_UID,
+                "--regid",
+                PROXY_UID,
+                "--clear-groups",
+            ])
             .arg(env!("CARGO_BIN_EXE_weft-proxy"))
             .env_clear()
             .env("WEFT_PROXY_LOG", "info,weft_proxy=debug")
@@ -101,19 +138,32 @@ impl PodProxy {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawning the proxy in the pod");
-        let proxy = PodProxy { child, ns: ns.to_string(), log };
+        let proxy = PodProxy {
+            child,
+            ns: ns.to_string(),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while proxy.admin_get("/ready").map(|r| r.0) != Some(200) {
-            assert!(Instant::now() < deadline, "proxy not ready:\n{}", proxy.log());
+            assert!(
+                Instant::now() < deadline,
+                "proxy not ready:\n{}",
+                proxy.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         proxy
     }
 
     fn admin_get(&self, path: &'static str) -> Option<(u16, String)> {
-        netns::run_in(&self.ns, move || Ok(support::http_get(SocketAddr::from(([127, 0, 0, 1], 4191)), path)))
-            .ok()
-            .flatten()
+        netns::run_in(&self.ns, move || {
+            Ok(support::http_get(
+                SocketAddr::from(([127, 0, 0, 1], 4191)),
+                path,
+            ))
+        })
+        .ok()
+        .flatten()
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -146,11 +196,27 @@ fn serve_http_in(ns: &str, addr: SocketAddr) {
 async fn curl_in(ns: &str, as_proxy_uid: bool, url: &str) -> (bool, String) {
     let mut args = vec!["netns", "exec", ns];
     if as_proxy_uid {
-        args.extend(["setpriv", "--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"]);
+        args.extend([
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+        ]);
     }
     args.extend(["curl", "-sS", "--max-time", "10", url]);
-    let out = tokio::process::Command::new("ip").args(&args).output().await.unwrap();
-    let text = String::from_utf8_lossy(if out.status.success() { &out.stdout } else { &out.stderr }).into_owned();
+    let out = tokio::process::Command::new("ip")
+        .args(&args)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    })
+    .into_owned();
     (out.status.success(), text)
 }
 
@@ -164,10 +230,19 @@ fn nat_rules(pods: &Pods) -> Vec<String> {
 }
 
 fn init(pods: &Pods, extra: &[&str]) {
-    let mut args = vec![env!("CARGO_BIN_EXE_weft-proxy"), "init", "--proxy-uid", PROXY_UID];
+    let mut args = vec![
+        env!("CARGO_BIN_EXE_weft-proxy"),
+        "init",
+        "--proxy-uid",
+        PROXY_UID,
+    ];
     args.extend_from_slice(extra);
     let out = pods.exec(&pods.a, &args);
-    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -187,27 +262,50 @@ async fn iptables_capture_redirects_both_directions_and_skips_the_proxy_uid() {
     let (ok, body) = curl_in(&pods.a, false, "http://198.18.0.2:8080/headers").await;
     assert!(ok, "{body}");
     assert!(body.contains("host: 198.18.0.2:8080"), "{body}");
-    let outbound = [("direction", "outbound"), ("target_addr", "198.18.0.2:8080")];
-    assert_eq!(proxy.metric("request_total", &outbound), 1.0, "{}", proxy.log());
+    let outbound = [
+        ("direction", "outbound"),
+        ("target_addr", "198.18.0.2:8080"),
+    ];
+    assert_eq!(
+        proxy.metric("request_total", &outbound),
+        1.0,
+        "{}",
+        proxy.log()
+    );
     // That the request arrived at all shows the proxy's own connection to
     // pod B was not redirected back into itself (the uid rule).
 
     // A process running as the proxy uid bypasses capture entirely.
     let (ok, body) = curl_in(&pods.a, true, "http://198.18.0.2:8080/hello").await;
     assert!(ok, "{body}");
-    assert_eq!(proxy.metric("request_total", &outbound), 1.0, "uid traffic must not be captured");
+    assert_eq!(
+        proxy.metric("request_total", &outbound),
+        1.0,
+        "uid traffic must not be captured"
+    );
 
     // Inbound: pod B's connection to pod A's workload is redirected to 4143.
     let (ok, body) = curl_in(&pods.b, false, "http://198.18.0.1:9090/hello").await;
     assert!(ok, "{body}");
     assert_eq!(body, "hello from weft-testkit\n");
     let inbound = [("direction", "inbound"), ("target_addr", "198.18.0.1:9090")];
-    assert_eq!(proxy.metric("request_total", &inbound), 1.0, "{}", proxy.log());
+    assert_eq!(
+        proxy.metric("request_total", &inbound),
+        1.0,
+        "{}",
+        proxy.log()
+    );
 
     // The admin port is skipped: scrapes from outside reach it directly.
     let (ok, body) = curl_in(&pods.b, false, "http://198.18.0.1:4191/ready").await;
     assert!(ok && body == "ready\n", "{body}");
-    assert_eq!(proxy.metric("request_total", &[("direction", "inbound"), ("target_addr", "198.18.0.1:4191")]), 0.0);
+    assert_eq!(
+        proxy.metric(
+            "request_total",
+            &[("direction", "inbound"), ("target_addr", "198.18.0.1:4191")]
+        ),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -219,9 +317,19 @@ async fn init_is_idempotent_and_removable() {
     let pods = Pods::create();
     init(&pods, &["--skip-outbound-ports", "22,6000-6010"]);
     let once = nat_rules(&pods);
-    assert!(once.iter().any(|r| r.contains("--uid-owner 2102")), "{once:?}");
-    assert!(once.iter().any(|r| r.contains("-A PREROUTING -j WEFT_PROXY_INBOUND")), "{once:?}");
-    assert!(once.iter().any(|r| r.contains("--dports 22,6000:6010")), "{once:?}");
+    assert!(
+        once.iter().any(|r| r.contains("--uid-owner 2102")),
+        "{once:?}"
+    );
+    assert!(
+        once.iter()
+            .any(|r| r.contains("-A PREROUTING -j WEFT_PROXY_INBOUND")),
+        "{once:?}"
+    );
+    assert!(
+        once.iter().any(|r| r.contains("--dports 22,6000:6010")),
+        "{once:?}"
+    );
 
     init(&pods, &["--skip-outbound-ports", "22,6000-6010"]);
     assert_eq!(nat_rules(&pods), once, "a second run leaves the same rules");
