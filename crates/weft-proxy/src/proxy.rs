@@ -33,7 +33,7 @@ use crate::{admin, orig_dst, tcp};
 pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub clients: Clients,
+    pub clients: Arc<Clients>,
 }
 
 /// Whether the proxy should receive traffic (`/ready`): listeners bound and not draining.

@@ -1,63 +1,222 @@
-//! Connection pools to endpoints.
+//! Connections to endpoints, kept and reused.
 //!
-//! One hyper-util client per (direction, endpoint address, protocol). Its
-//! connector always dials that one address, whatever the request's authority
-//! says, so the authority travels unchanged (Host / `:authority`) while the
-//! pool keeps HTTP/1.1 connections alive and multiplexes HTTP/2 on one
-//! connection. The pool also retries a request that never left because a
-//! reused keep-alive connection closed under it.
+//! HTTP/1: a client connection carries one request at a time, so it leases one
+//! upstream connection ([`Lease`]) and keeps it for as long as it lives; the
+//! next request goes straight out on it, with no pool look-up. When the client
+//! connection ends, the upstream connection goes back to its endpoint's idle
+//! list for other clients. A request that finds its reused connection closed by
+//! the server before anything was sent is retried once on a fresh connection.
+//!
+//! HTTP/2: one multiplexed connection per endpoint, shared by every client
+//! connection, re-established when it closes.
+//!
+//! Idle connections older than the pool idle timeout are closed by a sweeper,
+//! and endpoints unused for [`ENDPOINT_EXPIRY`] are forgotten.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use http::Uri;
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tracing::debug;
 
-use crate::io::Metered;
+use super::error::ProxyError;
 use crate::metrics::{Direction, Metrics};
-use crate::tcp::{self, ConnectError};
+use crate::tcp;
 
-pub type Client = hyper_util::client::legacy::Client<Connector, Incoming>;
+type Http1Sender = http1::SendRequest<Incoming>;
+type Http2Sender = http2::SendRequest<Incoming>;
 
-/// Dials one endpoint.
-#[derive(Clone, Debug)]
-pub struct Connector {
-    addr: SocketAddr,
+/// Endpoints unused for this long are dropped from the map.
+const ENDPOINT_EXPIRY: Duration = Duration::from_secs(600);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Connections to one endpoint in one direction.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
     direction: Direction,
-    timeout: Duration,
+    connect_timeout: Duration,
     metrics: Arc<Metrics>,
+    idle_http1: Mutex<Vec<(Http1Sender, Instant)>>,
+    http2: Mutex<Option<Http2Sender>>,
+    /// Held while dialing HTTP/2, so concurrent first requests share one connection.
+    http2_dialing: tokio::sync::Mutex<()>,
+    last_used: Mutex<Instant>,
 }
 
-impl Connection for Metered<TcpStream> {
-    fn connected(&self) -> Connected {
-        Connected::new()
+impl Endpoint {
+    async fn dial(&self) -> Result<TokioIo<crate::io::Metered<tokio::net::TcpStream>>, ProxyError> {
+        let io = tcp::connect(
+            &self.metrics,
+            self.direction,
+            self.addr,
+            self.connect_timeout,
+        )
+        .await?;
+        Ok(TokioIo::new(io))
+    }
+
+    async fn new_http1(&self) -> Result<Http1Sender, ProxyError> {
+        let io = self.dial().await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(%addr, error = %e, "endpoint connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn idle_http1(&self) -> Option<Http1Sender> {
+        let mut idle = lock(&self.idle_http1);
+        while let Some((sender, _)) = idle.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn release_http1(&self, sender: Http1Sender) {
+        if !sender.is_closed() {
+            lock(&self.idle_http1).push((sender, Instant::now()));
+        }
+    }
+
+    async fn http2(&self) -> Result<Http2Sender, ProxyError> {
+        if let Some(s) = lock(&self.http2).as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let _dialing = self.http2_dialing.lock().await;
+        if let Some(s) = lock(&self.http2).as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let io = self.dial().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "endpoint HTTP/2 connection ended with an error");
+            }
+        });
+        *lock(&self.http2) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Sends one HTTP/2 request on the shared connection.
+    pub async fn send_http2(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        self.touch();
+        let mut sender = self.http2().await?;
+        sender.ready().await.map_err(|e| self.failed(&e))?;
+        sender.send_request(req).await.map_err(|e| self.failed(&e))
+    }
+
+    fn failed(&self, e: &hyper::Error) -> ProxyError {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            reason.push_str(": ");
+            reason.push_str(&s.to_string());
+            source = s.source();
+        }
+        ProxyError::Upstream {
+            addr: self.addr,
+            reason,
+        }
+    }
+
+    fn touch(&self) {
+        *lock(&self.last_used) = Instant::now();
+    }
+
+    /// Closes idle HTTP/1 connections older than `max_idle`.
+    fn sweep(&self, now: Instant, max_idle: Duration) {
+        lock(&self.idle_http1)
+            .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < max_idle);
     }
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Metered<TcpStream>>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+/// The HTTP/1 connection a client connection is using, returned to its
+/// endpoint's idle list when the client connection ends.
+#[derive(Debug, Default)]
+pub struct Lease(Mutex<Option<(Arc<Endpoint>, Http1Sender)>>);
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
+impl Lease {
+    /// Sends one HTTP/1 request to `endpoint` on the leased connection, or on an
+    /// idle or new one.
+    pub async fn send_http1(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let held = lock(&self.0).take();
+        let reused = match held {
+            Some((e, sender)) if Arc::ptr_eq(&e, endpoint) && !sender.is_closed() => Some(sender),
+            Some((other, sender)) => {
+                other.release_http1(sender);
+                None
+            }
+            None => None,
+        }
+        .or_else(|| {
+            // A lease holds the endpoint alive; only a checkout counts as use.
+            endpoint.touch();
+            endpoint.idle_http1()
+        });
+
+        let (mut sender, req) = match reused {
+            Some(mut sender) => {
+                // The previous response may still be finishing on this connection.
+                match sender.ready().await {
+                    Ok(()) => match sender.try_send_request(req).await {
+                        Ok(resp) => {
+                            *lock(&self.0) = Some((endpoint.clone(), sender));
+                            return Ok(resp);
+                        }
+                        Err(mut e) => match e.take_message() {
+                            // Never sent: the server had closed the connection. Retry fresh.
+                            Some(req) => (endpoint.new_http1().await?, req),
+                            None => return Err(endpoint.failed(e.error())),
+                        },
+                    },
+                    Err(_) => (endpoint.new_http1().await?, req),
+                }
+            }
+            None => (endpoint.new_http1().await?, req),
+        };
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| endpoint.failed(&e))?;
+        *lock(&self.0) = Some((endpoint.clone(), sender));
+        Ok(resp)
     }
+}
 
-    fn call(&mut self, _authority: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            tcp::connect(&this.metrics, this.direction, this.addr, this.timeout)
-                .await
-                .map(TokioIo::new)
-        })
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some((endpoint, sender)) = lock(&self.0).take() {
+            endpoint.release_http1(sender);
+        }
     }
 }
 
@@ -65,65 +224,68 @@ impl tower_service::Service<Uri> for Connector {
 struct Key {
     direction: Direction,
     addr: SocketAddr,
-    http2: bool,
 }
 
-/// Clients unused for this long are forgotten (their idle connections are
-/// long closed by then), so a proxy that talks to many short-lived endpoints
-/// does not grow.
-const CLIENT_EXPIRY: Duration = Duration::from_secs(600);
-
+/// Every endpoint the proxy talks to.
 #[derive(Debug)]
 pub struct Clients {
     metrics: Arc<Metrics>,
     inbound_connect_timeout: Duration,
     outbound_connect_timeout: Duration,
-    pool_idle_timeout: Duration,
-    clients: Mutex<HashMap<Key, (Client, Instant)>>,
+    endpoints: Mutex<HashMap<Key, Arc<Endpoint>>>,
 }
 
 impl Clients {
-    pub fn new(config: &crate::config::Config, metrics: Arc<Metrics>) -> Self {
-        Clients {
+    /// Creates the endpoint table and its sweeper (which ends with the table).
+    pub fn new(config: &crate::config::Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        let clients = Arc::new(Clients {
             metrics,
             inbound_connect_timeout: config.inbound_connect_timeout,
             outbound_connect_timeout: config.outbound_connect_timeout,
-            pool_idle_timeout: config.http_pool_idle_timeout,
-            clients: Mutex::new(HashMap::new()),
-        }
+            endpoints: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(sweep(
+            Arc::downgrade(&clients),
+            config.http_pool_idle_timeout,
+        ));
+        clients
     }
 
-    pub fn get(&self, direction: Direction, addr: SocketAddr, http2: bool) -> Client {
-        let key = Key {
-            direction,
-            addr,
-            http2,
+    pub fn endpoint(&self, direction: Direction, addr: SocketAddr) -> Arc<Endpoint> {
+        let key = Key { direction, addr };
+        lock(&self.endpoints)
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Endpoint {
+                    addr,
+                    direction,
+                    connect_timeout: match direction {
+                        Direction::Inbound => self.inbound_connect_timeout,
+                        Direction::Outbound => self.outbound_connect_timeout,
+                    },
+                    metrics: self.metrics.clone(),
+                    idle_http1: Mutex::new(Vec::new()),
+                    http2: Mutex::new(None),
+                    http2_dialing: tokio::sync::Mutex::new(()),
+                    last_used: Mutex::new(Instant::now()),
+                })
+            })
+            .clone()
+    }
+}
+
+async fn sweep(clients: Weak<Clients>, max_idle: Duration) {
+    let period = (max_idle / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(clients) = clients.upgrade() else {
+            return;
         };
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if let Some((client, used)) = clients.get_mut(&key) {
-            *used = now;
-            return client.clone();
-        }
-        if clients.len() > 64 {
-            clients.retain(|_, (_, used)| now.duration_since(*used) < CLIENT_EXPIRY);
-        }
-        let timeout = match direction {
-            Direction::Inbound => self.inbound_connect_timeout,
-            Direction::Outbound => self.outbound_connect_timeout,
-        };
-        let connector = Connector {
-            addr,
-            direction,
-            timeout,
-            metrics: self.metrics.clone(),
-        };
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .http2_only(http2)
-            .build(connector);
-        clients.insert(key, (client.clone(), now));
-        client
+        lock(&clients.endpoints).retain(|_, e| {
+            e.sweep(now, max_idle);
+            // Keep endpoints someone still holds (a lease, a request) or used lately.
+            Arc::strong_count(e) > 1 || now.duration_since(*lock(&e.last_used)) < ENDPOINT_EXPIRY
+        });
     }
 }

@@ -1,5 +1,5 @@
 //! HTTP proxying: serve the client's connection with hyper, forward each
-//! request to its endpoint through a pooled client, stream the response back.
+//! request to its endpoint over a kept connection, stream the response back.
 //!
 //! A connection's protocol is kept end to end in this version (HTTP/1 to
 //! HTTP/1, HTTP/2 to HTTP/2). Bodies stream in both directions without being
@@ -11,7 +11,6 @@ pub mod error;
 pub mod headers;
 
 use std::convert::Infallible;
-use std::error::Error as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,26 +26,27 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
 use self::body::{ProxyBody, ResponseEnd, grpc_status};
-use self::client::Client;
+use self::client::{Endpoint, Lease};
 use self::error::ProxyError;
 use crate::drain::Watch;
 use crate::metrics::{AuthorityMetrics, Direction, HttpConnMetrics};
 use crate::proxy::Shared;
-use crate::tcp::{self, ConnectError};
+use crate::tcp;
 
 /// One client connection being served as HTTP.
 pub struct HttpConn {
     pub direction: Direction,
-    /// The endpoint of a redirected connection. `None` in explicit-proxy mode,
-    /// where every request names its own target.
-    pub target: Option<SocketAddr>,
     pub http2: bool,
     /// The listener's own address, to refuse requests that would loop.
     pub listen_addr: SocketAddr,
     pub shared: Arc<Shared>,
     pub metrics: HttpConnMetrics,
     pub watch: Watch,
-    client: Option<Client>,
+    /// The endpoint of a redirected connection. `None` in explicit-proxy mode,
+    /// where every request names its own target.
+    endpoint: Option<Arc<Endpoint>>,
+    /// The HTTP/1 connection this client connection is using upstream.
+    lease: Lease,
 }
 
 impl HttpConn {
@@ -60,16 +60,16 @@ impl HttpConn {
         metrics: HttpConnMetrics,
         watch: Watch,
     ) -> Self {
-        let client = target.map(|addr| shared.clients.get(direction, addr, http2));
+        let endpoint = target.map(|addr| shared.clients.endpoint(direction, addr));
         HttpConn {
             direction,
-            target,
             http2,
             listen_addr,
             shared,
             metrics,
             watch,
-            client,
+            endpoint,
+            lease: Lease::default(),
         }
     }
 }
@@ -122,23 +122,23 @@ async fn handle(
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let authority = request_authority(&req);
-    let endpoint = endpoint(&conn, &req, authority.as_ref()).await;
-    let target_addr = endpoint.as_ref().map_or(conn.listen_addr, |e| e.addr);
+    let target = target(&conn, &req, authority.as_ref()).await;
+    let target_addr = target.as_ref().map_or(conn.listen_addr, Target::addr);
     let metrics = conn.metrics.for_request(
         authority.as_ref().map_or("", Authority::as_str),
         target_addr,
     );
     metrics.request_total.inc();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let result = match endpoint {
-        Ok(endpoint) => proxy(&conn, req, authority, endpoint, &metrics, started, grpc).await,
+    // Kept for the error log; cloning shares the URI's buffers.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let result = match target {
+        Ok(target) => proxy(&conn, req, authority, target, &metrics, started, grpc).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(resp) => Ok(resp),
         Err(err) => {
-            info!(%method, %path, error = %err, "request failed");
+            info!(%method, path = uri.path(), error = %err, "request failed");
             conn.shared.metrics.http_error(conn.direction, err.kind());
             let resp = err.to_response(grpc);
             let status = metrics.status(resp.status().as_u16());
@@ -151,22 +151,28 @@ async fn handle(
 
 /// Where a request goes: the connection's redirect target, or in explicit-proxy
 /// mode the address its authority names.
-struct Endpoint {
-    addr: SocketAddr,
-    /// `None` for an explicit-proxy CONNECT, which is tunnelled, not pooled.
-    client: Option<Client>,
+enum Target {
+    Pooled(Arc<Endpoint>),
+    /// An explicit-proxy CONNECT: tunnelled, not pooled.
+    Tunnel(SocketAddr),
 }
 
-async fn endpoint(
+impl Target {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Pooled(e) => e.addr,
+            Target::Tunnel(addr) => *addr,
+        }
+    }
+}
+
+async fn target(
     conn: &HttpConn,
     req: &Request<Incoming>,
     authority: Option<&Authority>,
-) -> Result<Endpoint, ProxyError> {
-    if let (Some(addr), Some(client)) = (conn.target, &conn.client) {
-        return Ok(Endpoint {
-            addr,
-            client: Some(client.clone()),
-        });
+) -> Result<Target, ProxyError> {
+    if let Some(endpoint) = &conn.endpoint {
+        return Ok(Target::Pooled(endpoint.clone()));
     }
     let connect = req.method() == Method::CONNECT;
     let authority = match (connect, authority) {
@@ -184,45 +190,52 @@ async fn endpoint(
     if is_self(addr, conn.listen_addr) {
         return Err(ProxyError::Loop(addr));
     }
-    let client = (!connect).then(|| {
-        conn.shared
-            .clients
-            .get(Direction::Outbound, addr, conn.http2)
-    });
-    Ok(Endpoint { addr, client })
+    Ok(if connect {
+        Target::Tunnel(addr)
+    } else {
+        Target::Pooled(conn.shared.clients.endpoint(Direction::Outbound, addr))
+    })
 }
 
 async fn proxy(
     conn: &HttpConn,
     mut req: Request<Incoming>,
     authority: Option<Authority>,
-    endpoint: Endpoint,
+    target: Target,
     metrics: &AuthorityMetrics,
     started: Instant,
     grpc: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let addr = endpoint.addr;
-    let Some(client) = endpoint.client else {
-        return tunnel(conn, req, addr).await;
+    let endpoint = match target {
+        Target::Pooled(endpoint) => endpoint,
+        Target::Tunnel(addr) => return tunnel(conn, req, addr).await,
     };
+    let addr = endpoint.addr;
 
     let upgrade = headers::is_upgrade(&req);
     let is_connect = req.method() == Method::CONNECT;
     let version = req.version();
     headers::strip_hop_by_hop(req.headers_mut(), version, upgrade);
-    if !is_connect {
+    if conn.http2 {
         *req.uri_mut() = absolute_uri(req.uri(), authority, addr)?;
+    } else if !is_connect {
+        origin_form(&mut req)?;
     }
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let response = client.request(req);
-    let response = match conn.shared.config.response_timeout {
+    let response = async {
+        if conn.http2 {
+            endpoint.send_http2(req).await
+        } else {
+            conn.lease.send_http1(&endpoint, req).await
+        }
+    };
+    let mut resp = match conn.shared.config.response_timeout {
         Some(timeout) => tokio::time::timeout(timeout, response)
             .await
             .map_err(|_| ProxyError::ResponseTimeout { addr, timeout })?,
         None => response.await,
-    };
-    let mut resp = response.map_err(|e| upstream_error(addr, e))?;
+    }?;
 
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
         || (is_connect && resp.status().is_success());
@@ -344,6 +357,24 @@ fn absolute_uri(
         .map_err(|e| ProxyError::BadRequest(format!("cannot rebuild the request URI: {e}")))
 }
 
+/// An HTTP/1 request goes upstream in origin form; an absolute-form request
+/// (explicit proxy) has its authority moved to Host, as RFC 9112 3.2.2 asks.
+fn origin_form<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    let Some(authority) = req.uri().authority() else {
+        return Ok(());
+    };
+    let host = http::HeaderValue::from_str(authority.as_str())
+        .map_err(|e| ProxyError::BadRequest(format!("unusable authority: {e}")))?;
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    req.headers_mut().insert(http::header::HOST, host);
+    *req.uri_mut() = Uri::from(path);
+    Ok(())
+}
+
 async fn resolve(authority: &Authority) -> Result<SocketAddr, ProxyError> {
     let port = authority.port_u16().unwrap_or(80);
     let host = authority
@@ -371,34 +402,6 @@ fn is_self(addr: SocketAddr, listen: SocketAddr) -> bool {
         && (addr.ip() == listen.ip()
             || addr.ip().is_unspecified()
             || (local_ip && addr.ip().is_loopback()))
-}
-
-/// Turns a pooled-client failure into the proxy's own error, keeping the
-/// connect failure (refused, timed out) when that is what happened.
-fn upstream_error(addr: SocketAddr, err: hyper_util::client::legacy::Error) -> ProxyError {
-    let mut reason = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(connect) = e.downcast_ref::<ConnectError>() {
-            return ProxyError::Connect(match connect {
-                ConnectError::Timeout { addr, timeout } => ConnectError::Timeout {
-                    addr: *addr,
-                    timeout: *timeout,
-                },
-                ConnectError::Failed { addr, source } => ConnectError::Failed {
-                    addr: *addr,
-                    source: match source.raw_os_error() {
-                        Some(code) => std::io::Error::from_raw_os_error(code),
-                        None => std::io::Error::new(source.kind(), source.to_string()),
-                    },
-                },
-            });
-        }
-        reason.push_str(": ");
-        reason.push_str(&e.to_string());
-        source = e.source();
-    }
-    ProxyError::Upstream { addr, reason }
 }
 
 fn elapsed_ms(started: Instant) -> f64 {
