@@ -306,6 +306,32 @@ async fn iptables_capture_redirects_both_directions_and_skips_the_proxy_uid() {
         ),
         0.0
     );
+
+    // /shutdown is only for loopback clients: pod B is refused and the proxy stays up.
+    let out = tokio::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pods.b,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .arg("http://198.18.0.1:4191/shutdown")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    assert_eq!(
+        proxy.admin_get("/live").map(|r| r.0),
+        Some(200),
+        "still running"
+    );
 }
 
 #[tokio::test]

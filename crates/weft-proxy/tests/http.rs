@@ -85,6 +85,12 @@ async fn explicit_proxy_connect_tunnel() {
         &[("peer", "dst"), ("target_addr", &server.to_string())],
     );
     assert_eq!(opened, 1.0);
+    let tunnel = [
+        ("target_addr", &server.to_string() as &str),
+        ("status_code", "200"),
+        ("classification", "success"),
+    ];
+    assert_eq!(proxy.metric("response_total", &tunnel), 1.0);
 }
 
 #[tokio::test]
@@ -372,4 +378,39 @@ async fn large_streamed_bodies_keep_memory_bounded() {
     );
     let read = proxy.metric("tcp_read_bytes_total", &[("peer", "src")]);
     assert!(read >= GIB as f64, "client bytes counted: {read}");
+}
+
+#[tokio::test]
+async fn grpc_client_pointed_at_the_explicit_proxy_is_routed_by_authority() {
+    let server = spawn_grpc().await;
+    let proxy = Proxy::start(&[]);
+    // The channel dials the proxy; its :authority names the real server.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound))
+        .unwrap()
+        .origin(format!("http://{server}").parse().unwrap())
+        .connect()
+        .await
+        .expect("connect to the proxy");
+    let mut client = EchoClient::new(channel);
+    for i in 0..3 {
+        let reply = client
+            .unary(EchoRequest {
+                message: format!("via proxy {i}"),
+                ..Default::default()
+            })
+            .await
+            .expect("call through the explicit proxy")
+            .into_inner();
+        assert_eq!(reply.message, format!("via proxy {i}"));
+    }
+    let labels = [
+        ("direction", "outbound"),
+        ("target_addr", &server.to_string() as &str),
+    ];
+    assert_eq!(proxy.metric("request_total", &labels), 3.0);
+    assert_eq!(
+        proxy.metric("tcp_open_total", &[("peer", "dst")]),
+        1.0,
+        "one multiplexed connection"
+    );
 }

@@ -54,38 +54,6 @@ async fn shutdown_over_admin_drains_and_exits() {
 }
 
 #[tokio::test]
-async fn shutdown_is_refused_from_non_loopback_clients() {
-    // The admin server listens on all addresses; a client connecting from a
-    // non-loopback address of this host must not be able to stop the proxy.
-    let Some(ip) = non_loopback_ip() else {
-        eprintln!("skipped: this host has no non-loopback IPv4 address to connect from");
-        return;
-    };
-    let port = free_port();
-    let proxy = Proxy::start(&[("WEFT_PROXY_ADMIN_LISTEN_ADDR", format!("0.0.0.0:{port}"))]);
-    let url = format!("http://{ip}:{port}/shutdown");
-    let (_, code, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", &url]).await;
-    assert_eq!(code, "403");
-    assert_eq!(
-        http_get(proxy.admin, "/live").map(|r| r.0),
-        Some(200),
-        "still running"
-    );
-}
-
-/// An address of this host that is not loopback (e.g. the primary interface).
-fn non_loopback_ip() -> Option<String> {
-    let out = Command::new("hostname").arg("-I").output().ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|a| {
-            a.parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|ip| !ip.is_loopback())
-        })
-        .map(str::to_string)
-}
-
-#[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let server = spawn_http().await;
     let mut proxy = Proxy::start(&[("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s".into())]);

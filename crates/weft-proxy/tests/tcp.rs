@@ -184,3 +184,32 @@ async fn garbage_to_the_explicit_proxy_is_closed_and_logged() {
     .await;
     assert!(ok, "still serving: {err}");
 }
+
+#[tokio::test]
+async fn idle_opaque_connections_are_closed() {
+    let server = spawn_greeter().await;
+    let proxy = inbound_proxy_to(
+        server,
+        &[
+            ("WEFT_PROXY_INBOUND_OPAQUE_PORTS", server.port().to_string()),
+            ("WEFT_PROXY_TCP_IDLE_TIMEOUT", "300ms".into()),
+        ],
+    );
+    let mut s = TcpStream::connect(proxy.inbound).await.unwrap();
+    let mut greeting = vec![0u8; 32];
+    let n = tokio::time::timeout(LIMIT, s.read(&mut greeting))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(greeting[..n].starts_with(b"220 "));
+    // Then silence in both directions: the proxy closes the connection.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(LIMIT, s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle opaque connection must be closed");
+    let src = [("peer", "src"), ("direction", "inbound"), ("errno", "")];
+    let deadline = std::time::Instant::now() + LIMIT;
+    while proxy.metric("tcp_close_total", &src) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "close recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -56,8 +56,15 @@ impl Echo for EchoService {
 }
 
 pub async fn serve(listener: TcpListener) -> Result<(), tonic::transport::Error> {
+    // tonic sets TCP_NODELAY only on sockets it accepts itself; without it small
+    // responses wait on Nagle and delayed ACKs (40 ms tails).
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        stream.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
     tonic::transport::Server::builder()
         .add_service(EchoServer::new(EchoService))
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(incoming)
         .await
 }

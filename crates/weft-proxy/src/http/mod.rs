@@ -208,7 +208,13 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let endpoint = match target {
         Target::Pooled(endpoint) => endpoint,
-        Target::Tunnel(addr) => return tunnel(conn, req, addr).await,
+        Target::Tunnel(addr) => {
+            let resp = tunnel(conn, req, addr).await?;
+            let status = metrics.status(resp.status().as_u16());
+            status.latency_ms.observe(elapsed_ms(started));
+            status.success.inc();
+            return Ok(resp);
+        }
     };
     let addr = endpoint.addr;
 
