@@ -12,7 +12,7 @@ use weft_testkit::pb::{EchoRequest, echo_client::EchoClient};
 
 #[tokio::test]
 async fn explicit_proxy_http1_with_curl() {
-    let server = spawn_http().await;
+    let server = spawn_server(weft_testkit::http::serve).await;
     let proxy = Proxy::start(&[]);
     let via = format!("http://{}", proxy.outbound);
 
@@ -68,7 +68,7 @@ async fn explicit_proxy_http1_with_curl() {
 
 #[tokio::test]
 async fn explicit_proxy_connect_tunnel() {
-    let server = spawn_http().await;
+    let server = spawn_server(weft_testkit::http::serve).await;
     let proxy = Proxy::start(&[]);
     // -p makes curl tunnel through CONNECT, as HTTPS and gRPC clients do.
     let (ok, body, err) = curl(&[
@@ -95,7 +95,7 @@ async fn explicit_proxy_connect_tunnel() {
 
 #[tokio::test]
 async fn inbound_http1_status_codes_and_errors_are_classified() {
-    let server = spawn_http().await;
+    let server = spawn_server(weft_testkit::http::serve).await;
     let proxy = inbound_proxy_to(server, &[]);
     let base = format!("http://{}", proxy.inbound);
     let (ok, codes, err) = curl(&[
@@ -134,7 +134,7 @@ async fn inbound_http1_status_codes_and_errors_are_classified() {
 
 #[tokio::test]
 async fn proxy_errors_are_explicit_502_and_504() {
-    let server = spawn_http().await;
+    let server = spawn_server(weft_testkit::http::serve).await;
     let dead = loopback(free_port());
     let proxy = Proxy::start(&[("WEFT_PROXY_RESPONSE_TIMEOUT", "300ms".into())]);
     let via = format!("http://{}", proxy.outbound);
@@ -173,7 +173,7 @@ async fn proxy_errors_are_explicit_502_and_504() {
 
 #[tokio::test]
 async fn http2_prior_knowledge_with_h2load_and_trailers() {
-    let server = spawn_http().await;
+    let server = spawn_server(weft_testkit::http::serve).await;
     let proxy = inbound_proxy_to(server, &[]);
 
     let out = tokio::process::Command::new("h2load")
@@ -220,7 +220,7 @@ async fn http2_prior_knowledge_with_h2load_and_trailers() {
 
 #[tokio::test]
 async fn grpc_unary_streaming_and_status_through_the_proxy() {
-    let server = spawn_grpc().await;
+    let server = spawn_server(weft_testkit::grpc::serve).await;
     let proxy = inbound_proxy_to(server, &[]);
     let mut client = EchoClient::connect(format!("http://{}", proxy.inbound))
         .await
@@ -310,7 +310,7 @@ fn tokio_stream_from(
 
 #[tokio::test]
 async fn websocket_upgrade_passes_through() {
-    let server = spawn_websocket().await;
+    let server = spawn_server(weft_testkit::tcp::serve_websocket_echo).await;
     let proxy = inbound_proxy_to(server, &[]);
     let stream = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
     let (mut ws, resp) =
@@ -334,7 +334,7 @@ async fn websocket_upgrade_passes_through() {
 #[tokio::test]
 async fn large_streamed_bodies_keep_memory_bounded() {
     const GIB: u64 = 1 << 30;
-    let server = spawn_http().await;
+    let server = spawn_server(weft_testkit::http::serve).await;
     let proxy = Proxy::start(&[]);
     let via = format!("http://{}", proxy.outbound);
     let (rss_before, _) = proxy.memory_kib();
@@ -382,7 +382,7 @@ async fn large_streamed_bodies_keep_memory_bounded() {
 
 #[tokio::test]
 async fn grpc_client_pointed_at_the_explicit_proxy_is_routed_by_authority() {
-    let server = spawn_grpc().await;
+    let server = spawn_server(weft_testkit::grpc::serve).await;
     let proxy = Proxy::start(&[]);
     // The channel dials the proxy; its :authority names the real server.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound))
@@ -413,4 +413,59 @@ async fn grpc_client_pointed_at_the_explicit_proxy_is_routed_by_authority() {
         1.0,
         "one multiplexed connection"
     );
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = spawn_server(weft_testkit::http::serve).await;
+    let proxy = inbound_proxy_to(server, &[]);
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The client holds the body back until it hears 100 Continue.
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut interim))
+        .await
+        .expect("100 Continue arrives while the body is held back")
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let mut head = vec![0u8; 15];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn idle_endpoint_connections_are_reused_then_closed() {
+    let server = spawn_server(weft_testkit::http::serve).await;
+    let proxy = inbound_proxy_to(
+        server,
+        &[("WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", "500ms".into())],
+    );
+    let url = format!("http://{}/hello", proxy.inbound);
+    // Two clients one after the other: the second reuses the first one's
+    // upstream connection from the idle list.
+    for _ in 0..2 {
+        let (ok, _, err) = curl(&[&url]).await;
+        assert!(ok, "{err}");
+    }
+    let dst = [("peer", "dst"), ("direction", "inbound")];
+    assert_eq!(proxy.metric("tcp_open_total", &dst), 1.0);
+    // Unused past the idle timeout, it is closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.metric("tcp_close_total", &dst) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle connection never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proxy.metric("tcp_open_connections", &dst), 0.0);
 }

@@ -25,7 +25,7 @@ async fn send_then_half_close(addr: std::net::SocketAddr, payload: &[u8]) -> Vec
 
 #[tokio::test]
 async fn opaque_tcp_keeps_half_close_and_counts_bytes() {
-    let server = spawn_echo_after_eof().await;
+    let server = spawn_server(weft_testkit::tcp::serve_echo_after_eof).await;
     let proxy = inbound_proxy_to(server, &[]);
     // Not HTTP: detected as opaque from its first bytes.
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -53,7 +53,7 @@ async fn opaque_tcp_keeps_half_close_and_counts_bytes() {
 
 #[tokio::test]
 async fn opaque_ports_skip_detection() {
-    let server = spawn_echo_after_eof().await;
+    let server = spawn_server(weft_testkit::tcp::serve_echo_after_eof).await;
     // An HTTP-looking payload on an opaque port must not be parsed as HTTP.
     let proxy = inbound_proxy_to(
         server,
@@ -66,7 +66,7 @@ async fn opaque_ports_skip_detection() {
 
 #[tokio::test]
 async fn server_speaks_first_is_proxied_after_the_detect_timeout() {
-    let server = spawn_greeter().await;
+    let server = spawn_server(weft_testkit::tcp::serve_greeter).await;
     let proxy = inbound_proxy_to(
         server,
         &[("WEFT_PROXY_INBOUND_DETECT_TIMEOUT", "200ms".into())],
@@ -91,7 +91,7 @@ async fn server_speaks_first_is_proxied_after_the_detect_timeout() {
 
 #[tokio::test]
 async fn malformed_http_gets_400_and_others_are_still_served() {
-    let server = spawn_http().await;
+    let server = spawn_server(weft_testkit::http::serve).await;
     let proxy = inbound_proxy_to(server, &[]);
 
     let mut bad = TcpStream::connect(proxy.inbound).await.unwrap();
@@ -117,7 +117,7 @@ async fn malformed_http_gets_400_and_others_are_still_served() {
 
 #[tokio::test]
 async fn a_stalled_client_is_cut_off_without_blocking_others() {
-    let server = spawn_http().await;
+    let server = spawn_server(weft_testkit::http::serve).await;
     let proxy = inbound_proxy_to(
         server,
         &[("WEFT_PROXY_HTTP_HEADER_READ_TIMEOUT", "1s".into())],
@@ -158,7 +158,7 @@ async fn a_stalled_client_is_cut_off_without_blocking_others() {
 
 #[tokio::test]
 async fn garbage_to_the_explicit_proxy_is_closed_and_logged() {
-    let server = spawn_http().await;
+    let server = spawn_server(weft_testkit::http::serve).await;
     let proxy = Proxy::start(&[("WEFT_PROXY_OUTBOUND_DETECT_TIMEOUT", "300ms".into())]);
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     s.write_all(&[0x16, 0x03, 0x01, 0x00, 0xff, 0x01, 0x00, 0x00])
@@ -187,7 +187,7 @@ async fn garbage_to_the_explicit_proxy_is_closed_and_logged() {
 
 #[tokio::test]
 async fn idle_opaque_connections_are_closed() {
-    let server = spawn_greeter().await;
+    let server = spawn_server(weft_testkit::tcp::serve_greeter).await;
     let proxy = inbound_proxy_to(
         server,
         &[

@@ -217,33 +217,16 @@ async fn listen() -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
-pub async fn spawn_http() -> SocketAddr {
+/// Runs a weft-testkit server (e.g. `weft_testkit::http::serve`) on a fresh
+/// loopback port in the test's runtime.
+pub async fn spawn_server<F, Fut>(serve: F) -> SocketAddr
+where
+    F: FnOnce(TcpListener) -> Fut,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
     let (l, a) = listen().await;
-    tokio::spawn(weft_testkit::http::serve(l));
-    a
-}
-
-pub async fn spawn_grpc() -> SocketAddr {
-    let (l, a) = listen().await;
-    tokio::spawn(weft_testkit::grpc::serve(l));
-    a
-}
-
-pub async fn spawn_websocket() -> SocketAddr {
-    let (l, a) = listen().await;
-    tokio::spawn(weft_testkit::tcp::serve_websocket_echo(l));
-    a
-}
-
-pub async fn spawn_echo_after_eof() -> SocketAddr {
-    let (l, a) = listen().await;
-    tokio::spawn(weft_testkit::tcp::serve_echo_after_eof(l));
-    a
-}
-
-pub async fn spawn_greeter() -> SocketAddr {
-    let (l, a) = listen().await;
-    tokio::spawn(weft_testkit::tcp::serve_greeter(l));
+    tokio::spawn(serve(l));
     a
 }
 
