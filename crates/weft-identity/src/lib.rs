@@ -1,0 +1,172 @@
+//! Weft's mesh identity, shared by the control plane (the CA) and the proxy
+//! (which asks for certificates).
+//!
+//! - [`name`]: identity names (Linkerd's DNS-like form and SPIFFE URIs).
+//! - [`ca`]: trust anchor and issuer generation, issuer checks, leaf signing.
+//! - [`csr`]: making a key and CSR (proxy side), checking a CSR (CA side).
+//! - [`token`]: credentials the control plane mints for workloads.
+
+pub mod ca;
+pub mod csr;
+pub mod name;
+pub mod token;
+
+pub use name::Identity;
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+    use super::Identity;
+    use super::ca::*;
+    use super::csr::*;
+    use super::token::*;
+
+    fn id(sa: &str) -> Identity {
+        Identity::service_account(sa, "demo", "weft", "cluster.local").unwrap()
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn a_csr_for_the_proven_identity_is_signed_into_a_chained_leaf() {
+        let anchor = generate_trust_anchor("root.weft", 365 * DAY).unwrap();
+        let issuer = generate_issuer(&anchor, "issuer.weft", 30 * DAY).unwrap();
+        let ca = Ca::new(&issuer, &anchor.cert_pem, DEFAULT_LEAF_LIFETIME).unwrap();
+        let web = id("web");
+        let (_key, csr) = new_key_and_csr(&web).unwrap();
+        let now = SystemTime::now();
+        let leaf = ca.sign(&csr, &web, now).unwrap();
+
+        let (_, cert) = X509Certificate::from_der(&leaf.cert_der).unwrap();
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => format!("dns:{d}"),
+                GeneralName::URI(u) => format!("uri:{u}"),
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            sans,
+            [
+                "dns:web.demo.serviceaccount.identity.weft.cluster.local",
+                "uri:spiffe://cluster.local/ns/demo/sa/web"
+            ]
+        );
+        let issuer_der = &pem_certificates(&issuer.cert_pem, "issuer").unwrap()[0];
+        let (_, issuer_cert) = X509Certificate::from_der(issuer_der).unwrap();
+        cert.verify_signature(Some(issuer_cert.public_key()))
+            .expect("leaf is signed by the issuer");
+        assert_eq!(leaf.chain, vec![issuer_der.clone()]);
+        let lifetime =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert_eq!(
+            lifetime as u64,
+            (DEFAULT_LEAF_LIFETIME + CLOCK_SKEW_ALLOWANCE).as_secs()
+        );
+        assert!(!cert.is_ca());
+    }
+
+    #[test]
+    fn the_ca_refuses_mismatched_or_bad_requests() {
+        let anchor = generate_trust_anchor("root.weft", 365 * DAY).unwrap();
+        let issuer = generate_issuer(&anchor, "issuer.weft", 30 * DAY).unwrap();
+        let ca = Ca::new(&issuer, &anchor.cert_pem, DEFAULT_LEAF_LIFETIME).unwrap();
+        let (_, csr_for_db) = new_key_and_csr(&id("db")).unwrap();
+        let err = ca
+            .sign(&csr_for_db, &id("web"), SystemTime::now())
+            .unwrap_err();
+        assert!(
+            matches!(err, CaError::Csr(CsrError::NameMismatch { .. })),
+            "{err}"
+        );
+
+        let mut tampered = new_key_and_csr(&id("web")).unwrap().1;
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0x55;
+        let err = ca
+            .sign(&tampered, &id("web"), SystemTime::now())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CaError::Csr(CsrError::BadSignature | CsrError::Malformed(_))
+            ),
+            "{err}"
+        );
+        assert!(matches!(
+            ca.sign(b"garbage", &id("web"), SystemTime::now()),
+            Err(CaError::Csr(CsrError::Malformed(_)))
+        ));
+    }
+
+    #[test]
+    fn an_issuer_must_chain_to_a_trust_anchor_in_the_bundle() {
+        let old = generate_trust_anchor("old.weft", 365 * DAY).unwrap();
+        let new = generate_trust_anchor("new.weft", 365 * DAY).unwrap();
+        let issuer = generate_issuer(&new, "issuer.weft", 30 * DAY).unwrap();
+        assert!(matches!(
+            Ca::new(&issuer, &old.cert_pem, DAY),
+            Err(CaError::NotChained(1))
+        ));
+        let bundle = format!("{}{}", old.cert_pem, new.cert_pem);
+        Ca::new(&issuer, &bundle, DAY).expect("the new root in a rotation bundle");
+        // A leaf key is not a CA.
+        let not_ca = CertAndKey {
+            cert_pem: anchor_leaf(&new),
+            key_pem: issuer.key_pem.clone(),
+        };
+        assert!(matches!(
+            Ca::new(&not_ca, &new.cert_pem, DAY),
+            Err(CaError::NotCa)
+        ));
+        assert!(matches!(
+            Ca::new(&issuer, "not pem", DAY),
+            Err(CaError::BadPem { .. })
+        ));
+    }
+
+    fn anchor_leaf(anchor: &CertAndKey) -> String {
+        let issuer = generate_issuer(anchor, "i", DAY).unwrap();
+        let ca = Ca::new(&issuer, &anchor.cert_pem, DAY).unwrap();
+        let (_, csr) = new_key_and_csr(&id("web")).unwrap();
+        let leaf = ca.sign(&csr, &id("web"), SystemTime::now()).unwrap();
+        let b64 =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &leaf.cert_der);
+        format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
+    }
+
+    #[test]
+    fn tokens_prove_one_identity_until_they_expire() {
+        let key = TokenKey::generate().unwrap();
+        let now = SystemTime::now();
+        let token = key.mint(&id("web"), Duration::from_secs(60), now);
+        assert_eq!(key.verify(&token, now).unwrap(), id("web"));
+        assert_eq!(
+            key.verify(&token, now + Duration::from_secs(61)),
+            Err(TokenError::Expired(1))
+        );
+        let other = TokenKey::generate().unwrap();
+        assert_eq!(other.verify(&token, now), Err(TokenError::BadSignature));
+        let forged = token.replacen("weft1.", "weft1.x", 1);
+        assert!(key.verify(&forged, now).is_err());
+        assert!(matches!(
+            key.verify("nonsense", now),
+            Err(TokenError::Malformed(_))
+        ));
+        let reloaded = TokenKey::from_base64(&key.to_base64()).unwrap();
+        assert_eq!(reloaded.verify(&token, now).unwrap(), id("web"));
+        assert!(matches!(
+            TokenKey::from_base64("c2hvcnQ"),
+            Err(TokenError::BadKey(_))
+        ));
+    }
+}
