@@ -1,0 +1,312 @@
+//! The identity service (the mesh CA) and its CLI.
+//!
+//! Files of a CA directory (`weft identity ca create`):
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `ca.crt`, `ca.key` | trust anchor (root); the key can be moved offline once the issuer exists |
+//! | `issuer.crt`, `issuer.key` | issuer, signed by the anchor; signs proxies' leaf certificates |
+//! | `token.key` | key for workload tokens (`weft identity token`) |
+//!
+//! `ca.crt` may hold several roots (a bundle during trust-anchor rotation).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use linkerd2_proxy_api::identity::identity_server::{Identity as IdentityApi, IdentityServer};
+use linkerd2_proxy_api::identity::{CertifyRequest, CertifyResponse};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use weft_identity::Identity;
+use weft_identity::ca::{self, Ca, CaError, CertAndKey};
+use weft_identity::token::TokenKey;
+
+const ANCHOR_CERT: &str = "ca.crt";
+const ANCHOR_KEY: &str = "ca.key";
+const ISSUER_CERT: &str = "issuer.crt";
+const ISSUER_KEY: &str = "issuer.key";
+const TOKEN_KEY: &str = "token.key";
+
+#[derive(Subcommand)]
+pub enum IdentityCmd {
+    /// The mesh CA's files.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Mint a token that proves one identity, for a workload's proxy.
+    Token(TokenArgs),
+}
+
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Generate a trust anchor, an issuer signed by it, and a token key (ECDSA P-256).
+    Create(CreateArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Directory to write the CA's files into.
+    #[arg(long, default_value = "weft-ca")]
+    dir: PathBuf,
+    /// Trust domain, the last part of every identity name.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+    anchor_validity: Duration,
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    issuer_validity: Duration,
+    /// Replace existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[arg(long, default_value = "weft-ca")]
+    dir: PathBuf,
+    /// The identity the token proves, e.g. web.demo.serviceaccount.identity.weft.cluster.local
+    #[arg(long)]
+    identity: String,
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "weft-ca")]
+    dir: PathBuf,
+    /// Where the Certify gRPC service listens (Linkerd's identity port is 8080).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Lifetime of the leaf certificates it signs.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    leaf_lifetime: Duration,
+}
+
+pub fn run(cmd: IdentityCmd) -> anyhow::Result<()> {
+    match cmd {
+        IdentityCmd::Ca(CaCmd::Create(args)) => create(&args),
+        IdentityCmd::Token(args) => {
+            let identity: Identity = args.identity.parse()?;
+            let key = load_token_key(&args.dir)?;
+            println!("{}", key.mint(&identity, args.ttl, SystemTime::now()));
+            Ok(())
+        }
+    }
+}
+
+fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn create(args: &CreateArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files = [ANCHOR_CERT, ANCHOR_KEY, ISSUER_CERT, ISSUER_KEY, TOKEN_KEY];
+    if !args.force
+        && let Some(existing) = files.iter().find(|f| dir.join(f).exists())
+    {
+        bail!(
+            "{} already exists; use --force to replace the CA",
+            dir.join(existing).display()
+        );
+    }
+    let anchor =
+        ca::generate_trust_anchor(&format!("root.{}", args.trust_domain), args.anchor_validity)?;
+    let issuer = ca::generate_issuer(
+        &anchor,
+        &format!("identity.{}", args.trust_domain),
+        args.issuer_validity,
+    )?;
+    let token_key = TokenKey::generate()?;
+    std::fs::write(dir.join(ANCHOR_CERT), &anchor.cert_pem)?;
+    write_secret(&dir.join(ANCHOR_KEY), &anchor.key_pem)?;
+    std::fs::write(dir.join(ISSUER_CERT), &issuer.cert_pem)?;
+    write_secret(&dir.join(ISSUER_KEY), &issuer.key_pem)?;
+    write_secret(&dir.join(TOKEN_KEY), &token_key.to_base64())?;
+    let days = |d: Duration| d.as_secs() / 86_400;
+    println!(
+        "created trust anchor (valid {} days) and issuer (valid {} days) in {}",
+        days(args.anchor_validity),
+        days(args.issuer_validity),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn read(dir: &Path, file: &str) -> anyhow::Result<String> {
+    let path = dir.join(file);
+    std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (create a CA with `weft identity ca create --dir {}`)",
+            path.display(),
+            dir.display()
+        )
+    })
+}
+
+fn load_token_key(dir: &Path) -> anyhow::Result<TokenKey> {
+    TokenKey::from_base64(&read(dir, TOKEN_KEY)?)
+        .with_context(|| format!("{}", dir.join(TOKEN_KEY).display()))
+}
+
+fn load_ca(dir: &Path, leaf_lifetime: Duration) -> anyhow::Result<Ca> {
+    let issuer = CertAndKey {
+        cert_pem: read(dir, ISSUER_CERT)?,
+        key_pem: read(dir, ISSUER_KEY)?,
+    };
+    let anchors = read(dir, ANCHOR_CERT)?;
+    Ca::new(&issuer, &anchors, leaf_lifetime)
+        .with_context(|| format!("loading the issuer from {}", dir.display()))
+}
+
+/// Proves which identity a Certify caller holds. Minted tokens now; Kubernetes
+/// ServiceAccount tokens (TokenReview) implement the same trait later.
+#[tonic::async_trait]
+pub trait CredentialVerifier: Send + Sync + 'static {
+    async fn verify(&self, token: &[u8]) -> Result<Identity, Status>;
+}
+
+/// Tokens minted by `weft identity token` with this control plane's key.
+pub struct MintedTokens(pub TokenKey);
+
+#[tonic::async_trait]
+impl CredentialVerifier for MintedTokens {
+    async fn verify(&self, token: &[u8]) -> Result<Identity, Status> {
+        let token = std::str::from_utf8(token)
+            .map_err(|_| Status::unauthenticated("the token is not UTF-8 text"))?;
+        self.0
+            .verify(token, SystemTime::now())
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+}
+
+/// Refusals by reason, for metrics and logs.
+#[derive(Default)]
+pub struct Refusals {
+    pub bad_request: AtomicU64,
+    pub unauthenticated: AtomicU64,
+    pub identity_mismatch: AtomicU64,
+    pub bad_csr: AtomicU64,
+}
+
+pub struct IdentityService {
+    ca: Ca,
+    verifier: Box<dyn CredentialVerifier>,
+    pub refusals: Arc<Refusals>,
+    pub issued: Arc<AtomicU64>,
+}
+
+impl IdentityService {
+    pub fn new(ca: Ca, verifier: Box<dyn CredentialVerifier>) -> Self {
+        IdentityService {
+            ca,
+            verifier,
+            refusals: Arc::default(),
+            issued: Arc::default(),
+        }
+    }
+
+    fn refuse(&self, counter: &AtomicU64, status: Status, identity: &str) -> Status {
+        counter.fetch_add(1, Ordering::Relaxed);
+        warn!(identity, code = ?status.code(), reason = status.message(), "certify refused");
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityApi for IdentityService {
+    async fn certify(
+        &self,
+        req: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let req = req.into_inner();
+        let r = &self.refusals;
+        let identity: Identity =
+            req.identity
+                .parse()
+                .map_err(|e: weft_identity::name::NameError| {
+                    self.refuse(
+                        &r.bad_request,
+                        Status::invalid_argument(e.to_string()),
+                        &req.identity,
+                    )
+                })?;
+        let proven = match self.verifier.verify(&req.token).await {
+            Ok(p) => p,
+            Err(status) => return Err(self.refuse(&r.unauthenticated, status, &req.identity)),
+        };
+        if proven != identity {
+            let status = Status::permission_denied(format!(
+                "the credential proves {proven}, not {identity}"
+            ));
+            return Err(self.refuse(&r.identity_mismatch, status, &req.identity));
+        }
+        let leaf = self
+            .ca
+            .sign(
+                &req.certificate_signing_request,
+                &identity,
+                SystemTime::now(),
+            )
+            .map_err(|e| match e {
+                CaError::Csr(e) => self.refuse(
+                    &r.bad_csr,
+                    Status::invalid_argument(format!("bad CSR: {e}")),
+                    &req.identity,
+                ),
+                other => Status::internal(other.to_string()),
+            })?;
+        self.issued.fetch_add(1, Ordering::Relaxed);
+        let until = leaf
+            .valid_until
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        info!(%identity, valid_for = ?leaf.valid_until.duration_since(SystemTime::now()).unwrap_or_default(), "certified");
+        Ok(Response::new(CertifyResponse {
+            leaf_certificate: leaf.cert_der,
+            intermediate_certificates: leaf.chain,
+            valid_until: Some(prost_types::Timestamp {
+                seconds: until.as_secs() as i64,
+                nanos: until.subsec_nanos() as i32,
+            }),
+        }))
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ca = load_ca(&args.dir, args.leaf_lifetime)?;
+    let verifier = MintedTokens(load_token_key(&args.dir)?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the identity service to {}", args.listen))?;
+    info!(addr = %listener.local_addr()?, leaf_lifetime = ?args.leaf_lifetime, "identity service listening");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(IdentityService::new(
+            ca,
+            Box::new(verifier),
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! The identity service end to end: the real `weft` binary makes a CA, mints
+//! tokens and serves Certify; the real linkerd2-proxy-api gRPC client asks.
+
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant, SystemTime};
+
+use linkerd2_proxy_api::identity::CertifyRequest;
+use linkerd2_proxy_api::identity::identity_client::IdentityClient;
+use weft_identity::Identity;
+use weft_identity::csr::new_key_and_csr;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+fn weft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .output()
+        .expect("running weft")
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Ca {
+    dir: std::path::PathBuf,
+}
+
+impl Ca {
+    fn create() -> Ca {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-ca-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let out = weft(&["identity", "ca", "create", "--dir", dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ca { dir }
+    }
+
+    fn token(&self, identity: &str, ttl: &str) -> Vec<u8> {
+        let out = weft(&[
+            "identity",
+            "token",
+            "--dir",
+            self.dir.to_str().unwrap(),
+            "--identity",
+            identity,
+            "--ttl",
+            ttl,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .as_bytes()
+            .to_vec()
+    }
+
+    fn serve(&self) -> (Server, String) {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "control",
+                "identity",
+                "--dir",
+                self.dir.to_str().unwrap(),
+                "--listen",
+                &listen,
+            ])
+            .args(["--leaf-lifetime", "1h"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&listen).is_err() {
+            assert!(Instant::now() < deadline, "identity service did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (Server(child), format!("http://{listen}"))
+    }
+}
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const WEB: &str = "web.demo.serviceaccount.identity.weft.cluster.local";
+const DB: &str = "db.demo.serviceaccount.identity.weft.cluster.local";
+
+#[tokio::test]
+async fn certify_signs_a_leaf_for_the_proven_identity() {
+    let ca = Ca::create();
+    let (_server, url) = ca.serve();
+    let mut client = IdentityClient::connect(url).await.unwrap();
+    let web: Identity = WEB.parse().unwrap();
+    let (key, csr) = new_key_and_csr(&web).unwrap();
+    let resp = client
+        .certify(CertifyRequest {
+            identity: WEB.into(),
+            token: ca.token(WEB, "10m"),
+            certificate_signing_request: csr,
+        })
+        .await
+        .expect("certified")
+        .into_inner();
+
+    let (_, leaf) = X509Certificate::from_der(&resp.leaf_certificate).unwrap();
+    let names: Vec<String> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            GeneralName::DNSName(d) => d.to_string(),
+            GeneralName::URI(u) => u.to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    assert_eq!(names, [WEB, "spiffe://cluster.local/ns/demo/sa/web"]);
+    assert_eq!(
+        &*leaf.public_key().subject_public_key.data,
+        key.public_key_raw(),
+        "the leaf certifies our key"
+    );
+    let (_, issuer) = X509Certificate::from_der(&resp.intermediate_certificates[0]).unwrap();
+    leaf.verify_signature(Some(issuer.public_key()))
+        .expect("signed by the issuer in the chain");
+    let until = resp.valid_until.unwrap().seconds as u64;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (3590..=3610).contains(&(until - now)),
+        "leaf lifetime is --leaf-lifetime 1h"
+    );
+}
+
+#[tokio::test]
+async fn certify_refuses_with_a_status_that_says_why() {
+    let ca = Ca::create();
+    let (_server, url) = ca.serve();
+    let mut client = IdentityClient::connect(url).await.unwrap();
+    let web: Identity = WEB.parse().unwrap();
+    let csr = new_key_and_csr(&web).unwrap().1;
+    let ask = |identity: &str, token: Vec<u8>, csr: Vec<u8>| CertifyRequest {
+        identity: identity.into(),
+        token,
+        certificate_signing_request: csr,
+    };
+
+    // A token for db cannot get a certificate for web.
+    let err = client
+        .certify(ask(WEB, ca.token(DB, "10m"), csr.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains(DB), "{err:?}");
+
+    // Garbage and expired tokens.
+    let err = client
+        .certify(ask(WEB, b"not-a-token".to_vec(), csr.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let short = ca.token(WEB, "1s");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = client
+        .certify(ask(WEB, short, csr.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("expired"), "{err:?}");
+
+    // A CSR asking for another name than the proven identity.
+    let db_csr = new_key_and_csr(&DB.parse().unwrap()).unwrap().1;
+    let err = client
+        .certify(ask(WEB, ca.token(WEB, "10m"), db_csr))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("bad CSR"), "{err:?}");
+
+    // Not an identity name at all.
+    let err = client
+        .certify(ask("web", ca.token(WEB, "10m"), csr))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn the_cli_refuses_to_overwrite_a_ca_and_explains_missing_files() {
+    let ca = Ca::create();
+    let out = weft(&[
+        "identity",
+        "ca",
+        "create",
+        "--dir",
+        ca.dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists; use --force"));
+    let out = weft(&[
+        "identity",
+        "token",
+        "--dir",
+        "/nonexistent-weft-ca",
+        "--identity",
+        WEB,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("weft identity ca create"));
+    let out = weft(&[
+        "control",
+        "identity",
+        "--dir",
+        "/nonexistent-weft-ca",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+}
