@@ -5,11 +5,13 @@
 //! - [`ca`]: trust anchor and issuer generation, issuer checks, leaf signing.
 //! - [`csr`]: making a key and CSR (proxy side), checking a CSR (CA side).
 //! - [`token`]: credentials the control plane mints for workloads.
+//! - [`verify`]: checking a chain against trust anchors and an identity.
 
 pub mod ca;
 pub mod csr;
 pub mod name;
 pub mod token;
+pub mod verify;
 
 pub use name::Identity;
 
@@ -142,6 +144,43 @@ mod tests {
         let b64 =
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &leaf.cert_der);
         format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
+    }
+
+    #[test]
+    fn chains_verify_against_anchors_identity_and_time() {
+        use super::verify::{TrustAnchors, VerifyError};
+        let anchor = generate_trust_anchor("root.weft", 365 * DAY).unwrap();
+        let issuer = generate_issuer(&anchor, "issuer.weft", 30 * DAY).unwrap();
+        let ca = Ca::new(&issuer, &anchor.cert_pem, DAY).unwrap();
+        let (_, csr) = new_key_and_csr(&id("web")).unwrap();
+        let now = SystemTime::now();
+        let leaf = ca.sign(&csr, &id("web"), now).unwrap();
+        let anchors = TrustAnchors::from_pem(&anchor.cert_pem).unwrap();
+        let until = anchors
+            .verify(&leaf.cert_der, &leaf.chain, &id("web"), now)
+            .unwrap();
+        assert!(
+            until > now + DAY - Duration::from_secs(5)
+                && until <= now + DAY + Duration::from_secs(1)
+        );
+        assert!(matches!(
+            anchors.verify(&leaf.cert_der, &leaf.chain, &id("db"), now),
+            Err(VerifyError::WrongIdentity { .. })
+        ));
+        assert_eq!(
+            anchors.verify(&leaf.cert_der, &[], &id("web"), now),
+            Err(VerifyError::Untrusted)
+        );
+        assert_eq!(
+            anchors.verify(&leaf.cert_der, &leaf.chain, &id("web"), now + 2 * DAY),
+            Err(VerifyError::OutOfDate)
+        );
+        let other =
+            TrustAnchors::from_pem(&generate_trust_anchor("other", DAY).unwrap().cert_pem).unwrap();
+        assert_eq!(
+            other.verify(&leaf.cert_der, &leaf.chain, &id("web"), now),
+            Err(VerifyError::Untrusted)
+        );
     }
 
     #[test]

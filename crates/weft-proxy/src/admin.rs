@@ -84,9 +84,10 @@ fn route(
         ("/ready", &Method::GET | &Method::HEAD) if readiness.is_ready() => {
             text(StatusCode::OK, "ready\n")
         }
-        ("/ready", &Method::GET | &Method::HEAD) => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-        }
+        ("/ready", &Method::GET | &Method::HEAD) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", readiness.reason()),
+        ),
         ("/live", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "live\n"),
         ("/shutdown", &Method::POST) if peer.ip().is_loopback() => {
             info!(%peer, "shutdown requested through the admin server");

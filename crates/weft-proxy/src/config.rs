@@ -65,6 +65,14 @@ settings! {
         "30s", "On SIGTERM or /shutdown, how long in-flight requests and connections may take to finish.";
     WORKER_THREADS = "WEFT_PROXY_WORKER_THREADS", ["LINKERD2_PROXY_CORES"],
         "1", "Runtime worker threads. One avoids cross-core wake-ups; raise it only after measuring.";
+    IDENTITY_SVC_ADDR = "WEFT_PROXY_IDENTITY_SVC_ADDR", ["LINKERD2_PROXY_IDENTITY_SVC_ADDR"],
+        "", "host:port of the identity service (Identity/Certify). Unset: identity is off and the proxy is plaintext only.";
+    IDENTITY_LOCAL_NAME = "WEFT_PROXY_IDENTITY_LOCAL_NAME", ["LINKERD2_PROXY_IDENTITY_LOCAL_NAME"],
+        "", "This proxy's identity, e.g. web.demo.serviceaccount.identity.weft.cluster.local (required with identity).";
+    IDENTITY_TOKEN_FILE = "WEFT_PROXY_IDENTITY_TOKEN_FILE", ["LINKERD2_PROXY_IDENTITY_TOKEN_FILE"],
+        "", "File holding the credential sent with each Certify request; read anew each time, so it may be rotated (required with identity).";
+    IDENTITY_TRUST_ANCHORS = "WEFT_PROXY_IDENTITY_TRUST_ANCHORS", ["LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"],
+        "", "PEM text of the trust anchors (one or more roots) that certificates must chain to (required with identity).";
     LOG = "WEFT_PROXY_LOG", ["LINKERD2_PROXY_LOG"],
         "warn,weft_proxy=info", "Log filter (tracing-subscriber EnvFilter syntax).";
     LOG_FORMAT = "WEFT_PROXY_LOG_FORMAT", ["LINKERD2_PROXY_LOG_FORMAT"],
@@ -146,6 +154,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// How the proxy gets its identity (all four identity settings).
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    pub svc_addr: String,
+    pub local_name: weft_identity::Identity,
+    pub token_file: std::path::PathBuf,
+    pub trust_anchors: weft_identity::verify::TrustAnchors,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub outbound_addr: SocketAddr,
@@ -164,6 +181,7 @@ pub struct Config {
     pub http_header_read_timeout: Duration,
     pub shutdown_grace_period: Duration,
     pub worker_threads: usize,
+    pub identity: Option<IdentityConfig>,
     pub log_filter: String,
     pub log_format: LogFormat,
 }
@@ -235,6 +253,7 @@ impl Config {
                 Ok(n) if (1..=64).contains(&n) => Ok(n),
                 _ => Err("expected a number of threads from 1 to 64".into()),
             })?,
+            identity: identity_config(&r)?,
             log_filter: r.raw(&LOG).1,
             log_format: r.parse(&LOG_FORMAT, |v| match v.trim() {
                 "plain" => Ok(LogFormat::Plain),
@@ -243,6 +262,41 @@ impl Config {
             })?,
         })
     }
+}
+
+fn identity_config<F: Fn(&str) -> Option<String>>(
+    r: &Reader<F>,
+) -> Result<Option<IdentityConfig>, ConfigError> {
+    let Some(svc_addr) = r.optional(&IDENTITY_SVC_ADDR, |v| Ok(v.to_string()))? else {
+        return Ok(None);
+    };
+    let required = |s: &Setting| {
+        let (var, value) = r.raw(s);
+        if value.trim().is_empty() {
+            Err(ConfigError {
+                var,
+                value,
+                reason: format!("required when {} is set", IDENTITY_SVC_ADDR.name),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    required(&IDENTITY_LOCAL_NAME)?;
+    required(&IDENTITY_TOKEN_FILE)?;
+    required(&IDENTITY_TRUST_ANCHORS)?;
+    Ok(Some(IdentityConfig {
+        svc_addr,
+        local_name: r.parse(&IDENTITY_LOCAL_NAME, |v| {
+            v.trim()
+                .parse()
+                .map_err(|e: weft_identity::name::NameError| e.to_string())
+        })?,
+        token_file: r.parse(&IDENTITY_TOKEN_FILE, |v| Ok(v.trim().into()))?,
+        trust_anchors: r.parse(&IDENTITY_TRUST_ANCHORS, |v| {
+            weft_identity::verify::TrustAnchors::from_pem(v).map_err(|e| e.to_string())
+        })?,
+    }))
 }
 
 #[cfg(test)]
@@ -298,6 +352,25 @@ mod tests {
         assert_eq!(err.var, "WEFT_PROXY_ADMIN_LISTEN_ADDR");
         let err = config(&[("WEFT_PROXY_WORKER_THREADS", "0")]).unwrap_err();
         assert_eq!(err.var, "WEFT_PROXY_WORKER_THREADS");
+    }
+
+    #[test]
+    fn identity_needs_all_its_settings() {
+        assert!(config(&[]).unwrap().identity.is_none());
+        let err = config(&[("LINKERD2_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_IDENTITY_LOCAL_NAME");
+        assert!(
+            err.to_string()
+                .contains("required when WEFT_PROXY_IDENTITY_SVC_ADDR is set")
+        );
+        let err = config(&[
+            ("WEFT_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080"),
+            ("WEFT_PROXY_IDENTITY_LOCAL_NAME", "web"),
+            ("WEFT_PROXY_IDENTITY_TOKEN_FILE", "/t"),
+            ("WEFT_PROXY_IDENTITY_TRUST_ANCHORS", "not pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_IDENTITY_LOCAL_NAME");
     }
 
     #[test]

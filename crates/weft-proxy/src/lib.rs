@@ -6,6 +6,7 @@
 //! - [`detect`]: what protocol a connection speaks.
 //! - [`http`]: HTTP/1 and HTTP/2 proxying with pooled endpoint clients.
 //! - [`tcp`]: opaque forwarding and endpoint connects.
+//! - [`identity`]: the proxy's key and certificate (Certify, renewal).
 //! - [`metrics`], [`admin`]: Linkerd-compatible metrics and the admin server.
 //! - [`init`]: iptables capture rules (`weft-proxy init`).
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod init;
 pub mod io;
 pub mod metrics;

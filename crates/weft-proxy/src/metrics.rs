@@ -182,6 +182,13 @@ pub struct Metrics {
     response_latency_ms: HistogramFamily<LatencyLabels>,
     inbound_http_errors_total: Family<ErrorLabels, Counter>,
     outbound_http_errors_total: Family<ErrorLabels, Counter>,
+    identity_cert_expiration_timestamp_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    identity_cert_refresh_total: Family<RefreshLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefreshLabels {
+    result: &'static str,
 }
 
 impl Metrics {
@@ -198,6 +205,8 @@ impl Metrics {
             response_latency_ms: Family::new_with_constructor(latency_histogram),
             inbound_http_errors_total: Family::default(),
             outbound_http_errors_total: Family::default(),
+            identity_cert_expiration_timestamp_seconds: Gauge::default(),
+            identity_cert_refresh_total: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -250,6 +259,16 @@ impl Metrics {
             "Outbound HTTP requests the proxy answered with an error of its own",
             m.outbound_http_errors_total.clone(),
         );
+        m.registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When this proxy's certificate expires, seconds since the Unix epoch",
+            m.identity_cert_expiration_timestamp_seconds.clone(),
+        );
+        m.registry.register(
+            "identity_cert_refresh",
+            "Certify attempts by result",
+            m.identity_cert_refresh_total.clone(),
+        );
         m.registry
             .register_collector(Box::new(ProcessCollector::new()));
         Arc::new(m)
@@ -280,6 +299,20 @@ impl Metrics {
             labels,
             metrics: self.clone(),
         })
+    }
+
+    /// Records a Certify attempt; on success, the new certificate's expiry.
+    pub fn identity_refreshed(&self, ok: bool, valid_until: SystemTime) {
+        let result = if ok { "ok" } else { "failure" };
+        self.identity_cert_refresh_total
+            .get_or_create(&RefreshLabels { result })
+            .inc();
+        if ok {
+            let secs = valid_until
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.identity_cert_expiration_timestamp_seconds.set(secs);
+        }
     }
 
     /// Counts an error response the proxy produced itself.

@@ -36,17 +36,33 @@ pub struct Shared {
     pub clients: Arc<Clients>,
 }
 
-/// Whether the proxy should receive traffic (`/ready`): listeners bound and not draining.
+/// Whether the proxy should receive traffic (`/ready`): listeners bound, not
+/// draining, and (with identity on) holding a certificate.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    serving: Arc<AtomicBool>,
+    identity: Option<crate::identity::CredentialsWatch>,
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+    pub fn set(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.serving.load(Ordering::Acquire)
+            && self.identity.as_ref().is_none_or(|w| w.borrow().is_some())
+    }
+
+    /// Why the proxy is not ready, for `/ready`'s body.
+    pub fn reason(&self) -> &'static str {
+        if !self.serving.load(Ordering::Acquire) {
+            "draining"
+        } else if !self.is_ready() {
+            "waiting for a certificate from the identity service"
+        } else {
+            "ready"
+        }
     }
 }
 
@@ -85,7 +101,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let (drain, watch) = Drain::new();
     let (shutdown, mut shutdown_requested) = ShutdownTrigger::new();
-    let readiness = Readiness::default();
+    let identity = match shared.config.identity.clone() {
+        Some(config) => Some(crate::identity::spawn(config, shared.metrics.clone())?),
+        None => None,
+    };
+    let readiness = Readiness {
+        identity,
+        ..Readiness::default()
+    };
 
     tokio::spawn(accept_loop(
         shared.clone(),

@@ -1,8 +1,11 @@
 //! The identity service end to end: the real `weft` binary makes a CA, mints
 //! tokens and serves Certify; the real linkerd2-proxy-api gRPC client asks.
 
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant, SystemTime};
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use support::{Ca, WEB, weft};
 
 use linkerd2_proxy_api::identity::CertifyRequest;
 use linkerd2_proxy_api::identity::identity_client::IdentityClient;
@@ -10,110 +13,12 @@ use weft_identity::Identity;
 use weft_identity::csr::new_key_and_csr;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-fn weft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .output()
-        .expect("running weft")
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Ca {
-    dir: std::path::PathBuf,
-}
-
-impl Ca {
-    fn create() -> Ca {
-        let dir = std::env::temp_dir().join(format!(
-            "weft-ca-test-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        let out = weft(&["identity", "ca", "create", "--dir", dir.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ca { dir }
-    }
-
-    fn token(&self, identity: &str, ttl: &str) -> Vec<u8> {
-        let out = weft(&[
-            "identity",
-            "token",
-            "--dir",
-            self.dir.to_str().unwrap(),
-            "--identity",
-            identity,
-            "--ttl",
-            ttl,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .as_bytes()
-            .to_vec()
-    }
-
-    fn serve(&self) -> (Server, String) {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args([
-                "control",
-                "identity",
-                "--dir",
-                self.dir.to_str().unwrap(),
-                "--listen",
-                &listen,
-            ])
-            .args(["--leaf-lifetime", "1h"])
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&listen).is_err() {
-            assert!(Instant::now() < deadline, "identity service did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (Server(child), format!("http://{listen}"))
-    }
-}
-
-impl Drop for Ca {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-const WEB: &str = "web.demo.serviceaccount.identity.weft.cluster.local";
 const DB: &str = "db.demo.serviceaccount.identity.weft.cluster.local";
 
 #[tokio::test]
 async fn certify_signs_a_leaf_for_the_proven_identity() {
     let ca = Ca::create();
-    let (_server, url) = ca.serve();
+    let (_server, url) = ca.serve(support::free_port(), "1h");
     let mut client = IdentityClient::connect(url).await.unwrap();
     let web: Identity = WEB.parse().unwrap();
     let (key, csr) = new_key_and_csr(&web).unwrap();
@@ -164,7 +69,7 @@ async fn certify_signs_a_leaf_for_the_proven_identity() {
 #[tokio::test]
 async fn certify_refuses_with_a_status_that_says_why() {
     let ca = Ca::create();
-    let (_server, url) = ca.serve();
+    let (_server, url) = ca.serve(support::free_port(), "1h");
     let mut client = IdentityClient::connect(url).await.unwrap();
     let web: Identity = WEB.parse().unwrap();
     let csr = new_key_and_csr(&web).unwrap().1;

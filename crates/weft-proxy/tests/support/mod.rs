@@ -2,13 +2,13 @@
 //! servers from weft-testkit, curl, and metric parsing.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+pub use weft_testkit::scrape::{http_get, metric_sum};
 
 /// A port nothing listens on right now (bound then released).
 pub fn free_port() -> u16 {
@@ -159,39 +159,6 @@ impl Drop for Proxy {
             );
         }
     }
-}
-
-/// Sum of the samples of `name` (exactly, before `{` or a space) matching labels.
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A minimal blocking HTTP/1.0 GET for the admin server (no keep-alive).
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let code = resp.split(' ').nth(1)?.parse().ok()?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
 }
 
 /// Runs curl with a 60 s cap; returns (exit success, stdout, stderr).

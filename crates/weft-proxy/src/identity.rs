@@ -1,0 +1,177 @@
+//! The proxy's own identity: a private key made at start that never leaves the
+//! process, and a certificate for it from the identity service, renewed
+//! before it expires.
+//!
+//! The loop: send the CSR with the credential read from the token file; check
+//! what comes back (chains to the trust anchors, names this identity,
+//! certifies this key); publish it; sleep until 70% of its remaining life;
+//! repeat. Failures retry with capped exponential back-off, and the last good
+//! certificate keeps serving meanwhile.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use linkerd2_proxy_api::identity::CertifyRequest;
+use linkerd2_proxy_api::identity::identity_client::IdentityClient;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use weft_identity::Identity;
+use weft_identity::csr::new_key_and_csr;
+
+use crate::config::IdentityConfig;
+use crate::metrics::Metrics;
+
+/// How long a Certify call may take.
+const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Renew when this share of the certificate's remaining life has passed.
+const RENEW_AT: f64 = 0.7;
+
+/// A certificate this proxy may present, with its private key.
+#[derive(Debug)]
+pub struct Credentials {
+    pub identity: Identity,
+    pub leaf_der: Vec<u8>,
+    /// Intermediates, issuer first.
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS#8 DER of the private key.
+    pub key_der: Vec<u8>,
+    pub valid_until: SystemTime,
+}
+
+pub type CredentialsWatch = watch::Receiver<Option<Arc<Credentials>>>;
+
+#[derive(Debug, thiserror::Error)]
+enum CertifyError {
+    #[error("cannot read the token file {path}: {source}")]
+    Token {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot reach the identity service at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("the identity service refused: {0}")]
+    Refused(String),
+    #[error("no answer from the identity service within {0:?}")]
+    Timeout(Duration),
+    #[error("the certificate received is not acceptable: {0}")]
+    Invalid(String),
+}
+
+/// Starts the identity loop; the returned watch holds the current credentials
+/// (`None` until the first certificate arrives).
+pub fn spawn(config: IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<CredentialsWatch> {
+    let (key, csr) = new_key_and_csr(&config.local_name)?;
+    let key_der = key.serialize_der();
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(run(
+        config,
+        csr,
+        key_der,
+        key.public_key_raw().to_vec(),
+        metrics,
+        tx,
+    ));
+    Ok(rx)
+}
+
+async fn run(
+    config: IdentityConfig,
+    csr: Vec<u8>,
+    key_der: Vec<u8>,
+    public_key: Vec<u8>,
+    metrics: Arc<Metrics>,
+    tx: watch::Sender<Option<Arc<Credentials>>>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match certify(&config, &csr, &public_key).await {
+            Ok((leaf_der, chain, valid_until)) => {
+                metrics.identity_refreshed(true, valid_until);
+                let remaining = valid_until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                let renew_in = remaining.mul_f64(RENEW_AT);
+                info!(identity = %config.local_name, valid_for = ?remaining, ?renew_in, "certified");
+                let creds = Credentials {
+                    identity: config.local_name.clone(),
+                    leaf_der,
+                    chain,
+                    key_der: key_der.clone(),
+                    valid_until,
+                };
+                tx.send_replace(Some(Arc::new(creds)));
+                backoff = BACKOFF_MIN;
+                tokio::time::sleep(renew_in).await;
+            }
+            Err(e) => {
+                metrics.identity_refreshed(false, SystemTime::UNIX_EPOCH);
+                warn!(identity = %config.local_name, error = %e, retry_in = ?backoff, "certify failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn certify(
+    config: &IdentityConfig,
+    csr: &[u8],
+    public_key: &[u8],
+) -> Result<(Vec<u8>, Vec<Vec<u8>>, SystemTime), CertifyError> {
+    // A few bytes from a local file, once per refresh: a blocking read is fine.
+    let token = std::fs::read(&config.token_file).map_err(|source| CertifyError::Token {
+        path: config.token_file.display().to_string(),
+        source,
+    })?;
+    let addr = &config.svc_addr;
+    let call = async {
+        let mut client = IdentityClient::connect(format!("http://{addr}"))
+            .await
+            .map_err(|e| CertifyError::Connect {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let request = CertifyRequest {
+            identity: config.local_name.to_string(),
+            token: trim_ascii(token),
+            certificate_signing_request: csr.to_vec(),
+        };
+        client
+            .certify(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| CertifyError::Refused(format!("{:?}: {}", s.code(), s.message())))
+    };
+    let resp = tokio::time::timeout(CERTIFY_TIMEOUT, call)
+        .await
+        .map_err(|_| CertifyError::Timeout(CERTIFY_TIMEOUT))??;
+    let valid_until = config
+        .trust_anchors
+        .verify(
+            &resp.leaf_certificate,
+            &resp.intermediate_certificates,
+            &config.local_name,
+            SystemTime::now(),
+        )
+        .map_err(|e| CertifyError::Invalid(e.to_string()))?;
+    if !weft_identity::verify::certifies_key(&resp.leaf_certificate, public_key) {
+        return Err(CertifyError::Invalid(
+            "it certifies another key than this proxy's".into(),
+        ));
+    }
+    Ok((
+        resp.leaf_certificate,
+        resp.intermediate_certificates,
+        valid_until,
+    ))
+}
+
+/// Token files usually end with a newline that is not part of the token.
+fn trim_ascii(mut token: Vec<u8>) -> Vec<u8> {
+    while token.last().is_some_and(u8::is_ascii_whitespace) {
+        token.pop();
+    }
+    token
+}
