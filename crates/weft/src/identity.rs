@@ -13,13 +13,16 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use linkerd2_proxy_api::identity::identity_server::{Identity as IdentityApi, IdentityServer};
 use linkerd2_proxy_api::identity::{CertifyRequest, CertifyResponse};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use weft_identity::Identity;
@@ -82,6 +85,9 @@ pub struct ServeArgs {
     /// Where the Certify gRPC service listens (Linkerd's identity port is 8080).
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Admin server: /metrics, /ready, /live.
+    #[arg(long, default_value = "0.0.0.0:9990")]
+    admin_listen: SocketAddr,
     /// Lifetime of the leaf certificates it signs.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     leaf_lifetime: Duration,
@@ -195,34 +201,51 @@ impl CredentialVerifier for MintedTokens {
     }
 }
 
-/// Refusals by reason, for metrics and logs.
-#[derive(Default)]
-pub struct Refusals {
-    pub bad_request: AtomicU64,
-    pub unauthenticated: AtomicU64,
-    pub identity_mismatch: AtomicU64,
-    pub bad_csr: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertifyLabels {
+    /// `ok`, or why the request was refused.
+    result: &'static str,
+}
+
+/// The identity service's metrics.
+#[derive(Clone, Default)]
+pub struct IdentityMetrics {
+    certify_total: Family<CertifyLabels, Counter>,
+}
+
+impl IdentityMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "identity_certify",
+            "Certify requests by result",
+            self.certify_total.clone(),
+        );
+    }
+
+    fn count(&self, result: &'static str) {
+        self.certify_total
+            .get_or_create(&CertifyLabels { result })
+            .inc();
+    }
 }
 
 pub struct IdentityService {
     ca: Ca,
     verifier: Box<dyn CredentialVerifier>,
-    pub refusals: Arc<Refusals>,
-    pub issued: Arc<AtomicU64>,
+    metrics: IdentityMetrics,
 }
 
 impl IdentityService {
-    pub fn new(ca: Ca, verifier: Box<dyn CredentialVerifier>) -> Self {
+    pub fn new(ca: Ca, verifier: Box<dyn CredentialVerifier>, metrics: IdentityMetrics) -> Self {
         IdentityService {
             ca,
             verifier,
-            refusals: Arc::default(),
-            issued: Arc::default(),
+            metrics,
         }
     }
 
-    fn refuse(&self, counter: &AtomicU64, status: Status, identity: &str) -> Status {
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn refuse(&self, result: &'static str, status: Status, identity: &str) -> Status {
+        self.metrics.count(result);
         warn!(identity, code = ?status.code(), reason = status.message(), "certify refused");
         status
     }
@@ -235,26 +258,25 @@ impl IdentityApi for IdentityService {
         req: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let req = req.into_inner();
-        let r = &self.refusals;
         let identity: Identity =
             req.identity
                 .parse()
                 .map_err(|e: weft_identity::name::NameError| {
                     self.refuse(
-                        &r.bad_request,
+                        "bad_request",
                         Status::invalid_argument(e.to_string()),
                         &req.identity,
                     )
                 })?;
         let proven = match self.verifier.verify(&req.token).await {
             Ok(p) => p,
-            Err(status) => return Err(self.refuse(&r.unauthenticated, status, &req.identity)),
+            Err(status) => return Err(self.refuse("unauthenticated", status, &req.identity)),
         };
         if proven != identity {
             let status = Status::permission_denied(format!(
                 "the credential proves {proven}, not {identity}"
             ));
-            return Err(self.refuse(&r.identity_mismatch, status, &req.identity));
+            return Err(self.refuse("identity_mismatch", status, &req.identity));
         }
         let leaf = self
             .ca
@@ -265,13 +287,17 @@ impl IdentityApi for IdentityService {
             )
             .map_err(|e| match e {
                 CaError::Csr(e) => self.refuse(
-                    &r.bad_csr,
+                    "bad_csr",
                     Status::invalid_argument(format!("bad CSR: {e}")),
                     &req.identity,
                 ),
-                other => Status::internal(other.to_string()),
+                other => self.refuse(
+                    "internal",
+                    Status::internal(other.to_string()),
+                    &req.identity,
+                ),
             })?;
-        self.issued.fetch_add(1, Ordering::Relaxed);
+        self.metrics.count("ok");
         let until = leaf
             .valid_until
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -298,15 +324,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(IdentityService::new(
-            ca,
-            Box::new(verifier),
-        )))
+    let metrics = IdentityMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let admin = tokio::spawn(crate::admin::serve(args.admin_listen, Arc::new(registry)));
+    let service = IdentityService::new(ca, Box::new(verifier), metrics);
+    let server = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(service))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
-        )
-        .await?;
+        );
+    tokio::select! {
+        served = server => served?,
+        admin = admin => admin??,
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `weft`: the control plane (`weft control ...`) and the operator's CLI.
 
+mod admin;
 mod identity;
 
 use clap::{Parser, Subcommand};

@@ -18,7 +18,7 @@ const DB: &str = "db.demo.serviceaccount.identity.weft.cluster.local";
 #[tokio::test]
 async fn certify_signs_a_leaf_for_the_proven_identity() {
     let ca = Ca::create();
-    let (_server, url) = ca.serve(support::free_port(), "1h");
+    let (server, url) = ca.serve(support::free_port(), "1h");
     let mut client = IdentityClient::connect(url).await.unwrap();
     let web: Identity = WEB.parse().unwrap();
     let (key, csr) = new_key_and_csr(&web).unwrap();
@@ -60,6 +60,10 @@ async fn certify_signs_a_leaf_for_the_proven_identity() {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    assert_eq!(
+        server.metric("identity_certify_total", &[("result", "ok")]),
+        1.0
+    );
     assert!(
         (3590..=3610).contains(&(until - now)),
         "leaf lifetime is --leaf-lifetime 1h"
@@ -69,7 +73,7 @@ async fn certify_signs_a_leaf_for_the_proven_identity() {
 #[tokio::test]
 async fn certify_refuses_with_a_status_that_says_why() {
     let ca = Ca::create();
-    let (_server, url) = ca.serve(support::free_port(), "1h");
+    let (server, url) = ca.serve(support::free_port(), "1h");
     let mut client = IdentityClient::connect(url).await.unwrap();
     let web: Identity = WEB.parse().unwrap();
     let csr = new_key_and_csr(&web).unwrap().1;
@@ -117,6 +121,22 @@ async fn certify_refuses_with_a_status_that_says_why() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Every refusal is counted by reason on the admin server.
+    let expected = [
+        ("identity_mismatch", 1.0),
+        ("unauthenticated", 2.0),
+        ("bad_csr", 1.0),
+        ("bad_request", 1.0),
+        ("ok", 0.0),
+    ];
+    for (result, n) in expected {
+        assert_eq!(
+            server.metric("identity_certify_total", &[("result", result)]),
+            n,
+            "{result}"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real `weft` (and `weft-proxy`) binaries.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -14,12 +15,25 @@ pub fn weft(args: &[&str]) -> Output {
         .expect("running weft")
 }
 
-pub struct Server(Child);
+pub struct Server {
+    child: Child,
+    pub admin: SocketAddr,
+}
+
+impl Server {
+    /// A counter from the admin server's /metrics.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = weft_testkit::scrape::http_get(self.admin, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        weft_testkit::scrape::metric_sum(&text, name, labels)
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -74,9 +88,11 @@ impl Ca {
             .to_vec()
     }
 
-    /// Starts `weft control identity` on `port`, signing leaves for `leaf_lifetime`.
+    /// Starts `weft control identity` on `port`, signing leaves for
+    /// `leaf_lifetime`, with its admin server on a free port.
     pub fn serve(&self, port: u16, leaf_lifetime: &str) -> (Server, String) {
         let listen = format!("127.0.0.1:{port}");
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args([
                 "control",
@@ -86,7 +102,12 @@ impl Ca {
                 "--listen",
                 &listen,
             ])
-            .args(["--leaf-lifetime", leaf_lifetime])
+            .args([
+                "--admin-listen",
+                &admin.to_string(),
+                "--leaf-lifetime",
+                leaf_lifetime,
+            ])
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -94,7 +115,7 @@ impl Ca {
             assert!(Instant::now() < deadline, "identity service did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        (Server(child), format!("http://{listen}"))
+        (Server { child, admin }, format!("http://{listen}"))
     }
 }
 
