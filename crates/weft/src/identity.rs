@@ -48,6 +48,19 @@ pub enum IdentityCmd {
 pub enum CaCmd {
     /// Generate a trust anchor, an issuer signed by it, and a token key (ECDSA P-256).
     Create(CreateArgs),
+    /// Replace the issuer with a new one signed by the same trust anchor. A running
+    /// identity service picks it up on its next request.
+    RotateIssuer(RotateArgs),
+}
+
+#[derive(Args)]
+pub struct RotateArgs {
+    #[arg(long, default_value = "weft-ca")]
+    dir: PathBuf,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    issuer_validity: Duration,
 }
 
 #[derive(Args)]
@@ -96,6 +109,7 @@ pub struct ServeArgs {
 pub fn run(cmd: IdentityCmd) -> anyhow::Result<()> {
     match cmd {
         IdentityCmd::Ca(CaCmd::Create(args)) => create(&args),
+        IdentityCmd::Ca(CaCmd::RotateIssuer(args)) => rotate_issuer(&args),
         IdentityCmd::Token(args) => {
             let identity: Identity = args.identity.parse()?;
             let key = load_token_key(&args.dir)?;
@@ -150,6 +164,40 @@ fn create(args: &CreateArgs) -> anyhow::Result<()> {
         days(args.anchor_validity),
         days(args.issuer_validity),
         dir.display()
+    );
+    Ok(())
+}
+
+/// Writes a file by renaming a complete temporary one over it, so a reader
+/// never sees half a certificate.
+fn replace_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    if secret {
+        write_secret(&tmp, contents)?;
+    } else {
+        std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+fn rotate_issuer(args: &RotateArgs) -> anyhow::Result<()> {
+    let anchor = CertAndKey {
+        cert_pem: read(&args.dir, ANCHOR_CERT)?,
+        key_pem: read(&args.dir, ANCHOR_KEY)?,
+    };
+    let issuer = ca::generate_issuer(
+        &anchor,
+        &format!("identity.{}", args.trust_domain),
+        args.issuer_validity,
+    )?;
+    // Key first: a service reading between the two renames fails its check and
+    // keeps the old issuer, instead of pairing a new certificate with an old key.
+    replace_file(&args.dir.join(ISSUER_KEY), &issuer.key_pem, true)?;
+    replace_file(&args.dir.join(ISSUER_CERT), &issuer.cert_pem, false)?;
+    println!(
+        "rotated the issuer in {} (valid {} days)",
+        args.dir.display(),
+        args.issuer_validity.as_secs() / 86_400
     );
     Ok(())
 }
@@ -229,14 +277,70 @@ impl IdentityMetrics {
     }
 }
 
+/// The CA, reloaded from its directory when the files change (issuer
+/// rotation, a trust-anchor bundle update) without restarting the service.
+pub struct CaSource {
+    dir: PathBuf,
+    leaf_lifetime: Duration,
+    current: std::sync::Mutex<(Arc<Ca>, Vec<Option<SystemTime>>)>,
+}
+
+impl CaSource {
+    pub fn load(dir: &Path, leaf_lifetime: Duration) -> anyhow::Result<Self> {
+        let stamp = Self::stamp(dir);
+        let ca = Arc::new(load_ca(dir, leaf_lifetime)?);
+        Ok(CaSource {
+            dir: dir.to_path_buf(),
+            leaf_lifetime,
+            current: std::sync::Mutex::new((ca, stamp)),
+        })
+    }
+
+    fn stamp(dir: &Path) -> Vec<Option<SystemTime>> {
+        [ANCHOR_CERT, ISSUER_CERT, ISSUER_KEY]
+            .iter()
+            .map(|f| {
+                std::fs::metadata(dir.join(f))
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// The CA to sign with: reloaded if the files changed and the new ones are
+    /// good; otherwise the last good one.
+    pub fn get(&self) -> Arc<Ca> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = Self::stamp(&self.dir);
+        if stamp != current.1 {
+            match load_ca(&self.dir, self.leaf_lifetime) {
+                Ok(ca) => {
+                    info!(dir = %self.dir.display(), "CA files changed; signing with the new issuer");
+                    *current = (Arc::new(ca), stamp);
+                }
+                // Keep the stamp unchanged so the next request tries again.
+                Err(e) => warn!(
+                    error = format!("{e:#}"),
+                    "CA files changed but do not load; keeping the previous issuer"
+                ),
+            }
+        }
+        current.0.clone()
+    }
+}
+
 pub struct IdentityService {
-    ca: Ca,
+    ca: CaSource,
     verifier: Box<dyn CredentialVerifier>,
     metrics: IdentityMetrics,
 }
 
 impl IdentityService {
-    pub fn new(ca: Ca, verifier: Box<dyn CredentialVerifier>, metrics: IdentityMetrics) -> Self {
+    pub fn new(
+        ca: CaSource,
+        verifier: Box<dyn CredentialVerifier>,
+        metrics: IdentityMetrics,
+    ) -> Self {
         IdentityService {
             ca,
             verifier,
@@ -280,6 +384,7 @@ impl IdentityApi for IdentityService {
         }
         let leaf = self
             .ca
+            .get()
             .sign(
                 &req.certificate_signing_request,
                 &identity,
@@ -315,7 +420,7 @@ impl IdentityApi for IdentityService {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let ca = load_ca(&args.dir, args.leaf_lifetime)?;
+    let ca = CaSource::load(&args.dir, args.leaf_lifetime)?;
     let verifier = MintedTokens(load_token_key(&args.dir)?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

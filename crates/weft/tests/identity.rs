@@ -171,3 +171,70 @@ fn the_cli_refuses_to_overwrite_a_ca_and_explains_missing_files() {
     ]);
     assert!(!out.status.success());
 }
+
+#[tokio::test]
+async fn issuer_rotation_is_picked_up_without_restarting_the_service() {
+    let ca = Ca::create();
+    let (_server, url) = ca.serve(support::free_port(), "1h");
+    let mut client = IdentityClient::connect(url).await.unwrap();
+    let web: Identity = WEB.parse().unwrap();
+    let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+    let anchors = weft_identity::verify::TrustAnchors::from_pem(&anchors).unwrap();
+    let issuer_der = || {
+        let pem = std::fs::read_to_string(ca.dir.join("issuer.crt")).unwrap();
+        weft_identity::ca::pem_certificates(&pem, "issuer")
+            .unwrap()
+            .remove(0)
+    };
+    let mut certify = async |expected_issuer: Vec<u8>| {
+        let request = CertifyRequest {
+            identity: WEB.into(),
+            token: ca.token(WEB, "10m"),
+            certificate_signing_request: new_key_and_csr(&web).unwrap().1,
+        };
+        let resp = client
+            .certify(request)
+            .await
+            .expect("certified")
+            .into_inner();
+        assert_eq!(
+            resp.intermediate_certificates,
+            vec![expected_issuer],
+            "signed by the expected issuer"
+        );
+        anchors
+            .verify(
+                &resp.leaf_certificate,
+                &resp.intermediate_certificates,
+                &web,
+                SystemTime::now(),
+            )
+            .expect("the leaf chains to the same trust anchor");
+    };
+
+    let first = issuer_der();
+    certify(first.clone()).await;
+    let out = weft(&[
+        "identity",
+        "ca",
+        "rotate-issuer",
+        "--dir",
+        ca.dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = issuer_der();
+    assert_ne!(first, second);
+    certify(second.clone()).await;
+
+    // A broken issuer file does not stop signing: the last good issuer stays.
+    std::fs::write(
+        ca.dir.join("issuer.crt"),
+        "-----BEGIN CERTIFICATE-----\nbroken\n",
+    )
+    .unwrap();
+    certify(second).await;
+}
