@@ -1,6 +1,7 @@
 //! `weft`: the control plane (`weft control ...`) and the operator's CLI.
 
 mod admin;
+mod check;
 mod identity;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ enum Cmd {
     /// Mesh identity: the CA and workload credentials.
     #[command(subcommand)]
     Identity(identity::IdentityCmd),
+    /// Check the mesh: CA files (trust anchors, issuer); one line per check.
+    Check(check::CheckArgs),
     /// Run a control-plane service.
     #[command(subcommand)]
     Control(ControlCmd),
@@ -43,6 +46,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Cmd::Identity(cmd) => identity::run(cmd),
+        Cmd::Check(args) => {
+            if !check::run(&args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Control(ControlCmd::Identity(args)) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

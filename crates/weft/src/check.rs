@@ -1,0 +1,261 @@
+//! `weft check`: is the mesh healthy? Each check prints a line with a tick, a
+//! warning sign or a cross, and a hint when something needs doing.
+//!
+//! This first part checks the CA's files: trust anchors and issuer (validity,
+//! remaining lifetime, chain, key types). Control-plane and proxy checks join
+//! it as those parts land.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, ValueEnum};
+use weft_identity::ca::{self, CertAndKey};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+use x509_parser::prelude::FromDer;
+
+/// Certificates expiring sooner than this get a warning.
+const WARN_BEFORE: Duration = Duration::from_secs(60 * 86_400);
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The CA directory (as written by `weft identity ca create`).
+    #[arg(long, default_value = "weft-ca")]
+    ca_dir: PathBuf,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(serde::Serialize)]
+struct Check {
+    check: String,
+    status: Status,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+}
+
+impl Check {
+    fn new(check: &str, status: Status, message: String, hint: Option<&str>) -> Self {
+        Check {
+            check: check.into(),
+            status,
+            message,
+            hint: hint.map(String::from),
+        }
+    }
+}
+
+fn days(d: Duration) -> u64 {
+    d.as_secs() / 86_400
+}
+
+/// Validity, CA flag and key type of one certificate, as checks.
+fn certificate_checks(name: &str, der: &[u8], now: SystemTime, renew_hint: &str) -> Vec<Check> {
+    let cert = match X509Certificate::from_der(der) {
+        Ok((_, c)) => c,
+        Err(e) => {
+            return vec![Check::new(
+                name,
+                Status::Fail,
+                format!("not a valid certificate: {e}"),
+                None,
+            )];
+        }
+    };
+    let mut checks = Vec::new();
+    let not_after = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
+    let subject = cert.subject().to_string();
+    checks.push(match not_after.duration_since(now) {
+        Err(_) => Check::new(
+            name,
+            Status::Fail,
+            format!("{subject} expired on {}", cert.validity().not_after),
+            Some(renew_hint),
+        ),
+        Ok(left) if !cert.validity().is_valid() => Check::new(
+            name,
+            Status::Fail,
+            format!(
+                "{subject} is not valid yet ({} days left after)",
+                days(left)
+            ),
+            None,
+        ),
+        Ok(left) if left < WARN_BEFORE => Check::new(
+            name,
+            Status::Warn,
+            format!(
+                "{subject} expires in {} days ({})",
+                days(left),
+                cert.validity().not_after
+            ),
+            Some(renew_hint),
+        ),
+        Ok(left) => Check::new(
+            name,
+            Status::Ok,
+            format!(
+                "{subject} is valid for {} more days (until {})",
+                days(left),
+                cert.validity().not_after
+            ),
+            None,
+        ),
+    });
+    if !cert.is_ca() {
+        checks.push(Check::new(
+            name,
+            Status::Fail,
+            format!("{subject} is not a CA certificate"),
+            None,
+        ));
+    }
+    let alg = &cert.public_key().algorithm;
+    let curve = alg.parameters.as_ref().and_then(|p| p.as_oid().ok());
+    if alg.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve.as_ref() != Some(&OID_EC_P256) {
+        checks.push(Check::new(
+            name,
+            Status::Fail,
+            format!("{subject} does not have an ECDSA P-256 key"),
+            None,
+        ));
+    }
+    checks
+}
+
+fn ca_checks(dir: &Path, now: SystemTime) -> Vec<Check> {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f));
+    let create_hint = format!(
+        "create one with `weft identity ca create --dir {}`",
+        dir.display()
+    );
+    let mut checks = Vec::new();
+
+    let anchors_pem = match read("ca.crt") {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!("cannot read {}: {e}", dir.join("ca.crt").display());
+            return vec![Check::new(
+                "trust anchors",
+                Status::Fail,
+                msg,
+                Some(&create_hint),
+            )];
+        }
+    };
+    match ca::pem_certificates(&anchors_pem, "trust anchors") {
+        Ok(ders) => {
+            for der in &ders {
+                checks.extend(certificate_checks(
+                    "trust anchor",
+                    der,
+                    now,
+                    "add a new root to ca.crt (a bundle of old and new), re-issue, then remove the old one",
+                ));
+            }
+        }
+        Err(e) => {
+            return vec![Check::new(
+                "trust anchors",
+                Status::Fail,
+                e.to_string(),
+                Some(&create_hint),
+            )];
+        }
+    }
+
+    let issuer = match (read("issuer.crt"), read("issuer.key")) {
+        (Ok(cert_pem), Ok(key_pem)) => CertAndKey { cert_pem, key_pem },
+        (Err(e), _) | (_, Err(e)) => {
+            checks.push(Check::new(
+                "issuer",
+                Status::Fail,
+                format!("cannot read the issuer: {e}"),
+                Some(&create_hint),
+            ));
+            return checks;
+        }
+    };
+    let rotate_hint = format!(
+        "rotate it with `weft identity ca rotate-issuer --dir {}`",
+        dir.display()
+    );
+    match ca::pem_certificates(&issuer.cert_pem, "issuer certificate") {
+        Ok(ders) => checks.extend(certificate_checks("issuer", &ders[0], now, &rotate_hint)),
+        Err(e) => checks.push(Check::new(
+            "issuer",
+            Status::Fail,
+            e.to_string(),
+            Some(&rotate_hint),
+        )),
+    }
+    // Chain, key pairing and loadability, exactly as the identity service checks them.
+    checks.push(
+        match ca::Ca::new(&issuer, &anchors_pem, Duration::from_secs(3600)) {
+            Ok(_) => Check::new(
+                "issuer chain",
+                Status::Ok,
+                "the issuer is signed by a trust anchor and its key loads".into(),
+                None,
+            ),
+            Err(e) => Check::new(
+                "issuer chain",
+                Status::Fail,
+                e.to_string(),
+                Some(&rotate_hint),
+            ),
+        },
+    );
+    checks.push(
+        match read("token.key").map_err(|e| e.to_string()).and_then(|k| {
+            weft_identity::token::TokenKey::from_base64(&k).map_err(|e| e.to_string())
+        }) {
+            Ok(_) => Check::new(
+                "token key",
+                Status::Ok,
+                "workload tokens can be minted and checked".into(),
+                None,
+            ),
+            Err(e) => Check::new("token key", Status::Fail, e, Some(&create_hint)),
+        },
+    );
+    checks
+}
+
+pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
+    let checks = ca_checks(&args.ca_dir, SystemTime::now());
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
+        Output::Table => {
+            let width = checks.iter().map(|c| c.check.len()).max().unwrap_or(0);
+            for c in &checks {
+                let mark = match c.status {
+                    Status::Ok => "✔",
+                    Status::Warn => "‼",
+                    Status::Fail => "✖",
+                };
+                println!("{mark} {:width$}  {}", c.check, c.message);
+                if let Some(hint) = &c.hint {
+                    println!("  {:width$}  hint: {hint}", "");
+                }
+            }
+        }
+    }
+    Ok(checks.iter().all(|c| c.status != Status::Fail))
+}
