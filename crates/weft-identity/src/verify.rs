@@ -54,6 +54,24 @@ impl TrustAnchors {
         identity: &Identity,
         now: SystemTime,
     ) -> Result<SystemTime, VerifyError> {
+        let (names, not_after) = self.verify_chain(leaf, chain, now)?;
+        if !names.iter().any(|n| n == identity.as_str()) {
+            return Err(VerifyError::WrongIdentity {
+                found: names,
+                expected: identity.to_string(),
+            });
+        }
+        Ok(not_after)
+    }
+
+    /// Verifies that `leaf` chains to a trust anchor at `now`, whoever it names;
+    /// returns its DNS names and expiry (a server learning its client's identity).
+    pub fn verify_chain<C: AsRef<[u8]>>(
+        &self,
+        leaf: &[u8],
+        chain: &[C],
+        now: SystemTime,
+    ) -> Result<(Vec<String>, SystemTime), VerifyError> {
         let parse = |der| {
             X509Certificate::from_der(der)
                 .map(|(_, c)| c)
@@ -65,27 +83,7 @@ impl TrustAnchors {
                 .map_or(0, |d| d.as_secs() as i64),
         )
         .map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        let names: Vec<String> = leaf
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::DNSName(d) => Some(d.to_string()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !names.iter().any(|n| n == identity.as_str()) {
-            return Err(VerifyError::WrongIdentity {
-                found: names,
-                expected: identity.to_string(),
-            });
-        }
+        let names = names_of(&leaf);
         let not_after = SystemTime::UNIX_EPOCH
             + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
         // Walk up: each certificate must be signed by the next one, and the last
@@ -108,13 +106,13 @@ impl TrustAnchors {
             let Some(next) = rest.next() else {
                 return Err(VerifyError::Untrusted);
             };
-            let next = parse(next)?;
+            let next = parse(next.as_ref())?;
             if !next.is_ca() || current.verify_signature(Some(next.public_key())).is_err() {
                 return Err(VerifyError::Untrusted);
             }
             current = next;
         }
-        Ok(not_after)
+        Ok((names, not_after))
     }
 }
 
@@ -122,4 +120,28 @@ impl TrustAnchors {
 pub fn certifies_key(cert_der: &[u8], public_key: &[u8]) -> bool {
     X509Certificate::from_der(cert_der)
         .is_ok_and(|(_, c)| &*c.public_key().subject_public_key.data == public_key)
+}
+
+fn names_of(cert: &X509Certificate<'_>) -> Vec<String> {
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The identity a certificate names (its first DNS SAN that is an identity
+/// name). Call it only on a certificate that was verified.
+pub fn identity_of(cert_der: &[u8]) -> Option<Identity> {
+    let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
+    names_of(&cert).iter().find_map(|n| n.parse().ok())
 }

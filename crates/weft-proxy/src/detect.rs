@@ -24,6 +24,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub enum Protocol {
     Http1,
     Http2,
+    /// A TLS ClientHello; the prefix holds its whole first record.
+    Tls,
     Opaque,
 }
 
@@ -32,6 +34,7 @@ impl Protocol {
         match self {
             Protocol::Http1 => "http/1",
             Protocol::Http2 => "h2",
+            Protocol::Tls => "tls",
             Protocol::Opaque => "opaque",
         }
     }
@@ -45,6 +48,16 @@ enum Verdict {
 }
 
 fn classify(buf: &[u8]) -> Verdict {
+    // A TLS handshake record: wait for the whole record (bounded by the buffer).
+    if buf.first() == Some(&0x16) && buf.get(1).is_none_or(|&major| major == 3) {
+        return match buf.get(3..5) {
+            Some(len) if buf.len() >= 5 + usize::from(u16::from_be_bytes([len[0], len[1]])) => {
+                Verdict::Known(Protocol::Tls)
+            }
+            _ if buf.len() >= PEEK_CAPACITY => Verdict::Known(Protocol::Tls),
+            _ => Verdict::NeedMore,
+        };
+    }
     if buf.len() >= H2_PREFACE.len() && buf.starts_with(H2_PREFACE) {
         return Verdict::Known(Protocol::Http2);
     }
@@ -106,6 +119,60 @@ pub async fn detect<I: AsyncRead + Unpin>(
         };
         return Ok((protocol, buf.freeze()));
     }
+}
+
+/// The server name (SNI) a TLS ClientHello asks for, from the first record.
+/// `None` when it names none or the record cannot be read as a ClientHello.
+pub fn client_hello_sni(record: &[u8]) -> Option<String> {
+    struct Reader<'a>(&'a [u8]);
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+            self.0 = rest;
+            Some(head)
+        }
+        fn u8(&mut self) -> Option<usize> {
+            self.take(1).map(|b| usize::from(b[0]))
+        }
+        fn u16(&mut self) -> Option<usize> {
+            self.take(2)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        }
+        fn vec8(&mut self) -> Option<&'a [u8]> {
+            let n = self.u8()?;
+            self.take(n)
+        }
+        fn vec16(&mut self) -> Option<&'a [u8]> {
+            let n = self.u16()?;
+            self.take(n)
+        }
+    }
+    let mut r = Reader(record);
+    r.take(5)?; // record header
+    if r.u8()? != 1 {
+        return None; // not a ClientHello
+    }
+    r.take(3)?; // handshake length
+    r.take(2 + 32)?; // client version, random
+    r.vec8()?; // session id
+    r.vec16()?; // cipher suites
+    r.vec8()?; // compression methods
+    let mut extensions = Reader(r.vec16()?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let mut body = Reader(extensions.vec16()?);
+        if kind == 0 {
+            let mut names = Reader(body.vec16()?);
+            while !names.0.is_empty() {
+                let name_type = names.u8()?;
+                let name = names.vec16()?;
+                if name_type == 0 {
+                    return std::str::from_utf8(name).ok().map(str::to_string);
+                }
+            }
+        }
+    }
+    None
 }
 
 pin_project_lite::pin_project! {
@@ -194,7 +261,9 @@ mod tests {
         assert_eq!(classify(H2_PREFACE), Verdict::Known(Http2));
         assert_eq!(classify(b"PRI * HTTP/2"), Verdict::NeedMore);
         assert_eq!(classify(b"GET /very/long"), Verdict::NeedMore);
-        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Verdict::Known(Opaque));
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Verdict::NeedMore);
+        assert_eq!(classify(b"\x16\x03\x01\x00\x01\x01"), Verdict::Known(Tls));
+        assert_eq!(classify(b"\x16\x01"), Verdict::Known(Opaque));
         assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Verdict::Known(Opaque));
         assert_eq!(classify(b"hello world\r\n"), Verdict::Known(Opaque));
         assert_eq!(classify(b"G\x00T"), Verdict::Known(Opaque));

@@ -6,6 +6,7 @@
 //! - [`detect`]: what protocol a connection speaks.
 //! - [`http`]: HTTP/1 and HTTP/2 proxying with pooled endpoint clients.
 //! - [`tcp`]: opaque forwarding and endpoint connects.
+//! - [`tls`]: mesh TLS (server side): rustls configuration and client verification.
 //! - [`identity`]: the proxy's key and certificate (Certify, renewal).
 //! - [`metrics`], [`admin`]: Linkerd-compatible metrics and the admin server.
 //! - [`init`]: iptables capture rules (`weft-proxy init`).
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod proxy;
 pub mod tcp;
+pub mod tls;

@@ -80,6 +80,8 @@ pub enum Tls {
     NotProvidedByRemote,
     /// Discovery gave no identity for the endpoint (outbound plaintext).
     NotProvidedByServiceDiscovery,
+    /// Mesh TLS was established.
+    Established,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,14 +92,14 @@ struct TlsLabels {
 
 impl From<Tls> for TlsLabels {
     fn from(t: Tls) -> Self {
-        let no_tls_reason = match t {
-            Tls::NotProvidedByRemote => "not_provided_by_remote",
-            Tls::NotProvidedByServiceDiscovery => "not_provided_by_service_discovery",
+        let (tls, no_tls_reason) = match t {
+            Tls::NotProvidedByRemote => ("no_identity", "not_provided_by_remote"),
+            Tls::NotProvidedByServiceDiscovery => {
+                ("no_identity", "not_provided_by_service_discovery")
+            }
+            Tls::Established => ("true", ""),
         };
-        TlsLabels {
-            tls: "no_identity",
-            no_tls_reason,
-        }
+        TlsLabels { tls, no_tls_reason }
     }
 }
 

@@ -25,7 +25,7 @@ use crate::detect::{self, PrefixedIo, Protocol};
 use crate::drain::{Drain, ShutdownTrigger, Watch};
 use crate::http::{self, HttpConn, client::Clients};
 use crate::io::Metered;
-use crate::metrics::{Direction, HttpConnMetrics, Metrics, Peer, TcpLabels, Tls};
+use crate::metrics::{Direction, HttpConnMetrics, Metrics, Peer, TcpConn, TcpLabels, Tls};
 use crate::{admin, orig_dst, tcp};
 
 /// State shared by every connection.
@@ -33,6 +33,8 @@ use crate::{admin, orig_dst, tcp};
 pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    /// Present when identity is on: terminates inbound mesh TLS.
+    pub mesh_tls: Option<crate::tls::MeshTls>,
     pub clients: Arc<Clients>,
 }
 
@@ -94,17 +96,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let metrics = Metrics::new();
+    let identity = match config.identity.clone() {
+        Some(identity) => Some(crate::identity::spawn(identity, metrics.clone())?),
+        None => None,
+    };
+    let mesh_tls = match (&identity, &config.identity) {
+        (Some(creds), Some(id)) => Some(crate::tls::MeshTls::new(
+            creds.clone(),
+            id.trust_anchors.clone(),
+        )),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         clients: Clients::new(&config, metrics.clone()),
         metrics,
+        mesh_tls,
         config,
     });
     let (drain, watch) = Drain::new();
     let (shutdown, mut shutdown_requested) = ShutdownTrigger::new();
-    let identity = match shared.config.identity.clone() {
-        Some(config) => Some(crate::identity::spawn(config, shared.metrics.clone())?),
-        None => None,
-    };
     let readiness = Readiness {
         identity,
         ..Readiness::default()
@@ -246,35 +256,103 @@ async fn serve_connection(
         },
     };
     debug!(?target, protocol = protocol.as_str(), "serving");
-    let io = PrefixedIo::new(prefix, io);
-    match (protocol, target) {
-        (Protocol::Http1 | Protocol::Http2, _) => {
-            let metrics = HttpConnMetrics::new(shared.metrics.clone(), direction, tls);
-            let http2 = protocol == Protocol::Http2;
-            let conn = HttpConn::new(
-                direction,
-                target,
-                http2,
-                listen_addr,
-                shared.clone(),
-                metrics,
-                watch,
-            );
-            match http::serve(io, Arc::new(conn)).await {
-                Err(e) if e.is_parse() || e.is_timeout() => {
-                    info!(error = %e, "closed HTTP connection: client sent a malformed or incomplete request")
-                }
-                Err(e) => debug!(error = %e, "HTTP connection ended with an error"),
-                Ok(()) => {}
+    let client_conn = io.conn().clone();
+    if protocol == Protocol::Tls
+        && direction == Direction::Inbound
+        && let (Some(mesh), Some(target)) = (shared.mesh_tls.as_ref(), target)
+        && let Some(local) = mesh.local_identity()
+        && detect::client_hello_sni(&prefix).as_deref() == Some(local.as_str())
+    {
+        let Some(config) = mesh.server_config() else {
+            return warn!("mesh TLS requested but no server configuration; closing");
+        };
+        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(PrefixedIo::new(prefix, io));
+        let tls = match tokio::time::timeout(detect_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return info!(error = %e, "mesh TLS handshake refused"),
+            Err(_) => return info!(?detect_timeout, "mesh TLS handshake timed out"),
+        };
+        let client_id = crate::tls::peer_identity(tls.get_ref().1);
+        debug!(client_id = ?client_id.as_ref().map(|c| c.as_str()), "mesh TLS established");
+        let mut tls = tls;
+        let (protocol, prefix) = match detect::detect(&mut tls, detect_timeout).await {
+            Ok(detected) => detected,
+            Err(e) => {
+                return debug!(error = %e, "mesh TLS connection failed during protocol detection");
             }
-        }
-        (Protocol::Opaque, Some(target)) => {
-            forward_opaque(&shared, direction, io, target, watch).await
-        }
-        (Protocol::Opaque, None) => {
-            info!(
-                "explicit-proxy client did not speak HTTP; closing (set http_proxy only for HTTP clients)"
-            )
+        };
+        let conn = Conn {
+            shared,
+            direction,
+            target: Some(target),
+            listen_addr,
+            tls: Tls::Established,
+            client_id,
+            watch,
+        };
+        return conn
+            .serve(PrefixedIo::new(prefix, tls), client_conn, protocol)
+            .await;
+    }
+    let conn = Conn {
+        shared,
+        direction,
+        target,
+        listen_addr,
+        tls,
+        client_id: None,
+        watch,
+    };
+    conn.serve(PrefixedIo::new(prefix, io), client_conn, protocol)
+        .await
+}
+
+/// A connection after detection (and, for mesh TLS, after termination).
+struct Conn {
+    shared: Arc<Shared>,
+    direction: Direction,
+    target: Option<SocketAddr>,
+    listen_addr: SocketAddr,
+    tls: Tls,
+    client_id: Option<weft_identity::Identity>,
+    watch: Watch,
+}
+
+impl Conn {
+    async fn serve<I>(self, io: I, client_conn: Arc<TcpConn>, protocol: Protocol)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match (protocol, self.target) {
+            (Protocol::Http1 | Protocol::Http2, _) => {
+                let metrics =
+                    HttpConnMetrics::new(self.shared.metrics.clone(), self.direction, self.tls);
+                let conn = HttpConn::new(
+                    self.direction,
+                    self.target,
+                    protocol == Protocol::Http2,
+                    self.listen_addr,
+                    self.shared.clone(),
+                    metrics,
+                    self.client_id,
+                    self.watch,
+                );
+                match http::serve(io, Arc::new(conn)).await {
+                    Err(e) if e.is_parse() || e.is_timeout() => {
+                        info!(error = %e, "closed HTTP connection: client sent a malformed or incomplete request")
+                    }
+                    Err(e) => debug!(error = %e, "HTTP connection ended with an error"),
+                    Ok(()) => {}
+                }
+            }
+            (Protocol::Tls | Protocol::Opaque, Some(target)) => {
+                forward_opaque(&self.shared, self.direction, io, client_conn, target).await
+            }
+            (Protocol::Tls | Protocol::Opaque, None) => {
+                info!(
+                    "explicit-proxy client did not speak HTTP; closing (set http_proxy only for HTTP clients)"
+                )
+            }
         }
     }
 }
@@ -282,9 +360,9 @@ async fn serve_connection(
 async fn forward_opaque<I>(
     shared: &Shared,
     direction: Direction,
-    client: PrefixedIo<Metered<I>>,
+    client: I,
+    client_conn: Arc<TcpConn>,
     target: SocketAddr,
-    _watch: Watch,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -296,7 +374,6 @@ async fn forward_opaque<I>(
         Ok(s) => s,
         Err(e) => return info!(error = %e, "opaque connection refused: endpoint unreachable"),
     };
-    let client_conn = client.get_ref().conn().clone();
     match tcp::copy_bidirectional(client, server, &client_conn, shared.config.tcp_idle_timeout)
         .await
     {

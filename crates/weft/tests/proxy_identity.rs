@@ -13,22 +13,25 @@ use weft_testkit::scrape::{http_get, metric_sum};
 struct Proxy {
     child: Child,
     admin: SocketAddr,
+    inbound: SocketAddr,
     log: std::path::PathBuf,
 }
 
 impl Proxy {
     fn start(ca: &Ca, identity_port: u16) -> Proxy {
+        Self::start_with(ca, identity_port, &[])
+    }
+
+    fn start_with(ca: &Ca, identity_port: u16, env: &[(&str, String)]) -> Proxy {
         let token_file = ca.dir.join("web.token");
         std::fs::write(&token_file, ca.token(WEB, "1h")).unwrap();
         let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = ca.dir.join("proxy.log");
         let child = Command::new(proxy_bin())
             .env_clear()
-            .env(
-                "WEFT_PROXY_INBOUND_LISTEN_ADDR",
-                format!("127.0.0.1:{}", free_port()),
-            )
+            .env("WEFT_PROXY_INBOUND_LISTEN_ADDR", inbound.to_string())
             .env(
                 "WEFT_PROXY_OUTBOUND_LISTEN_ADDR",
                 format!("127.0.0.1:{}", free_port()),
@@ -41,11 +44,17 @@ impl Proxy {
             .env("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", WEB)
             .env("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", &token_file)
             .env("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", anchors)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Proxy { child, admin, log }
+        Proxy {
+            child,
+            admin,
+            inbound,
+            log,
+        }
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -111,4 +120,141 @@ fn the_proxy_is_ready_only_with_a_certificate_and_renews_it() {
         p.metric("identity_cert_refresh_total", &[("result", "ok")]) >= 3.0
     });
     assert_eq!(http_get(proxy.admin, "/ready").map(|r| r.0), Some(200));
+}
+
+/// A rustls client config: trusts the CA's anchors, optionally presents a
+/// leaf for `client` signed by `issuer_ca`.
+fn client_config(
+    anchors_pem: &str,
+    client: Option<(&Ca, &str)>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in weft_identity::ca::pem_certificates(anchors_pem, "anchors").unwrap() {
+        roots.add(CertificateDer::from(der)).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((ca, name)) => {
+            let issuer = weft_identity::ca::CertAndKey {
+                cert_pem: std::fs::read_to_string(ca.dir.join("issuer.crt")).unwrap(),
+                key_pem: std::fs::read_to_string(ca.dir.join("issuer.key")).unwrap(),
+            };
+            let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+            let signer =
+                weft_identity::ca::Ca::new(&issuer, &anchors, Duration::from_secs(3600)).unwrap();
+            let id = name.parse().unwrap();
+            let (key, csr) = weft_identity::csr::new_key_and_csr(&id).unwrap();
+            let leaf = signer.sign(&csr, &id, SystemTime::now()).unwrap();
+            let chain = std::iter::once(leaf.cert_der)
+                .chain(leaf.chain)
+                .map(CertificateDer::from)
+                .collect();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    std::sync::Arc::new(config)
+}
+
+/// Sends one HTTP/1.1 request over mesh TLS (SNI = the server's identity) and
+/// returns whatever came back, or the error.
+async fn mesh_request(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    request: &str,
+) -> Result<String, std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(WEB.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(request.as_bytes()).await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut out))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
+    Ok(out)
+}
+
+const CLIENT: &str = "client.demo.serviceaccount.identity.weft.cluster.local";
+const GET_HEADERS: &str =
+    "GET /headers HTTP/1.1\r\nHost: web\r\nl5d-client-id: spoofed\r\nConnection: close\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_mesh_tls_is_terminated_and_the_app_sees_the_client_identity() {
+    let ca = Ca::create();
+    let identity_port = free_port();
+    let (_server, _) = ca.serve(identity_port, "1h");
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(weft_testkit::http::serve(app));
+    let proxy = Proxy::start_with(
+        &ca,
+        identity_port,
+        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
+    );
+    proxy.wait_for("ready", Duration::from_secs(20), |p| {
+        http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
+    });
+    let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+
+    // A meshed client: the app sees its verified identity, never the spoofed one.
+    let answer = mesh_request(
+        client_config(&anchors, Some((&ca, CLIENT))),
+        proxy.inbound,
+        GET_HEADERS,
+    )
+    .await
+    .expect("mesh TLS request");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("l5d-client-id: {CLIENT}")),
+        "{answer}"
+    );
+    assert!(!answer.contains("spoofed"), "{answer}");
+    let tls = [("direction", "inbound"), ("tls", "true")];
+    assert_eq!(proxy.metric("request_total", &tls), 1.0);
+
+    // No client certificate, or one from another CA: refused, nothing reaches the app.
+    let refused = mesh_request(client_config(&anchors, None), proxy.inbound, GET_HEADERS).await;
+    assert!(
+        refused.as_ref().map_or(true, |a| a.is_empty()),
+        "{refused:?}"
+    );
+    let stranger = Ca::create();
+    let foreign = mesh_request(
+        client_config(&anchors, Some((&stranger, CLIENT))),
+        proxy.inbound,
+        GET_HEADERS,
+    )
+    .await;
+    assert!(
+        foreign.as_ref().map_or(true, |a| a.is_empty()),
+        "{foreign:?}"
+    );
+    assert_eq!(
+        proxy.metric("request_total", &[("direction", "inbound")]),
+        1.0
+    );
+
+    // Plaintext clients cannot claim an identity either.
+    let plain = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(proxy.inbound).unwrap();
+        s.write_all(GET_HEADERS.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+    assert!(!plain.contains("l5d-client-id"), "{plain}");
 }

@@ -33,6 +33,8 @@ use crate::metrics::{AuthorityMetrics, Direction, HttpConnMetrics};
 use crate::proxy::Shared;
 use crate::tcp;
 
+pub const L5D_CLIENT_ID: &str = "l5d-client-id";
+
 /// One client connection being served as HTTP.
 pub struct HttpConn {
     pub direction: Direction,
@@ -42,6 +44,9 @@ pub struct HttpConn {
     pub shared: Arc<Shared>,
     pub metrics: HttpConnMetrics,
     pub watch: Watch,
+    /// Inbound: the `l5d-client-id` the application sees, from the client's
+    /// verified mesh certificate.
+    client_id: Option<http::HeaderValue>,
     /// The endpoint of a redirected connection. `None` in explicit-proxy mode,
     /// where every request names its own target.
     endpoint: Option<Arc<Endpoint>>,
@@ -58,6 +63,7 @@ impl HttpConn {
         listen_addr: SocketAddr,
         shared: Arc<Shared>,
         metrics: HttpConnMetrics,
+        client_id: Option<weft_identity::Identity>,
         watch: Watch,
     ) -> Self {
         let endpoint = target.map(|addr| shared.clients.endpoint(direction, addr));
@@ -68,6 +74,7 @@ impl HttpConn {
             shared,
             metrics,
             watch,
+            client_id: client_id.and_then(|id| http::HeaderValue::from_str(id.as_str()).ok()),
             endpoint,
             lease: Lease::default(),
         }
@@ -218,6 +225,14 @@ async fn proxy(
     };
     let addr = endpoint.addr;
 
+    if conn.direction == Direction::Inbound {
+        // Only this proxy may say who the client is: drop what came from outside.
+        let headers = req.headers_mut();
+        headers.remove(L5D_CLIENT_ID);
+        if let Some(id) = &conn.client_id {
+            headers.insert(L5D_CLIENT_ID, id.clone());
+        }
+    }
     let upgrade = headers::is_upgrade(&req);
     let is_connect = req.method() == Method::CONNECT;
     let version = req.version();
