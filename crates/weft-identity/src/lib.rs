@@ -168,7 +168,7 @@ mod tests {
             Err(VerifyError::WrongIdentity { .. })
         ));
         assert_eq!(
-            anchors.verify(&leaf.cert_der, &[], &id("web"), now),
+            anchors.verify::<Vec<u8>>(&leaf.cert_der, &[], &id("web"), now),
             Err(VerifyError::Untrusted)
         );
         assert_eq!(

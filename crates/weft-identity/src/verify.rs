@@ -47,10 +47,10 @@ impl TrustAnchors {
 
     /// Verifies `leaf` (with `chain`, issuer first) for `identity` at `now`;
     /// returns the leaf's expiry.
-    pub fn verify(
+    pub fn verify<C: AsRef<[u8]>>(
         &self,
         leaf: &[u8],
-        chain: &[Vec<u8>],
+        chain: &[C],
         identity: &Identity,
         now: SystemTime,
     ) -> Result<SystemTime, VerifyError> {

@@ -73,6 +73,8 @@ settings! {
         "", "File holding the credential sent with each Certify request; read anew each time, so it may be rotated (required with identity).";
     IDENTITY_TRUST_ANCHORS = "WEFT_PROXY_IDENTITY_TRUST_ANCHORS", ["LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"],
         "", "PEM text of the trust anchors (one or more roots) that certificates must chain to (required with identity).";
+    OUTBOUND_IDENTITIES = "WEFT_PROXY_OUTBOUND_IDENTITIES", [],
+        "", "Identities of outbound endpoints, ADDR=IDENTITY pairs separated by commas; such endpoints are reached only over mesh TLS. Static until discovery provides them.";
     LOG = "WEFT_PROXY_LOG", ["LINKERD2_PROXY_LOG"],
         "warn,weft_proxy=info", "Log filter (tracing-subscriber EnvFilter syntax).";
     LOG_FORMAT = "WEFT_PROXY_LOG_FORMAT", ["LINKERD2_PROXY_LOG_FORMAT"],
@@ -182,6 +184,7 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     pub worker_threads: usize,
     pub identity: Option<IdentityConfig>,
+    pub outbound_identities: std::collections::HashMap<SocketAddr, weft_identity::Identity>,
     pub log_filter: String,
     pub log_format: LogFormat,
 }
@@ -254,6 +257,23 @@ impl Config {
                 _ => Err("expected a number of threads from 1 to 64".into()),
             })?,
             identity: identity_config(&r)?,
+            outbound_identities: r.parse(&OUTBOUND_IDENTITIES, |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|pair| {
+                        let (addr, id) = pair
+                            .split_once('=')
+                            .ok_or(format!("{pair:?} is not ADDR=IDENTITY"))?;
+                        Ok((
+                            parse_addr(addr)?,
+                            id.trim()
+                                .parse()
+                                .map_err(|e: weft_identity::name::NameError| e.to_string())?,
+                        ))
+                    })
+                    .collect()
+            })?,
             log_filter: r.raw(&LOG).1,
             log_format: r.parse(&LOG_FORMAT, |v| match v.trim() {
                 "plain" => Ok(LogFormat::Plain),

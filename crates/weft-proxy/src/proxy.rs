@@ -34,7 +34,7 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     /// Present when identity is on: terminates inbound mesh TLS.
-    pub mesh_tls: Option<crate::tls::MeshTls>,
+    pub mesh_tls: Option<Arc<crate::tls::MeshTls>>,
     pub clients: Arc<Clients>,
 }
 
@@ -101,14 +101,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let mesh_tls = match (&identity, &config.identity) {
-        (Some(creds), Some(id)) => Some(crate::tls::MeshTls::new(
+        (Some(creds), Some(id)) => Some(Arc::new(crate::tls::MeshTls::new(
             creds.clone(),
             id.trust_anchors.clone(),
-        )),
+        ))),
         _ => None,
     };
+    let dialer = Arc::new(tcp::Dialer {
+        metrics: metrics.clone(),
+        inbound_connect_timeout: config.inbound_connect_timeout,
+        outbound_connect_timeout: config.outbound_connect_timeout,
+        outbound_identities: config.outbound_identities.clone(),
+        mesh: mesh_tls.clone(),
+    });
     let shared = Arc::new(Shared {
-        clients: Clients::new(&config, metrics.clone()),
+        clients: Clients::new(dialer, config.http_pool_idle_timeout),
         metrics,
         mesh_tls,
         config,
@@ -366,11 +373,7 @@ async fn forward_opaque<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let timeout = match direction {
-        Direction::Inbound => shared.config.inbound_connect_timeout,
-        Direction::Outbound => shared.config.outbound_connect_timeout,
-    };
-    let server = match tcp::connect(&shared.metrics, direction, target, timeout).await {
+    let server = match shared.clients.dialer.connect(direction, target).await {
         Ok(s) => s,
         Err(e) => return info!(error = %e, "opaque connection refused: endpoint unreachable"),
     };

@@ -4,17 +4,22 @@
 //! write half is shut down and the opposite direction keeps flowing. A
 //! connection idle in both directions for the configured time is closed.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use weft_identity::Identity;
 
 use crate::io::Metered;
 use crate::metrics::Direction;
 use crate::metrics::{Metrics, Peer, TcpConn, TcpLabels, Tls};
+use crate::tls::{MeshConnectError, MeshTls};
 
 /// Why a connection to an endpoint could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +31,12 @@ pub enum ConnectError {
 }
 
 /// Opens a TCP connection to an endpoint, counted as `peer="dst"`.
-pub async fn connect(
+async fn connect(
     metrics: &Arc<Metrics>,
     direction: Direction,
     addr: SocketAddr,
     timeout: Duration,
+    tls: Tls,
 ) -> Result<Metered<TcpStream>, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
@@ -39,12 +45,133 @@ pub async fn connect(
     };
     // Small writes (request heads, gRPC frames) must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let tls = match direction {
-        Direction::Inbound => Tls::NotProvidedByRemote,
-        Direction::Outbound => Tls::NotProvidedByServiceDiscovery,
-    };
     let conn = metrics.tcp_open(TcpLabels::new(direction, Peer::Dst, addr.to_string(), tls));
     Ok(Metered::new(stream, conn))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Mesh(#[from] MeshConnectError),
+}
+
+/// A connection to an endpoint: plaintext, or mesh TLS when the endpoint has
+/// an identity.
+pub enum EndpointIo {
+    Plain(Metered<TcpStream>),
+    Mesh(Box<tokio_rustls::client::TlsStream<Metered<TcpStream>>>),
+}
+
+impl EndpointIo {
+    pub fn conn(&self) -> &Arc<TcpConn> {
+        match self {
+            EndpointIo::Plain(io) => io.conn(),
+            EndpointIo::Mesh(io) => io.get_ref().0.conn(),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $call:expr) => {
+        match $self.get_mut() {
+            EndpointIo::Plain($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            EndpointIo::Mesh($io) => {
+                let $io = Pin::new($io.as_mut());
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for EndpointIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for EndpointIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            EndpointIo::Plain(io) => io.is_write_vectored(),
+            EndpointIo::Mesh(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
+}
+
+/// Opens connections to endpoints: TCP with a timeout, then mesh TLS for an
+/// endpoint with a known identity (never plaintext to such an endpoint).
+#[derive(Debug)]
+pub struct Dialer {
+    pub metrics: Arc<Metrics>,
+    pub inbound_connect_timeout: Duration,
+    pub outbound_connect_timeout: Duration,
+    /// Identities of outbound endpoints (static for now; discovery later).
+    pub outbound_identities: HashMap<SocketAddr, Identity>,
+    pub mesh: Option<Arc<MeshTls>>,
+}
+
+impl Dialer {
+    pub async fn connect(
+        &self,
+        direction: Direction,
+        addr: SocketAddr,
+    ) -> Result<EndpointIo, DialError> {
+        let identity = match direction {
+            Direction::Outbound => self.outbound_identities.get(&addr),
+            Direction::Inbound => None,
+        };
+        let (timeout, tls) = match (direction, identity) {
+            (Direction::Inbound, _) => (self.inbound_connect_timeout, Tls::NotProvidedByRemote),
+            (Direction::Outbound, Some(_)) => (self.outbound_connect_timeout, Tls::Established),
+            (Direction::Outbound, None) => (
+                self.outbound_connect_timeout,
+                Tls::NotProvidedByServiceDiscovery,
+            ),
+        };
+        let Some(identity) = identity else {
+            return Ok(EndpointIo::Plain(
+                connect(&self.metrics, direction, addr, timeout, tls).await?,
+            ));
+        };
+        let mesh = self.mesh.as_ref().ok_or(MeshConnectError::NoCertificate)?;
+        let io = connect(&self.metrics, direction, addr, timeout, tls).await?;
+        Ok(EndpointIo::Mesh(Box::new(
+            mesh.connect(io, identity).await?,
+        )))
+    }
 }
 
 /// Copies between `client` and `server` until both directions have ended, an

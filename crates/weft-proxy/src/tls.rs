@@ -1,15 +1,19 @@
-//! Mesh TLS, server side: terminating mTLS for connections whose ClientHello
+//! Mesh TLS. Server side: terminating mTLS for connections whose ClientHello
 //! names this proxy's identity (SNI), with the client's certificate verified
-//! against the trust anchors. TLS 1.3 only, rustls with the ring provider.
+//! against the trust anchors. Client side: originating mTLS to an endpoint
+//! that has an identity, with SNI set to it and the server's certificate
+//! verified against exactly that identity. TLS 1.3 only, rustls with ring.
 //!
-//! The server configuration is rebuilt only when the credentials change (a
-//! renewal), not per connection.
+//! Configurations are rebuilt only when the credentials change (a renewal),
+//! not per connection.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::ClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
@@ -21,12 +25,29 @@ use weft_identity::verify::{TrustAnchors, VerifyError};
 
 use crate::identity::{Credentials, CredentialsWatch};
 
-/// What the inbound side needs to terminate mesh TLS.
+/// Mesh TLS for both directions, from the current credentials.
 pub struct MeshTls {
     creds: CredentialsWatch,
     provider: Arc<CryptoProvider>,
     verifier: Arc<MeshClientVerifier>,
+    server_verifier: Arc<MeshServerVerifier>,
     cached: Mutex<Option<(Arc<Credentials>, Arc<ServerConfig>)>>,
+    cached_client: Mutex<Option<(Arc<Credentials>, Arc<ClientConfig>)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshConnectError {
+    #[error(
+        "this proxy has no certificate yet, and meshed endpoints are never reached in plaintext"
+    )]
+    NoCertificate,
+    #[error("mesh TLS with {identity} failed: {source}")]
+    Handshake {
+        identity: Identity,
+        source: std::io::Error,
+    },
+    #[error("cannot configure mesh TLS: {0}")]
+    Config(String),
 }
 
 impl std::fmt::Debug for MeshTls {
@@ -38,15 +59,22 @@ impl std::fmt::Debug for MeshTls {
 impl MeshTls {
     pub fn new(creds: CredentialsWatch, anchors: TrustAnchors) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algorithms = provider.signature_verification_algorithms;
         let verifier = Arc::new(MeshClientVerifier {
+            anchors: anchors.clone(),
+            algorithms,
+        });
+        let server_verifier = Arc::new(MeshServerVerifier {
             anchors,
-            algorithms: provider.signature_verification_algorithms,
+            algorithms,
         });
         MeshTls {
             creds,
             provider,
             verifier,
+            server_verifier,
             cached: Mutex::new(None),
+            cached_client: Mutex::new(None),
         }
     }
 
@@ -64,11 +92,7 @@ impl MeshTls {
         {
             return Some(config.clone());
         }
-        let chain: Vec<CertificateDer<'static>> = std::iter::once(creds.leaf_der.clone())
-            .chain(creds.chain.iter().cloned())
-            .map(CertificateDer::from)
-            .collect();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(creds.key_der.clone()));
+        let (chain, key) = certified_key(&creds);
         let config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map(|b| b.with_client_cert_verifier(self.verifier.clone()))
@@ -84,6 +108,132 @@ impl MeshTls {
                 None
             }
         }
+    }
+}
+
+impl MeshTls {
+    fn client_config(&self) -> Result<Arc<ClientConfig>, MeshConnectError> {
+        let creds = self
+            .creds
+            .borrow()
+            .clone()
+            .ok_or(MeshConnectError::NoCertificate)?;
+        let mut cached = self.cached_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, config)) = cached.as_ref()
+            && Arc::ptr_eq(c, &creds)
+        {
+            return Ok(config.clone());
+        }
+        let (chain, key) = certified_key(&creds);
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| MeshConnectError::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(self.server_verifier.clone())
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| MeshConnectError::Config(e.to_string()))?;
+        let config = Arc::new(config);
+        *cached = Some((creds, config.clone()));
+        Ok(config)
+    }
+
+    /// mTLS to an endpoint that must prove `server` (never plaintext).
+    pub async fn connect<I>(
+        &self,
+        io: I,
+        server: &Identity,
+    ) -> Result<tokio_rustls::client::TlsStream<I>, MeshConnectError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let config = self.client_config()?;
+        let name = ServerName::try_from(server.to_string())
+            .map_err(|e| MeshConnectError::Config(e.to_string()))?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, io)
+            .await
+            .map_err(|source| MeshConnectError::Handshake {
+                identity: server.clone(),
+                source,
+            })
+    }
+}
+
+fn certified_key(creds: &Credentials) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let chain = std::iter::once(creds.leaf_der.clone())
+        .chain(creds.chain.iter().cloned())
+        .map(CertificateDer::from)
+        .collect();
+    (
+        chain,
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(creds.key_der.clone())),
+    )
+}
+
+fn unix(now: UnixTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs())
+}
+
+fn certificate_error(e: VerifyError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(match e {
+        VerifyError::Untrusted => CertificateError::UnknownIssuer,
+        VerifyError::OutOfDate => CertificateError::Expired,
+        VerifyError::WrongIdentity { .. } => CertificateError::NotValidForName,
+        VerifyError::Malformed(_) | VerifyError::WrongKey => CertificateError::BadEncoding,
+    })
+}
+
+/// Accepts a server certificate only for the identity named in the SNI.
+#[derive(Debug)]
+struct MeshServerVerifier {
+    anchors: TrustAnchors,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ServerName::DnsName(name) = server_name else {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
+        };
+        let expected: Identity = name
+            .as_ref()
+            .parse()
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+        self.anchors
+            .verify(end_entity, intermediates, &expected, unix(now))
+            .map(|_| ServerCertVerified::assertion())
+            .map_err(certificate_error)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -105,15 +255,10 @@ impl ClientCertVerifier for MeshClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        match self.anchors.verify_chain(end_entity, intermediates, now) {
-            Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(e) => Err(rustls::Error::InvalidCertificate(match e {
-                VerifyError::Untrusted => CertificateError::UnknownIssuer,
-                VerifyError::OutOfDate => CertificateError::Expired,
-                _ => CertificateError::BadEncoding,
-            })),
-        }
+        self.anchors
+            .verify_chain(end_entity, intermediates, unix(now))
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(certificate_error)
     }
 
     fn verify_tls12_signature(

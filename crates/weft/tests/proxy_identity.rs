@@ -14,6 +14,7 @@ struct Proxy {
     child: Child,
     admin: SocketAddr,
     inbound: SocketAddr,
+    outbound: SocketAddr,
     log: std::path::PathBuf,
 }
 
@@ -23,25 +24,28 @@ impl Proxy {
     }
 
     fn start_with(ca: &Ca, identity_port: u16, env: &[(&str, String)]) -> Proxy {
-        let token_file = ca.dir.join("web.token");
-        std::fs::write(&token_file, ca.token(WEB, "1h")).unwrap();
+        Self::start_as(ca, identity_port, WEB, env)
+    }
+
+    /// A proxy with identity `name`, listening on free loopback ports.
+    fn start_as(ca: &Ca, identity_port: u16, name: &str, env: &[(&str, String)]) -> Proxy {
+        let token_file = ca.dir.join(format!("{name}.token"));
+        std::fs::write(&token_file, ca.token(name, "1h")).unwrap();
         let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = ca.dir.join("proxy.log");
+        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = ca.dir.join(format!("proxy-{name}.log"));
         let child = Command::new(proxy_bin())
             .env_clear()
             .env("WEFT_PROXY_INBOUND_LISTEN_ADDR", inbound.to_string())
-            .env(
-                "WEFT_PROXY_OUTBOUND_LISTEN_ADDR",
-                format!("127.0.0.1:{}", free_port()),
-            )
+            .env("WEFT_PROXY_OUTBOUND_LISTEN_ADDR", outbound.to_string())
             .env("WEFT_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())
             .env(
                 "LINKERD2_PROXY_IDENTITY_SVC_ADDR",
                 format!("127.0.0.1:{identity_port}"),
             )
-            .env("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", WEB)
+            .env("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", name)
             .env("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", &token_file)
             .env("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", anchors)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -53,6 +57,7 @@ impl Proxy {
             child,
             admin,
             inbound,
+            outbound,
             log,
         }
     }
@@ -257,4 +262,86 @@ async fn inbound_mesh_tls_is_terminated_and_the_app_sees_the_client_identity() {
     .unwrap();
     assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
     assert!(!plain.contains("l5d-client-id"), "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_speak_mtls_and_never_fall_back_to_plaintext() {
+    let ca = Ca::create();
+    let identity_port = free_port();
+    let (_server, _) = ca.serve(identity_port, "1h");
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(weft_testkit::http::serve(app));
+    let server = Proxy::start_as(
+        &ca,
+        identity_port,
+        WEB,
+        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
+    );
+    // The client side knows the server proxy is `web`, and (wrongly) that the
+    // plaintext app is too: it must refuse to talk to the app in plaintext.
+    let identities = format!("{}={WEB},{app_addr}={WEB}", server.inbound);
+    let client = Proxy::start_as(
+        &ca,
+        identity_port,
+        CLIENT,
+        &[("WEFT_PROXY_OUTBOUND_IDENTITIES", identities)],
+    );
+    for p in [&server, &client] {
+        p.wait_for("ready", Duration::from_secs(20), |p| {
+            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
+        });
+    }
+
+    let curl = |url: String| {
+        let via = format!("http://{}", client.outbound);
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "-i",
+                    "--max-time",
+                    "20",
+                    "-x",
+                    &via,
+                    "-H",
+                    "l5d-client-id: spoofed",
+                    &url,
+                ])
+                .output()
+                .expect("curl is installed");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let answer = curl(format!("http://{}/headers", server.inbound))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("l5d-client-id: {CLIENT}")),
+        "the app sees the verified client: {answer}"
+    );
+    assert!(!answer.contains("spoofed"), "{answer}");
+    assert_eq!(
+        client.metric("tcp_open_total", &[("peer", "dst"), ("tls", "true")]),
+        1.0
+    );
+    assert_eq!(
+        server.metric(
+            "request_total",
+            &[("direction", "inbound"), ("tls", "true")]
+        ),
+        1.0
+    );
+
+    let refused = curl(format!("http://{app_addr}/headers")).await.unwrap();
+    assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
+    assert!(
+        refused.contains("l5d-proxy-error: mesh TLS with web"),
+        "{refused}"
+    );
+    assert_eq!(
+        client.metric("outbound_http_errors_total", &[("error", "tls_failed")]),
+        1.0
+    );
 }

@@ -25,8 +25,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use super::error::ProxyError;
-use crate::metrics::{Direction, Metrics};
-use crate::tcp;
+use crate::metrics::Direction;
+use crate::tcp::{Dialer, EndpointIo};
 
 type Http1Sender = http1::SendRequest<Incoming>;
 type Http2Sender = http2::SendRequest<Incoming>;
@@ -43,8 +43,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Endpoint {
     pub addr: SocketAddr,
     direction: Direction,
-    connect_timeout: Duration,
-    metrics: Arc<Metrics>,
+    dialer: Arc<Dialer>,
     idle_http1: Mutex<Vec<(Http1Sender, Instant)>>,
     http2: Mutex<Option<Http2Sender>>,
     /// Held while dialing HTTP/2, so concurrent first requests share one connection.
@@ -53,15 +52,10 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    async fn dial(&self) -> Result<TokioIo<crate::io::Metered<tokio::net::TcpStream>>, ProxyError> {
-        let io = tcp::connect(
-            &self.metrics,
-            self.direction,
-            self.addr,
-            self.connect_timeout,
-        )
-        .await?;
-        Ok(TokioIo::new(io))
+    async fn dial(&self) -> Result<TokioIo<EndpointIo>, ProxyError> {
+        Ok(TokioIo::new(
+            self.dialer.connect(self.direction, self.addr).await?,
+        ))
     }
 
     async fn new_http1(&self) -> Result<Http1Sender, ProxyError> {
@@ -229,25 +223,18 @@ struct Key {
 /// Every endpoint the proxy talks to.
 #[derive(Debug)]
 pub struct Clients {
-    metrics: Arc<Metrics>,
-    inbound_connect_timeout: Duration,
-    outbound_connect_timeout: Duration,
+    pub dialer: Arc<Dialer>,
     endpoints: Mutex<HashMap<Key, Arc<Endpoint>>>,
 }
 
 impl Clients {
     /// Creates the endpoint table and its sweeper (which ends with the table).
-    pub fn new(config: &crate::config::Config, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(dialer: Arc<Dialer>, pool_idle_timeout: Duration) -> Arc<Self> {
         let clients = Arc::new(Clients {
-            metrics,
-            inbound_connect_timeout: config.inbound_connect_timeout,
-            outbound_connect_timeout: config.outbound_connect_timeout,
+            dialer,
             endpoints: Mutex::new(HashMap::new()),
         });
-        tokio::spawn(sweep(
-            Arc::downgrade(&clients),
-            config.http_pool_idle_timeout,
-        ));
+        tokio::spawn(sweep(Arc::downgrade(&clients), pool_idle_timeout));
         clients
     }
 
@@ -259,11 +246,7 @@ impl Clients {
                 Arc::new(Endpoint {
                     addr,
                     direction,
-                    connect_timeout: match direction {
-                        Direction::Inbound => self.inbound_connect_timeout,
-                        Direction::Outbound => self.outbound_connect_timeout,
-                    },
-                    metrics: self.metrics.clone(),
+                    dialer: self.dialer.clone(),
                     idle_http1: Mutex::new(Vec::new()),
                     http2: Mutex::new(None),
                     http2_dialing: tokio::sync::Mutex::new(()),

@@ -11,7 +11,17 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
-use crate::tcp::ConnectError;
+use crate::tcp::{ConnectError, DialError};
+use crate::tls::MeshConnectError;
+
+impl From<DialError> for ProxyError {
+    fn from(e: DialError) -> Self {
+        match e {
+            DialError::Connect(e) => ProxyError::Connect(e),
+            DialError::Mesh(e) => ProxyError::Mesh(e),
+        }
+    }
+}
 
 pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
 
@@ -19,6 +29,8 @@ pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
 pub enum ProxyError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Mesh(#[from] MeshConnectError),
     #[error("no response from {addr} within {timeout:?}")]
     ResponseTimeout { addr: SocketAddr, timeout: Duration },
     #[error("request to {addr} failed: {reason}")]
@@ -41,9 +53,10 @@ impl ProxyError {
         match self {
             ProxyError::Connect(ConnectError::Timeout { .. })
             | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Connect(_) | ProxyError::Upstream { .. } | ProxyError::Resolve { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect(_)
+            | ProxyError::Mesh(_)
+            | ProxyError::Upstream { .. }
+            | ProxyError::Resolve { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Loop(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -61,6 +74,8 @@ impl ProxyError {
         match self {
             ProxyError::Connect(ConnectError::Timeout { .. }) => "connect_timeout",
             ProxyError::Connect(ConnectError::Failed { .. }) => "connect_failed",
+            ProxyError::Mesh(MeshConnectError::NoCertificate) => "no_certificate",
+            ProxyError::Mesh(_) => "tls_failed",
             ProxyError::ResponseTimeout { .. } => "response_timeout",
             ProxyError::Upstream { .. } => "upstream_failed",
             ProxyError::Resolve { .. } => "resolve_failed",

@@ -294,13 +294,12 @@ async fn tunnel(
     addr: SocketAddr,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let config = &conn.shared.config;
-    let upstream = tcp::connect(
-        &conn.shared.metrics,
-        Direction::Outbound,
-        addr,
-        config.outbound_connect_timeout,
-    )
-    .await?;
+    let upstream = conn
+        .shared
+        .clients
+        .dialer
+        .connect(Direction::Outbound, addr)
+        .await?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = config.tcp_idle_timeout;
     let watch = conn.watch.clone();
