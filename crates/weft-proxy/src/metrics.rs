@@ -73,33 +73,42 @@ impl EncodeLabelValue for Peer {
     }
 }
 
-/// The TLS state of a connection, as Linkerd labels it (`tls`, `no_tls_reason`).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+/// The TLS state of a connection, as Linkerd labels it: `tls`, and
+/// `no_tls_reason`, `client_id` or `server_id` where they apply (absent ones
+/// are left out, not written empty).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Tls {
     /// The peer did not offer mesh TLS (inbound plaintext).
     NotProvidedByRemote,
     /// Discovery gave no identity for the endpoint (outbound plaintext).
     NotProvidedByServiceDiscovery,
-    /// Mesh TLS was established.
-    Established,
+    /// Inbound mesh TLS, with the client's verified identity.
+    FromClient(Option<Arc<str>>),
+    /// Outbound mesh TLS to an endpoint that proved this identity.
+    ToServer(Arc<str>),
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TlsLabels {
-    tls: &'static str,
-    no_tls_reason: &'static str,
-}
-
-impl From<Tls> for TlsLabels {
-    fn from(t: Tls) -> Self {
-        let (tls, no_tls_reason) = match t {
-            Tls::NotProvidedByRemote => ("no_identity", "not_provided_by_remote"),
-            Tls::NotProvidedByServiceDiscovery => {
-                ("no_identity", "not_provided_by_service_discovery")
-            }
-            Tls::Established => ("true", ""),
+impl EncodeLabelSet for Tls {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        use prometheus_client::encoding::EncodeLabel;
+        let (tls, reason, peer) = match self {
+            Tls::NotProvidedByRemote => ("no_identity", Some("not_provided_by_remote"), None),
+            Tls::NotProvidedByServiceDiscovery => (
+                "no_identity",
+                Some("not_provided_by_service_discovery"),
+                None,
+            ),
+            Tls::FromClient(id) => ("true", None, id.as_deref().map(|id| ("client_id", id))),
+            Tls::ToServer(id) => ("true", None, Some(("server_id", id.as_ref()))),
         };
-        TlsLabels { tls, no_tls_reason }
+        ("tls", tls).encode(encoder.encode_label())?;
+        if let Some(reason) = reason {
+            ("no_tls_reason", reason).encode(encoder.encode_label())?;
+        }
+        if let Some(peer) = peer {
+            peer.encode(encoder.encode_label())?;
+        }
+        Ok(())
     }
 }
 
@@ -109,7 +118,7 @@ pub struct TcpLabels {
     peer: Peer,
     target_addr: String,
     #[prometheus(flatten)]
-    tls: TlsLabels,
+    tls: Tls,
 }
 
 impl TcpLabels {
@@ -118,7 +127,7 @@ impl TcpLabels {
             direction,
             peer,
             target_addr,
-            tls: tls.into(),
+            tls,
         }
     }
 }
@@ -136,7 +145,7 @@ struct RequestLabels {
     authority: String,
     target_addr: String,
     #[prometheus(flatten)]
-    tls: TlsLabels,
+    tls: Tls,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -426,7 +435,14 @@ impl HttpConnMetrics {
         }
     }
 
-    pub fn for_request(&self, authority: &str, target_addr: SocketAddr) -> Arc<AuthorityMetrics> {
+    /// Metrics for a request to `target_addr`; `server_id` is the identity the
+    /// endpoint proves over mesh TLS, if it is meshed (outbound).
+    pub fn for_request(
+        &self,
+        authority: &str,
+        target_addr: SocketAddr,
+        server_id: Option<&weft_identity::Identity>,
+    ) -> Arc<AuthorityMetrics> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = current
             .as_ref()
@@ -438,7 +454,10 @@ impl HttpConnMetrics {
             direction: self.direction,
             authority: authority.to_string(),
             target_addr: target_addr.to_string(),
-            tls: self.tls.into(),
+            tls: match server_id {
+                Some(id) => Tls::ToServer(id.as_str().into()),
+                None => self.tls.clone(),
+            },
         };
         let m = Arc::new(AuthorityMetrics {
             target: target_addr,
@@ -619,12 +638,12 @@ mod tests {
         conn.add_read(10);
         let http = HttpConnMetrics::new(m.clone(), Direction::Inbound, Tls::NotProvidedByRemote);
         let target = "10.0.0.1:80".parse().unwrap();
-        let a = http.for_request("web:80", target);
+        let a = http.for_request("web:80", target, None);
         a.request_total.inc();
         let s = a.status(200);
         s.success.inc();
         s.latency_ms.observe(3.0);
-        assert!(Arc::ptr_eq(&a, &http.for_request("web:80", target)));
+        assert!(Arc::ptr_eq(&a, &http.for_request("web:80", target, None)));
         drop(conn);
 
         let text = m.encode();

@@ -243,9 +243,12 @@ async fn serve_connection(
         Direction::Outbound => Tls::NotProvidedByServiceDiscovery,
     };
     let target_label = target.unwrap_or(local).to_string();
-    let tcp_conn = shared
-        .metrics
-        .tcp_open(TcpLabels::new(direction, Peer::Src, target_label, tls));
+    let tcp_conn = shared.metrics.tcp_open(TcpLabels::new(
+        direction,
+        Peer::Src,
+        target_label,
+        tls.clone(),
+    ));
     let mut io = Metered::new(stream, tcp_conn);
 
     let (opaque_ports, detect_timeout) = match direction {
@@ -293,7 +296,7 @@ async fn serve_connection(
             direction,
             target: Some(target),
             listen_addr,
-            tls: Tls::Established,
+            tls: Tls::FromClient(client_id.as_ref().map(|c| c.as_str().into())),
             client_id,
             watch,
         };

@@ -144,18 +144,26 @@ pub struct Dialer {
 }
 
 impl Dialer {
+    /// The identity an endpoint must prove, if it is meshed.
+    pub fn identity(&self, direction: Direction, addr: SocketAddr) -> Option<&Identity> {
+        match direction {
+            Direction::Outbound => self.outbound_identities.get(&addr),
+            Direction::Inbound => None,
+        }
+    }
+
     pub async fn connect(
         &self,
         direction: Direction,
         addr: SocketAddr,
     ) -> Result<EndpointIo, DialError> {
-        let identity = match direction {
-            Direction::Outbound => self.outbound_identities.get(&addr),
-            Direction::Inbound => None,
-        };
+        let identity = self.identity(direction, addr);
         let (timeout, tls) = match (direction, identity) {
             (Direction::Inbound, _) => (self.inbound_connect_timeout, Tls::NotProvidedByRemote),
-            (Direction::Outbound, Some(_)) => (self.outbound_connect_timeout, Tls::Established),
+            (Direction::Outbound, Some(id)) => (
+                self.outbound_connect_timeout,
+                Tls::ToServer(id.as_str().into()),
+            ),
             (Direction::Outbound, None) => (
                 self.outbound_connect_timeout,
                 Tls::NotProvidedByServiceDiscovery,

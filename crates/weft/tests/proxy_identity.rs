@@ -224,7 +224,11 @@ async fn inbound_mesh_tls_is_terminated_and_the_app_sees_the_client_identity() {
         "{answer}"
     );
     assert!(!answer.contains("spoofed"), "{answer}");
-    let tls = [("direction", "inbound"), ("tls", "true")];
+    let tls = [
+        ("direction", "inbound"),
+        ("tls", "true"),
+        ("client_id", CLIENT),
+    ];
     assert_eq!(proxy.metric("request_total", &tls), 1.0);
 
     // No client certificate, or one from another CA: refused, nothing reaches the app.
@@ -322,17 +326,20 @@ async fn two_proxies_speak_mtls_and_never_fall_back_to_plaintext() {
         "the app sees the verified client: {answer}"
     );
     assert!(!answer.contains("spoofed"), "{answer}");
-    assert_eq!(
-        client.metric("tcp_open_total", &[("peer", "dst"), ("tls", "true")]),
-        1.0
-    );
-    assert_eq!(
-        server.metric(
-            "request_total",
-            &[("direction", "inbound"), ("tls", "true")]
-        ),
-        1.0
-    );
+    let to_web = [("peer", "dst"), ("tls", "true"), ("server_id", WEB)];
+    assert_eq!(client.metric("tcp_open_total", &to_web), 1.0);
+    let meshed = [
+        ("direction", "outbound"),
+        ("tls", "true"),
+        ("server_id", WEB),
+    ];
+    assert_eq!(client.metric("request_total", &meshed), 1.0);
+    let from_client = [
+        ("direction", "inbound"),
+        ("tls", "true"),
+        ("client_id", CLIENT),
+    ];
+    assert_eq!(server.metric("request_total", &from_client), 1.0);
 
     let refused = curl(format!("http://{app_addr}/headers")).await.unwrap();
     assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
@@ -344,4 +351,13 @@ async fn two_proxies_speak_mtls_and_never_fall_back_to_plaintext() {
         client.metric("outbound_http_errors_total", &[("error", "tls_failed")]),
         1.0
     );
+    // Both requests are counted against a meshed endpoint (server_id), the second as a failure.
+    assert_eq!(client.metric("request_total", &meshed), 2.0);
+    let failed = [
+        ("direction", "outbound"),
+        ("server_id", WEB),
+        ("status_code", "502"),
+        ("classification", "failure"),
+    ];
+    assert_eq!(client.metric("response_total", &failed), 1.0);
 }

@@ -131,9 +131,15 @@ async fn handle(
     let authority = request_authority(&req);
     let target = target(&conn, &req, authority.as_ref()).await;
     let target_addr = target.as_ref().map_or(conn.listen_addr, Target::addr);
+    let server_id = conn
+        .shared
+        .clients
+        .dialer
+        .identity(conn.direction, target_addr);
     let metrics = conn.metrics.for_request(
         authority.as_ref().map_or("", Authority::as_str),
         target_addr,
+        server_id,
     );
     metrics.request_total.inc();
     // Kept for the error log; cloning shares the URI's buffers.
