@@ -80,7 +80,8 @@ impl Proxy {
                 Instant::now() < deadline,
                 "{what} within {within:?}; proxy log:\n{log}"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            // Longer than the pool idle timeout: the next batch needs a new handshake.
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
 }
@@ -360,4 +361,101 @@ async fn two_proxies_speak_mtls_and_never_fall_back_to_plaintext() {
         ("classification", "failure"),
     ];
     assert_eq!(client.metric("response_total", &failed), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_under_load_without_a_failed_request() {
+    let ca = Ca::create();
+    let identity_port = free_port();
+    // 3 s certificates: each proxy renews about every 2 s.
+    let (_server, _) = ca.serve(identity_port, "3s");
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(weft_testkit::http::serve(app));
+    let server = Proxy::start_as(
+        &ca,
+        identity_port,
+        WEB,
+        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
+    );
+    let client = Proxy::start_as(
+        &ca,
+        identity_port,
+        CLIENT,
+        &[
+            (
+                "WEFT_PROXY_OUTBOUND_IDENTITIES",
+                format!("{}={WEB}", server.inbound),
+            ),
+            // Short-lived pooled connections: new mTLS handshakes all through the run.
+            ("WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", "200ms".into()),
+        ],
+    );
+    for p in [&server, &client] {
+        p.wait_for("ready", Duration::from_secs(20), |p| {
+            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
+        });
+    }
+    let renewals = |p: &Proxy| p.metric("identity_cert_refresh_total", &[("result", "ok")]);
+    let (client_before, server_before) = (renewals(&client), renewals(&server));
+
+    let via = format!("http://{}", client.outbound);
+    let url = format!("http://{}/hello", server.inbound);
+    let codes = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut codes = Vec::new();
+        for _ in 0..400 {
+            if Instant::now() > deadline {
+                break;
+            }
+            let mut args = vec![
+                "-s",
+                "--max-time",
+                "10",
+                "-x",
+                &via,
+                "-w",
+                "%{http_code}\\n",
+            ];
+            for _ in 0..20 {
+                args.extend(["-o", "/dev/null", &url]);
+            }
+            let out = Command::new("curl")
+                .args(&args)
+                .output()
+                .expect("curl is installed");
+            codes.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string),
+            );
+            // Longer than the pool idle timeout: the next batch needs a new handshake.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        codes
+    })
+    .await
+    .unwrap();
+
+    let failed: Vec<&String> = codes.iter().filter(|c| *c != "200").collect();
+    assert!(codes.len() >= 100, "only {} requests ran", codes.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        codes.len()
+    );
+    assert!(
+        renewals(&client) - client_before >= 2.0,
+        "the client proxy renewed during the run"
+    );
+    assert!(
+        renewals(&server) - server_before >= 2.0,
+        "the server proxy renewed during the run"
+    );
+    let handshakes = client.metric("tcp_open_total", &[("peer", "dst"), ("server_id", WEB)]);
+    assert!(
+        handshakes >= 3.0,
+        "new mesh connections were made during the run: {handshakes}"
+    );
 }
