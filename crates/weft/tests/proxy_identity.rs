@@ -364,7 +364,7 @@ async fn two_proxies_speak_mtls_and_never_fall_back_to_plaintext() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_renew_under_load_without_a_failed_request() {
+async fn certificates_renew_and_the_issuer_rotates_under_load_without_a_failed_request() {
     let ca = Ca::create();
     let identity_port = free_port();
     // 3 s certificates: each proxy renews about every 2 s.
@@ -401,6 +401,19 @@ async fn certificates_renew_under_load_without_a_failed_request() {
 
     let via = format!("http://{}", client.outbound);
     let url = format!("http://{}/hello", server.inbound);
+    // Midway, the issuer is rotated: later leaves chain to the new issuer under
+    // the same trust anchor, while peers still hold leaves from the old one.
+    let ca_dir = ca.dir.clone();
+    let rotation = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        support::weft(&[
+            "identity",
+            "ca",
+            "rotate-issuer",
+            "--dir",
+            ca_dir.to_str().unwrap(),
+        ])
+    });
     let codes = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(8);
         let mut codes = Vec::new();
@@ -437,6 +450,7 @@ async fn certificates_renew_under_load_without_a_failed_request() {
     .await
     .unwrap();
 
+    assert!(rotation.await.unwrap().status.success(), "issuer rotated");
     let failed: Vec<&String> = codes.iter().filter(|c| *c != "200").collect();
     assert!(codes.len() >= 100, "only {} requests ran", codes.len());
     assert!(
