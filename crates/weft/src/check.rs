@@ -27,7 +27,7 @@ pub struct CheckArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Output {
+pub enum Output {
     Table,
     Json,
 }

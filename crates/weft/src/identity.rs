@@ -42,6 +42,8 @@ pub enum IdentityCmd {
     Ca(CaCmd),
     /// Mint a token that proves one identity, for a workload's proxy.
     Token(TokenArgs),
+    /// Print a certificate (subject, SANs, issuer, validity), from a file or a proxy.
+    Show(crate::show::ShowArgs),
 }
 
 #[derive(Subcommand)]
@@ -110,6 +112,10 @@ pub fn run(cmd: IdentityCmd) -> anyhow::Result<()> {
     match cmd {
         IdentityCmd::Ca(CaCmd::Create(args)) => create(&args),
         IdentityCmd::Ca(CaCmd::RotateIssuer(args)) => rotate_issuer(&args),
+        IdentityCmd::Show(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::show::run(args)),
         IdentityCmd::Token(args) => {
             let identity: Identity = args.identity.parse()?;
             let key = load_token_key(&args.dir)?;

@@ -3,6 +3,7 @@
 mod admin;
 mod check;
 mod identity;
+mod show;
 
 use clap::{Parser, Subcommand};
 

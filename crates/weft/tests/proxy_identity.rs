@@ -211,6 +211,40 @@ async fn inbound_mesh_tls_is_terminated_and_the_app_sees_the_client_identity() {
     });
     let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
 
+    // The operator can see the proxy's current certificate.
+    let inbound = proxy.inbound.to_string();
+    let shown = support::weft(&[
+        "identity",
+        "show",
+        "--proxy",
+        &inbound,
+        "--identity",
+        WEB,
+        "--ca-dir",
+        ca.dir.to_str().unwrap(),
+    ]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.contains(&format!("identity     {WEB}")), "{shown}");
+    assert!(
+        shown.contains("URI:spiffe://cluster.local/ns/demo/sa/web"),
+        "{shown}"
+    );
+    assert!(shown.contains("key          ECDSA P-256"), "{shown}");
+    assert!(shown.contains("verified     yes"), "{shown}");
+    let wrong = support::weft(&[
+        "identity",
+        "show",
+        "--proxy",
+        &inbound,
+        "--identity",
+        CLIENT,
+    ]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("presented no certificate"),
+        "{wrong:?}"
+    );
+
     // A meshed client: the app sees its verified identity, never the spoofed one.
     let answer = mesh_request(
         client_config(&anchors, Some((&ca, CLIENT))),
