@@ -448,8 +448,38 @@ async fn certificates_renew_and_the_issuer_rotates_under_load_without_a_failed_r
             ca_dir.to_str().unwrap(),
         ])
     });
-    let codes = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(8);
+    let codes = load(via, url, Duration::from_secs(8)).await;
+
+    assert!(rotation.await.unwrap().status.success(), "issuer rotated");
+    let failed: Vec<&String> = codes.iter().filter(|c| *c != "200").collect();
+    assert!(codes.len() >= 100, "only {} requests ran", codes.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        codes.len()
+    );
+    assert!(
+        renewals(&client) - client_before >= 2.0,
+        "the client proxy renewed during the run"
+    );
+    assert!(
+        renewals(&server) - server_before >= 2.0,
+        "the server proxy renewed during the run"
+    );
+    let handshakes = client.metric("tcp_open_total", &[("peer", "dst"), ("server_id", WEB)]);
+    assert!(
+        handshakes >= 3.0,
+        "new mesh connections were made during the run: {handshakes}"
+    );
+}
+
+/// Requests `url` through the explicit proxy `via` in batches of 20 on one
+/// connection, with pauses longer than the pool idle timeout so that mesh
+/// connections are made anew; bounded in time and count. Returns the statuses.
+async fn load(via: String, url: String, run_for: Duration) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + run_for;
         let mut codes = Vec::new();
         for _ in 0..400 {
             if Instant::now() > deadline {
@@ -476,15 +506,81 @@ async fn certificates_renew_and_the_issuer_rotates_under_load_without_a_failed_r
                     .lines()
                     .map(str::to_string),
             );
-            // Longer than the pool idle timeout: the next batch needs a new handshake.
             std::thread::sleep(Duration::from_millis(300));
         }
         codes
     })
     .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_anchor_rotation_with_a_bundle_under_load() {
+    use weft_identity::ca;
+    let ca_dir = Ca::create();
+    // Step 1 of a rotation: every proxy trusts the old and the new root.
+    let old_root = std::fs::read_to_string(ca_dir.dir.join("ca.crt")).unwrap();
+    let new_root =
+        ca::generate_trust_anchor("root-2.cluster.local", Duration::from_secs(86_400)).unwrap();
+    std::fs::write(
+        ca_dir.dir.join("ca.crt"),
+        format!("{old_root}{}", new_root.cert_pem),
+    )
     .unwrap();
 
-    assert!(rotation.await.unwrap().status.success(), "issuer rotated");
+    let identity_port = free_port();
+    let (_server, _) = ca_dir.serve(identity_port, "3s");
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(weft_testkit::http::serve(app));
+    let server = Proxy::start_as(
+        &ca_dir,
+        identity_port,
+        WEB,
+        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
+    );
+    let client = Proxy::start_as(
+        &ca_dir,
+        identity_port,
+        CLIENT,
+        &[
+            (
+                "WEFT_PROXY_OUTBOUND_IDENTITIES",
+                format!("{}={WEB}", server.inbound),
+            ),
+            ("WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", "200ms".into()),
+        ],
+    );
+    for p in [&server, &client] {
+        p.wait_for("ready", Duration::from_secs(20), |p| {
+            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
+        });
+    }
+
+    // Step 2, during load: the issuer moves under the new root. For a while one
+    // side holds a leaf from the old root and the other from the new one.
+    let dir = ca_dir.dir.clone();
+    let switch = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        let issuer = ca::generate_issuer(
+            &new_root,
+            "identity-2.cluster.local",
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+        std::fs::write(dir.join("issuer.key.tmp"), &issuer.key_pem).unwrap();
+        std::fs::rename(dir.join("issuer.key.tmp"), dir.join("issuer.key")).unwrap();
+        std::fs::write(dir.join("issuer.crt.tmp"), &issuer.cert_pem).unwrap();
+        std::fs::rename(dir.join("issuer.crt.tmp"), dir.join("issuer.crt")).unwrap();
+    });
+    let codes = load(
+        format!("http://{}", client.outbound),
+        format!("http://{}/hello", server.inbound),
+        Duration::from_secs(9),
+    )
+    .await;
+    switch.await.unwrap();
+
     let failed: Vec<&String> = codes.iter().filter(|c| *c != "200").collect();
     assert!(codes.len() >= 100, "only {} requests ran", codes.len());
     assert!(
@@ -493,17 +589,12 @@ async fn certificates_renew_and_the_issuer_rotates_under_load_without_a_failed_r
         failed.len(),
         codes.len()
     );
+    // By now both proxies hold leaves from the new issuer.
+    let inbound = server.inbound.to_string();
+    let shown = support::weft(&["identity", "show", "--proxy", &inbound, "--identity", WEB]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     assert!(
-        renewals(&client) - client_before >= 2.0,
-        "the client proxy renewed during the run"
-    );
-    assert!(
-        renewals(&server) - server_before >= 2.0,
-        "the server proxy renewed during the run"
-    );
-    let handshakes = client.metric("tcp_open_total", &[("peer", "dst"), ("server_id", WEB)]);
-    assert!(
-        handshakes >= 3.0,
-        "new mesh connections were made during the run: {handshakes}"
+        shown.contains("issuer       CN=identity-2.cluster.local"),
+        "{shown}"
     );
 }

@@ -10,13 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 pub use weft_testkit::scrape::{http_get, metric_sum};
 
-/// A port nothing listens on right now (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
-}
+pub use weft_testkit::ports::free_port;
 
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

@@ -37,13 +37,7 @@ impl Drop for Server {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use weft_testkit::ports::free_port;
 
 pub struct Ca {
     pub dir: std::path::PathBuf,
