@@ -403,33 +403,7 @@ async fn certificates_renew_and_the_issuer_rotates_under_load_without_a_failed_r
     let identity_port = free_port();
     // 3 s certificates: each proxy renews about every 2 s.
     let (_server, _) = ca.serve(identity_port, "3s");
-    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = app.local_addr().unwrap();
-    tokio::spawn(weft_testkit::http::serve(app));
-    let server = Proxy::start_as(
-        &ca,
-        identity_port,
-        WEB,
-        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
-    );
-    let client = Proxy::start_as(
-        &ca,
-        identity_port,
-        CLIENT,
-        &[
-            (
-                "WEFT_PROXY_OUTBOUND_IDENTITIES",
-                format!("{}={WEB}", server.inbound),
-            ),
-            // Short-lived pooled connections: new mTLS handshakes all through the run.
-            ("WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", "200ms".into()),
-        ],
-    );
-    for p in [&server, &client] {
-        p.wait_for("ready", Duration::from_secs(20), |p| {
-            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
-        });
-    }
+    let (server, client) = meshed_pair(&ca, identity_port).await;
     let renewals = |p: &Proxy| p.metric("identity_cert_refresh_total", &[("result", "ok")]);
     let (client_before, server_before) = (renewals(&client), renewals(&server));
 
@@ -530,32 +504,7 @@ async fn trust_anchor_rotation_with_a_bundle_under_load() {
 
     let identity_port = free_port();
     let (_server, _) = ca_dir.serve(identity_port, "3s");
-    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = app.local_addr().unwrap();
-    tokio::spawn(weft_testkit::http::serve(app));
-    let server = Proxy::start_as(
-        &ca_dir,
-        identity_port,
-        WEB,
-        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
-    );
-    let client = Proxy::start_as(
-        &ca_dir,
-        identity_port,
-        CLIENT,
-        &[
-            (
-                "WEFT_PROXY_OUTBOUND_IDENTITIES",
-                format!("{}={WEB}", server.inbound),
-            ),
-            ("WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", "200ms".into()),
-        ],
-    );
-    for p in [&server, &client] {
-        p.wait_for("ready", Duration::from_secs(20), |p| {
-            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
-        });
-    }
+    let (server, client) = meshed_pair(&ca_dir, identity_port).await;
 
     // Step 2, during load: the issuer moves under the new root. For a while one
     // side holds a leaf from the old root and the other from the new one.
@@ -597,4 +546,37 @@ async fn trust_anchor_rotation_with_a_bundle_under_load() {
         shown.contains("issuer       CN=identity-2.cluster.local"),
         "{shown}"
     );
+}
+
+/// A server proxy (`web`, in front of a test app) and a client proxy (`client`)
+/// that reaches it over mesh TLS, both ready. The client's pooled connections
+/// are short-lived, so load through it keeps making new mTLS handshakes.
+async fn meshed_pair(ca: &Ca, identity_port: u16) -> (Proxy, Proxy) {
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(weft_testkit::http::serve(app));
+    let server = Proxy::start_as(
+        ca,
+        identity_port,
+        WEB,
+        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
+    );
+    let client = Proxy::start_as(
+        ca,
+        identity_port,
+        CLIENT,
+        &[
+            (
+                "WEFT_PROXY_OUTBOUND_IDENTITIES",
+                format!("{}={WEB}", server.inbound),
+            ),
+            ("WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", "200ms".into()),
+        ],
+    );
+    for p in [&server, &client] {
+        p.wait_for("ready", Duration::from_secs(20), |p| {
+            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
+        });
+    }
+    (server, client)
 }
