@@ -72,6 +72,12 @@ impl Proxy {
         )
     }
 
+    fn wait_ready(&self) {
+        self.wait_for("ready", Duration::from_secs(20), |p| {
+            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
+        });
+    }
+
     fn wait_for(&self, what: &str, within: Duration, mut done: impl FnMut(&Proxy) -> bool) {
         let deadline = Instant::now() + within;
         while !done(self) {
@@ -108,9 +114,7 @@ fn the_proxy_is_ready_only_with_a_certificate_and_renews_it() {
 
     // Once it runs, the proxy gets a certificate and becomes ready.
     let (_server, _) = ca.serve(identity_port, "3s");
-    proxy.wait_for("ready", Duration::from_secs(20), |p| {
-        http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
-    });
+    proxy.wait_ready();
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -198,17 +202,13 @@ async fn inbound_mesh_tls_is_terminated_and_the_app_sees_the_client_identity() {
     let ca = Ca::create();
     let identity_port = free_port();
     let (_server, _) = ca.serve(identity_port, "1h");
-    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = app.local_addr().unwrap();
-    tokio::spawn(weft_testkit::http::serve(app));
+    let app_addr = spawn_app().await;
     let proxy = Proxy::start_with(
         &ca,
         identity_port,
         &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
     );
-    proxy.wait_for("ready", Duration::from_secs(20), |p| {
-        http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
-    });
+    proxy.wait_ready();
     let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
 
     // The operator can see the proxy's current certificate.
@@ -308,9 +308,7 @@ async fn two_proxies_speak_mtls_and_never_fall_back_to_plaintext() {
     let ca = Ca::create();
     let identity_port = free_port();
     let (_server, _) = ca.serve(identity_port, "1h");
-    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = app.local_addr().unwrap();
-    tokio::spawn(weft_testkit::http::serve(app));
+    let app_addr = spawn_app().await;
     let server = Proxy::start_as(
         &ca,
         identity_port,
@@ -327,9 +325,7 @@ async fn two_proxies_speak_mtls_and_never_fall_back_to_plaintext() {
         &[("WEFT_PROXY_OUTBOUND_IDENTITIES", identities)],
     );
     for p in [&server, &client] {
-        p.wait_for("ready", Duration::from_secs(20), |p| {
-            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
-        });
+        p.wait_ready();
     }
 
     let curl = |url: String| {
@@ -552,9 +548,7 @@ async fn trust_anchor_rotation_with_a_bundle_under_load() {
 /// that reaches it over mesh TLS, both ready. The client's pooled connections
 /// are short-lived, so load through it keeps making new mTLS handshakes.
 async fn meshed_pair(ca: &Ca, identity_port: u16) -> (Proxy, Proxy) {
-    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = app.local_addr().unwrap();
-    tokio::spawn(weft_testkit::http::serve(app));
+    let app_addr = spawn_app().await;
     let server = Proxy::start_as(
         ca,
         identity_port,
@@ -574,9 +568,15 @@ async fn meshed_pair(ca: &Ca, identity_port: u16) -> (Proxy, Proxy) {
         ],
     );
     for p in [&server, &client] {
-        p.wait_for("ready", Duration::from_secs(20), |p| {
-            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
-        });
+        p.wait_ready();
     }
     (server, client)
+}
+
+/// The test application: weft-testkit's HTTP server on a free loopback port.
+async fn spawn_app() -> SocketAddr {
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(weft_testkit::http::serve(app));
+    addr
 }
