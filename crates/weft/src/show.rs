@@ -153,10 +153,15 @@ fn key_description(cert: &X509Certificate<'_>) -> String {
     }
 }
 
-/// Records the chain a server presents; accepts it so the handshake gets that
-/// far (whether it is trusted is reported separately, from the trust anchors).
-#[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<Vec<u8>>>);
+/// Records the chain a server presents and accepts it, so the handshake gets
+/// that far (whether the chain is trusted is reported separately, from the
+/// trust anchors). The handshake signature is still checked, so the server
+/// proved it holds the certificate's key.
+#[derive(Debug)]
+struct Recorder(
+    Mutex<Vec<Vec<u8>>>,
+    rustls::crypto::WebPkiSupportedAlgorithms,
+);
 
 impl ServerCertVerifier for Recorder {
     fn verify_server_cert(
@@ -177,39 +182,39 @@ impl ServerCertVerifier for Recorder {
 
     fn verify_tls12_signature(
         &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.1)
     }
 
     fn verify_tls13_signature(
         &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.1)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.1.supported_schemes()
     }
 }
 
 /// The certificate chain a proxy's mesh listener presents for `identity`.
 async fn fetch(addr: SocketAddr, identity: Identity) -> anyhow::Result<Vec<Vec<u8>>> {
-    let recorder = Arc::new(Recorder::default());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .dangerous()
-    .with_custom_certificate_verifier(recorder.clone())
-    .with_no_client_auth();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let recorder = Arc::new(Recorder(
+        Mutex::default(),
+        provider.signature_verification_algorithms,
+    ));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder.clone())
+        .with_no_client_auth();
     let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .with_context(|| format!("connecting to {addr} timed out"))?
