@@ -74,7 +74,7 @@ settings! {
     IDENTITY_TRUST_ANCHORS = "WEFT_PROXY_IDENTITY_TRUST_ANCHORS", ["LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"],
         "", "PEM text of the trust anchors (one or more roots) that certificates must chain to (required with identity).";
     OUTBOUND_IDENTITIES = "WEFT_PROXY_OUTBOUND_IDENTITIES", [],
-        "", "Identities of outbound endpoints, ADDR=IDENTITY pairs separated by commas; such endpoints are reached only over mesh TLS. Static until discovery provides them.";
+        "", "Meshed outbound endpoints, ADDR=IDENTITY[@PORT] separated by commas: they are reached only over mesh TLS proving IDENTITY; with @PORT (the peer proxy's inbound port), opaque TCP goes to that port with Linkerd's transport header. Static until discovery provides them.";
     LOG = "WEFT_PROXY_LOG", ["LINKERD2_PROXY_LOG"],
         "warn,weft_proxy=info", "Log filter (tracing-subscriber EnvFilter syntax).";
     LOG_FORMAT = "WEFT_PROXY_LOG_FORMAT", ["LINKERD2_PROXY_LOG_FORMAT"],
@@ -184,7 +184,7 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     pub worker_threads: usize,
     pub identity: Option<IdentityConfig>,
-    pub outbound_identities: std::collections::HashMap<SocketAddr, weft_identity::Identity>,
+    pub outbound_identities: std::collections::HashMap<SocketAddr, crate::tcp::MeshEndpoint>,
     pub log_filter: String,
     pub log_format: LogFormat,
 }
@@ -262,14 +262,25 @@ impl Config {
                     .map(str::trim)
                     .filter(|p| !p.is_empty())
                     .map(|pair| {
-                        let (addr, id) = pair
+                        let (addr, endpoint) = pair
                             .split_once('=')
-                            .ok_or(format!("{pair:?} is not ADDR=IDENTITY"))?;
+                            .ok_or(format!("{pair:?} is not ADDR=IDENTITY[@PORT]"))?;
+                        let addr = parse_addr(addr)?;
+                        let (identity, port) = match endpoint.split_once('@') {
+                            Some((id, port)) => (id, Some(port)),
+                            None => (endpoint, None),
+                        };
+                        let identity = identity
+                            .trim()
+                            .parse()
+                            .map_err(|e: weft_identity::name::NameError| e.to_string())?;
+                        let port = port.map(parse_port).transpose()?;
                         Ok((
-                            parse_addr(addr)?,
-                            id.trim()
-                                .parse()
-                                .map_err(|e: weft_identity::name::NameError| e.to_string())?,
+                            addr,
+                            crate::tcp::MeshEndpoint {
+                                identity,
+                                opaque_transport_port: port,
+                            },
                         ))
                     })
                     .collect()
@@ -372,6 +383,39 @@ mod tests {
         assert_eq!(err.var, "WEFT_PROXY_ADMIN_LISTEN_ADDR");
         let err = config(&[("WEFT_PROXY_WORKER_THREADS", "0")]).unwrap_err();
         assert_eq!(err.var, "WEFT_PROXY_WORKER_THREADS");
+    }
+
+    #[test]
+    fn outbound_identities_take_an_optional_proxy_port() {
+        let c = config(&[(
+            "WEFT_PROXY_OUTBOUND_IDENTITIES",
+            "198.18.0.2:8080=web.demo.serviceaccount.identity.weft.cluster.local, 198.18.0.3:5432=db.demo.serviceaccount.identity.weft.cluster.local@4143",
+        )])
+        .unwrap();
+        let web = &c.outbound_identities[&"198.18.0.2:8080".parse().unwrap()];
+        assert_eq!(web.opaque_transport_port, None);
+        let db = &c.outbound_identities[&"198.18.0.3:5432".parse().unwrap()];
+        assert_eq!(
+            db.identity.as_str(),
+            "db.demo.serviceaccount.identity.weft.cluster.local"
+        );
+        assert_eq!(db.opaque_transport_port, Some(4143));
+        for (bad, why) in [
+            ("198.18.0.2:8080", "is not ADDR=IDENTITY[@PORT]"),
+            ("198.18.0.2:8080=web.demo", "is not of the form"),
+            (
+                "198.18.0.2:8080=web.demo.serviceaccount.identity.weft.cluster.local@0",
+                "is not a port",
+            ),
+            (
+                "198.18.0.2:8080=web.demo.serviceaccount.identity.weft.cluster.local@http",
+                "is not a port",
+            ),
+            ("web:8080=web.demo", "IP:port"),
+        ] {
+            let err = config(&[("WEFT_PROXY_OUTBOUND_IDENTITIES", bad)]).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`detect`]: what protocol a connection speaks.
 //! - [`http`]: HTTP/1 and HTTP/2 proxying with pooled endpoint clients.
 //! - [`tcp`]: opaque forwarding and endpoint connects.
-//! - [`tls`]: mesh TLS (server side): rustls configuration and client verification.
+//! - [`tls`]: mesh TLS, both sides: rustls configurations and peer verification.
+//! - [`transport_header`]: Linkerd's header naming the target port of opaque mesh TLS.
 //! - [`identity`]: the proxy's key and certificate (Certify, renewal).
 //! - [`metrics`], [`admin`]: Linkerd-compatible metrics and the admin server.
 //! - [`init`]: iptables capture rules (`weft-proxy init`).
@@ -24,3 +25,4 @@ pub mod orig_dst;
 pub mod proxy;
 pub mod tcp;
 pub mod tls;
+pub mod transport_header;

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
@@ -296,18 +296,24 @@ impl Metrics {
     /// Opens the per-connection accounting for one TCP connection; dropping the
     /// last clone of the returned handle records the close.
     pub fn tcp_open(self: &Arc<Self>, labels: TcpLabels) -> Arc<TcpConn> {
-        self.tcp_open_total.get_or_create(&labels).inc();
-        let open = self.tcp_open_connections.get_or_create_owned(&labels);
-        open.inc();
+        let conn = self.tcp_accepted(labels.clone());
+        conn.label(labels);
+        conn
+    }
+
+    /// Accounting for an accepted connection whose labels are not known yet
+    /// (its TLS identity and real target come from the handshake and the
+    /// transport header): bytes are counted from the start and attributed at
+    /// [`TcpConn::label`]. A connection that ends before that is recorded
+    /// under `fallback`.
+    pub fn tcp_accepted(self: &Arc<Self>, fallback: TcpLabels) -> Arc<TcpConn> {
         Arc::new(TcpConn {
-            read: self.tcp_read_bytes_total.get_or_create_owned(&labels),
-            written: self.tcp_write_bytes_total.get_or_create_owned(&labels),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             errno: AtomicI32::new(0),
-            open,
             opened_at: Instant::now(),
-            labels,
+            labelled: OnceLock::new(),
+            fallback,
             metrics: self.clone(),
         })
     }
@@ -339,31 +345,67 @@ impl Metrics {
 /// Byte counts and lifetime of one TCP connection.
 #[derive(Debug)]
 pub struct TcpConn {
-    read: Counter,
-    written: Counter,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     errno: AtomicI32,
-    open: Gauge,
     opened_at: Instant,
-    labels: TcpLabels,
+    labelled: OnceLock<LabelledConn>,
+    fallback: TcpLabels,
     metrics: Arc<Metrics>,
 }
 
+/// A connection's series, resolved once its labels are known.
+#[derive(Debug)]
+struct LabelledConn {
+    labels: TcpLabels,
+    read: Counter,
+    written: Counter,
+    open: Gauge,
+}
+
 impl TcpConn {
+    /// Attributes the connection (and the bytes it has moved so far) to
+    /// `labels`. Only the first call counts.
+    pub fn label(&self, labels: TcpLabels) {
+        let m = &self.metrics;
+        let mut fresh = false;
+        let labelled = self.labelled.get_or_init(|| {
+            fresh = true;
+            m.tcp_open_total.get_or_create(&labels).inc();
+            let open = m.tcp_open_connections.get_or_create_owned(&labels);
+            open.inc();
+            LabelledConn {
+                read: m.tcp_read_bytes_total.get_or_create_owned(&labels),
+                written: m.tcp_write_bytes_total.get_or_create_owned(&labels),
+                open,
+                labels,
+            }
+        });
+        if fresh {
+            // Until now only the raw totals moved; one task drives the
+            // connection at this point, so nothing is counted twice.
+            labelled.read.inc_by(self.bytes_read());
+            labelled.written.inc_by(self.bytes_written());
+        }
+    }
+
     pub fn add_read(&self, n: usize) {
-        self.read.inc_by(n as u64);
         self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(l) = self.labelled.get() {
+            l.read.inc_by(n as u64);
+        }
     }
 
     pub fn add_written(&self, n: usize) {
-        self.written.inc_by(n as u64);
         self.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(l) = self.labelled.get() {
+            l.written.inc_by(n as u64);
+        }
     }
 
     /// Total bytes moved either way; idle detection compares successive values.
     pub fn bytes_total(&self) -> u64 {
-        self.bytes_read.load(Ordering::Relaxed) + self.bytes_written.load(Ordering::Relaxed)
+        self.bytes_read() + self.bytes_written()
     }
 
     pub fn bytes_read(&self) -> u64 {
@@ -384,13 +426,19 @@ impl TcpConn {
 
 impl Drop for TcpConn {
     fn drop(&mut self) {
-        self.open.dec();
+        if self.labelled.get().is_none() {
+            self.label(self.fallback.clone());
+        }
+        let Some(labelled) = self.labelled.get() else {
+            return;
+        };
+        labelled.open.dec();
         let errno = match self.errno.load(Ordering::Relaxed) {
             0 => String::new(),
             code => errno_name(code),
         };
         let labels = TcpCloseLabels {
-            conn: self.labels.clone(),
+            conn: labelled.labels.clone(),
             errno,
         };
         self.metrics.tcp_close_total.get_or_create(&labels).inc();

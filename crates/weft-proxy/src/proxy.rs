@@ -26,6 +26,7 @@ use crate::drain::{Drain, ShutdownTrigger, Watch};
 use crate::http::{self, HttpConn, client::Clients};
 use crate::io::Metered;
 use crate::metrics::{Direction, HttpConnMetrics, Metrics, Peer, TcpConn, TcpLabels, Tls};
+use crate::transport_header::{SessionProtocol, TransportHeader};
 use crate::{admin, orig_dst, tcp};
 
 /// State shared by every connection.
@@ -242,14 +243,12 @@ async fn serve_connection(
         Direction::Inbound => Tls::NotProvidedByRemote,
         Direction::Outbound => Tls::NotProvidedByServiceDiscovery,
     };
-    let target_label = target.unwrap_or(local).to_string();
-    let tcp_conn = shared.metrics.tcp_open(TcpLabels::new(
-        direction,
-        Peer::Src,
-        target_label,
-        tls.clone(),
-    ));
-    let mut io = Metered::new(stream, tcp_conn);
+    let labels = |target: Option<SocketAddr>, tls: Tls| {
+        let target = target.unwrap_or(local).to_string();
+        TcpLabels::new(direction, Peer::Src, target, tls)
+    };
+    let client_conn = shared.metrics.tcp_accepted(labels(target, tls.clone()));
+    let mut io = Metered::new(stream, client_conn.clone());
 
     let (opaque_ports, detect_timeout) = match direction {
         Direction::Inbound => (&config.inbound_opaque_ports, config.inbound_detect_timeout),
@@ -266,44 +265,36 @@ async fn serve_connection(
         },
     };
     debug!(?target, protocol = protocol.as_str(), "serving");
-    let client_conn = io.conn().clone();
     if protocol == Protocol::Tls
         && direction == Direction::Inbound
-        && let (Some(mesh), Some(target)) = (shared.mesh_tls.as_ref(), target)
+        && let (Some(mesh), Some(target)) = (shared.mesh_tls.clone(), target)
         && let Some(local) = mesh.local_identity()
         && detect::client_hello_sni(&prefix).as_deref() == Some(local.as_str())
     {
-        let Some(config) = mesh.server_config() else {
-            return warn!("mesh TLS requested but no server configuration; closing");
+        let io = PrefixedIo::new(prefix, io);
+        let Some(mesh) = accept_mesh_tls(&shared, &mesh, io, target, detect_timeout).await else {
+            return;
         };
-        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(PrefixedIo::new(prefix, io));
-        let tls = match tokio::time::timeout(detect_timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return info!(error = %e, "mesh TLS handshake refused"),
-            Err(_) => return info!(?detect_timeout, "mesh TLS handshake timed out"),
-        };
-        let client_id = crate::tls::peer_identity(tls.get_ref().1);
-        debug!(client_id = ?client_id.as_ref().map(|c| c.as_str()), "mesh TLS established");
-        let mut tls = tls;
-        let (protocol, prefix) = match detect::detect(&mut tls, detect_timeout).await {
-            Ok(detected) => detected,
-            Err(e) => {
-                return debug!(error = %e, "mesh TLS connection failed during protocol detection");
-            }
-        };
+        let tls = Tls::FromClient(mesh.client_id.as_ref().map(|c| c.as_str().into()));
+        client_conn.label(labels(Some(mesh.target), tls.clone()));
         let conn = Conn {
             shared,
             direction,
-            target: Some(target),
+            target: Some(mesh.target),
             listen_addr,
-            tls: Tls::FromClient(client_id.as_ref().map(|c| c.as_str().into())),
-            client_id,
+            tls,
+            client_id: mesh.client_id,
             watch,
         };
         return conn
-            .serve(PrefixedIo::new(prefix, tls), client_conn, protocol)
+            .serve(
+                PrefixedIo::new(mesh.prefix, mesh.io),
+                client_conn,
+                mesh.protocol,
+            )
             .await;
     }
+    client_conn.label(labels(target, tls.clone()));
     let conn = Conn {
         shared,
         direction,
@@ -315,6 +306,112 @@ async fn serve_connection(
     };
     conn.serve(PrefixedIo::new(prefix, io), client_conn, protocol)
         .await
+}
+
+type MeshServerIo = tokio_rustls::server::TlsStream<PrefixedIo<Metered<TcpStream>>>;
+
+/// An inbound mesh TLS connection, terminated, with what it carries.
+struct MeshAccepted {
+    io: MeshServerIo,
+    client_id: Option<weft_identity::Identity>,
+    /// The original target, or the one its transport header names.
+    target: SocketAddr,
+    protocol: Protocol,
+    prefix: Bytes,
+}
+
+/// Terminates mesh TLS, then learns what the connection carries: from the
+/// transport header if the client negotiated one, else by detection. `None`
+/// when the connection was refused (the reason is logged).
+async fn accept_mesh_tls(
+    shared: &Shared,
+    mesh: &crate::tls::MeshTls,
+    io: PrefixedIo<Metered<TcpStream>>,
+    target: SocketAddr,
+    detect_timeout: std::time::Duration,
+) -> Option<MeshAccepted> {
+    let Some(config) = mesh.server_config() else {
+        warn!("mesh TLS requested but no server configuration; closing");
+        return None;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
+    let mut tls = match tokio::time::timeout(detect_timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(error = %e, "mesh TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            info!(?detect_timeout, "mesh TLS handshake timed out");
+            return None;
+        }
+    };
+    let client_id = crate::tls::peer_identity(tls.get_ref().1);
+    debug!(client_id = ?client_id.as_ref().map(|c| c.as_str()), "mesh TLS established");
+    if crate::tls::expects_transport_header(tls.get_ref().1) {
+        let header = match tokio::time::timeout(detect_timeout, TransportHeader::read(&mut tls))
+            .await
+        {
+            Ok(Ok(header)) => header,
+            Ok(Err(e)) => {
+                info!(error = %e, client_id = ?client_id.as_ref().map(|c| c.as_str()), "refused a mesh connection with a bad transport header");
+                return None;
+            }
+            Err(_) => {
+                info!(?detect_timeout, "no transport header in time; closing");
+                return None;
+            }
+        };
+        let target = match transport_target(&shared.config, target, &header) {
+            Ok(target) => target,
+            Err(why) => {
+                info!(port = header.port, name = ?header.name, "refused a transport header: {why}");
+                return None;
+            }
+        };
+        let protocol = match header.protocol {
+            None => Protocol::Opaque,
+            Some(SessionProtocol::Http1) => Protocol::Http1,
+            Some(SessionProtocol::Http2) => Protocol::Http2,
+        };
+        return Some(MeshAccepted {
+            io: tls,
+            client_id,
+            target,
+            protocol,
+            prefix: Bytes::new(),
+        });
+    }
+    let (protocol, prefix) = match detect::detect(&mut tls, detect_timeout).await {
+        Ok(detected) => detected,
+        Err(e) => {
+            debug!(error = %e, "mesh TLS connection failed during protocol detection");
+            return None;
+        }
+    };
+    Some(MeshAccepted {
+        io: tls,
+        client_id,
+        target,
+        protocol,
+        prefix,
+    })
+}
+
+/// Where a transport header sends the connection: the same host as the
+/// original target, at the header's port.
+fn transport_target(
+    config: &Config,
+    target: SocketAddr,
+    header: &TransportHeader,
+) -> Result<SocketAddr, &'static str> {
+    if header.name.is_some() {
+        return Err("it names a gateway target, and Weft proxies are not gateways");
+    }
+    if header.port == config.inbound_addr.port() {
+        return Err("it names the proxy's own inbound port, which would loop");
+    }
+    Ok(SocketAddr::new(target.ip(), header.port))
 }
 
 /// A connection after detection (and, for mesh TLS, after termination).
@@ -376,7 +473,12 @@ async fn forward_opaque<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let server = match shared.clients.dialer.connect(direction, target).await {
+    let server = match shared
+        .clients
+        .dialer
+        .connect_opaque(direction, target)
+        .await
+    {
         Ok(s) => s,
         Err(e) => return info!(error = %e, "opaque connection refused: endpoint unreachable"),
     };

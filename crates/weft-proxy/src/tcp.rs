@@ -20,6 +20,7 @@ use crate::io::Metered;
 use crate::metrics::Direction;
 use crate::metrics::{Metrics, Peer, TcpConn, TcpLabels, Tls};
 use crate::tls::{MeshConnectError, MeshTls};
+use crate::transport_header::TransportHeader;
 
 /// Why a connection to an endpoint could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -30,11 +31,13 @@ pub enum ConnectError {
     Failed { addr: SocketAddr, source: io::Error },
 }
 
-/// Opens a TCP connection to an endpoint, counted as `peer="dst"`.
+/// Opens a TCP connection to `addr`, counted as `peer="dst"` towards
+/// `target` (which differs when a transport header carries the real port).
 async fn connect(
     metrics: &Arc<Metrics>,
     direction: Direction,
     addr: SocketAddr,
+    target: SocketAddr,
     timeout: Duration,
     tls: Tls,
 ) -> Result<Metered<TcpStream>, ConnectError> {
@@ -45,7 +48,12 @@ async fn connect(
     };
     // Small writes (request heads, gRPC frames) must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let conn = metrics.tcp_open(TcpLabels::new(direction, Peer::Dst, addr.to_string(), tls));
+    let conn = metrics.tcp_open(TcpLabels::new(
+        direction,
+        Peer::Dst,
+        target.to_string(),
+        tls,
+    ));
     Ok(Metered::new(stream, conn))
 }
 
@@ -131,6 +139,16 @@ impl AsyncWrite for EndpointIo {
     }
 }
 
+/// What the proxy knows about a meshed endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshEndpoint {
+    /// The identity its certificate must prove.
+    pub identity: Identity,
+    /// The port of its proxy's inbound listener: opaque TCP is sent there,
+    /// inside mesh TLS, with a transport header naming the real port.
+    pub opaque_transport_port: Option<u16>,
+}
+
 /// Opens connections to endpoints: TCP with a timeout, then mesh TLS for an
 /// endpoint with a known identity (never plaintext to such an endpoint).
 #[derive(Debug)]
@@ -138,46 +156,78 @@ pub struct Dialer {
     pub metrics: Arc<Metrics>,
     pub inbound_connect_timeout: Duration,
     pub outbound_connect_timeout: Duration,
-    /// Identities of outbound endpoints (static for now; discovery later).
-    pub outbound_identities: HashMap<SocketAddr, Identity>,
+    /// Meshed outbound endpoints (static for now; discovery later).
+    pub outbound_identities: HashMap<SocketAddr, MeshEndpoint>,
     pub mesh: Option<Arc<MeshTls>>,
 }
 
 impl Dialer {
     /// The identity an endpoint must prove, if it is meshed.
     pub fn identity(&self, direction: Direction, addr: SocketAddr) -> Option<&Identity> {
+        self.mesh_endpoint(direction, addr).map(|e| &e.identity)
+    }
+
+    fn mesh_endpoint(&self, direction: Direction, addr: SocketAddr) -> Option<&MeshEndpoint> {
         match direction {
             Direction::Outbound => self.outbound_identities.get(&addr),
             Direction::Inbound => None,
         }
     }
 
+    /// A connection for HTTP to `addr`.
     pub async fn connect(
         &self,
         direction: Direction,
         addr: SocketAddr,
     ) -> Result<EndpointIo, DialError> {
-        let identity = self.identity(direction, addr);
-        let (timeout, tls) = match (direction, identity) {
+        self.dial(direction, addr, false).await
+    }
+
+    /// A connection for opaque bytes to `addr`: to a meshed endpoint that
+    /// takes transport headers, via its proxy port with a header.
+    pub async fn connect_opaque(
+        &self,
+        direction: Direction,
+        addr: SocketAddr,
+    ) -> Result<EndpointIo, DialError> {
+        self.dial(direction, addr, true).await
+    }
+
+    async fn dial(
+        &self,
+        direction: Direction,
+        addr: SocketAddr,
+        opaque: bool,
+    ) -> Result<EndpointIo, DialError> {
+        let endpoint = self.mesh_endpoint(direction, addr);
+        let (timeout, tls) = match (direction, endpoint) {
             (Direction::Inbound, _) => (self.inbound_connect_timeout, Tls::NotProvidedByRemote),
-            (Direction::Outbound, Some(id)) => (
+            (Direction::Outbound, Some(e)) => (
                 self.outbound_connect_timeout,
-                Tls::ToServer(id.as_str().into()),
+                Tls::ToServer(e.identity.as_str().into()),
             ),
             (Direction::Outbound, None) => (
                 self.outbound_connect_timeout,
                 Tls::NotProvidedByServiceDiscovery,
             ),
         };
-        let Some(identity) = identity else {
+        let Some(endpoint) = endpoint else {
             return Ok(EndpointIo::Plain(
-                connect(&self.metrics, direction, addr, timeout, tls).await?,
+                connect(&self.metrics, direction, addr, addr, timeout, tls).await?,
             ));
         };
         let mesh = self.mesh.as_ref().ok_or(MeshConnectError::NoCertificate)?;
-        let io = connect(&self.metrics, direction, addr, timeout, tls).await?;
+        let (dial_addr, header) = match endpoint.opaque_transport_port {
+            Some(port) if opaque => (
+                SocketAddr::new(addr.ip(), port),
+                Some(TransportHeader::opaque(addr.port())),
+            ),
+            _ => (addr, None),
+        };
+        let io = connect(&self.metrics, direction, dial_addr, addr, timeout, tls).await?;
         Ok(EndpointIo::Mesh(Box::new(
-            mesh.connect(io, identity).await?,
+            mesh.connect(io, &endpoint.identity, header.as_ref())
+                .await?,
         )))
     }
 }

@@ -19,11 +19,13 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
 };
+use tokio::io::AsyncWriteExt;
 use tracing::warn;
 use weft_identity::Identity;
 use weft_identity::verify::{TrustAnchors, VerifyError};
 
 use crate::identity::{Credentials, CredentialsWatch};
+use crate::transport_header::{ALPN as TRANSPORT_HEADER_ALPN, TransportHeader};
 
 /// Mesh TLS for both directions, from the current credentials.
 pub struct MeshTls {
@@ -32,7 +34,15 @@ pub struct MeshTls {
     verifier: Arc<MeshClientVerifier>,
     server_verifier: Arc<MeshServerVerifier>,
     cached: Mutex<Option<(Arc<Credentials>, Arc<ServerConfig>)>>,
-    cached_client: Mutex<Option<(Arc<Credentials>, Arc<ClientConfig>)>>,
+    cached_client: Mutex<Option<(Arc<Credentials>, ClientConfigs)>>,
+}
+
+/// Client configurations for one certificate: plain mesh TLS, and mesh TLS
+/// offering the transport-header ALPN.
+#[derive(Clone)]
+struct ClientConfigs {
+    plain: Arc<ClientConfig>,
+    transport_header: Arc<ClientConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +58,13 @@ pub enum MeshConnectError {
     },
     #[error("cannot configure mesh TLS: {0}")]
     Config(String),
+    #[error("{identity} did not accept Linkerd's transport header (ALPN transport.l5d.io/v1)")]
+    NoTransportHeader { identity: Identity },
+    #[error("writing the transport header to {identity} failed: {source}")]
+    TransportHeader {
+        identity: Identity,
+        source: std::io::Error,
+    },
 }
 
 impl std::fmt::Debug for MeshTls {
@@ -98,7 +115,8 @@ impl MeshTls {
             .map(|b| b.with_client_cert_verifier(self.verifier.clone()))
             .and_then(|b| b.with_single_cert(chain, key));
         match config {
-            Ok(config) => {
+            Ok(mut config) => {
+                config.alpn_protocols = vec![TRANSPORT_HEADER_ALPN.to_vec()];
                 let config = Arc::new(config);
                 *cached = Some((creds, config.clone()));
                 Some(config)
@@ -112,7 +130,7 @@ impl MeshTls {
 }
 
 impl MeshTls {
-    fn client_config(&self) -> Result<Arc<ClientConfig>, MeshConnectError> {
+    fn client_configs(&self) -> Result<ClientConfigs, MeshConnectError> {
         let creds = self
             .creds
             .borrow()
@@ -125,37 +143,63 @@ impl MeshTls {
             return Ok(config.clone());
         }
         let (chain, key) = certified_key(&creds);
-        let config = ClientConfig::builder_with_provider(self.provider.clone())
+        let plain = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| MeshConnectError::Config(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(self.server_verifier.clone())
             .with_client_auth_cert(chain, key)
             .map_err(|e| MeshConnectError::Config(e.to_string()))?;
-        let config = Arc::new(config);
-        *cached = Some((creds, config.clone()));
-        Ok(config)
+        let mut transport_header = plain.clone();
+        transport_header.alpn_protocols = vec![TRANSPORT_HEADER_ALPN.to_vec()];
+        let configs = ClientConfigs {
+            plain: Arc::new(plain),
+            transport_header: Arc::new(transport_header),
+        };
+        *cached = Some((creds, configs.clone()));
+        Ok(configs)
     }
 
-    /// mTLS to an endpoint that must prove `server` (never plaintext).
+    /// mTLS to an endpoint that must prove `server` (never plaintext). With a
+    /// transport header, the server must accept its ALPN and the header is
+    /// written before any payload.
     pub async fn connect<I>(
         &self,
         io: I,
         server: &Identity,
+        header: Option<&TransportHeader>,
     ) -> Result<tokio_rustls::client::TlsStream<I>, MeshConnectError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let config = self.client_config()?;
+        let configs = self.client_configs()?;
+        let config = match header {
+            Some(_) => configs.transport_header,
+            None => configs.plain,
+        };
         let name = ServerName::try_from(server.to_string())
             .map_err(|e| MeshConnectError::Config(e.to_string()))?;
-        tokio_rustls::TlsConnector::from(config)
+        let mut tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, io)
             .await
             .map_err(|source| MeshConnectError::Handshake {
                 identity: server.clone(),
                 source,
-            })
+            })?;
+        if let Some(header) = header {
+            if tls.get_ref().1.alpn_protocol() != Some(TRANSPORT_HEADER_ALPN) {
+                return Err(MeshConnectError::NoTransportHeader {
+                    identity: server.clone(),
+                });
+            }
+            tls.write_all(&header.encode()).await.map_err(|source| {
+                MeshConnectError::TransportHeader {
+                    identity: server.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(tls)
     }
 }
 
@@ -275,4 +319,9 @@ impl ClientCertVerifier for MeshClientVerifier {
 /// The client's identity from its verified certificate.
 pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<Identity> {
     weft_identity::verify::identity_of(conn.peer_certificates()?.first()?)
+}
+
+/// Whether the client negotiated a transport header on this connection.
+pub fn expects_transport_header(conn: &rustls::ServerConnection) -> bool {
+    conn.alpn_protocol() == Some(TRANSPORT_HEADER_ALPN)
 }

@@ -580,3 +580,172 @@ async fn spawn_app() -> SocketAddr {
     tokio::spawn(weft_testkit::http::serve(app));
     addr
 }
+
+/// Linkerd's transport header for an opaque connection to `port`: preface,
+/// length, protobuf `Header { port }`.
+fn transport_header(port: u16) -> Vec<u8> {
+    let mut message = vec![0x08];
+    let mut v = u32::from(port);
+    while v >= 0x80 {
+        message.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    message.push(v as u8);
+    let mut out = b"transport.l5d.io/v1\r\n\r\n".to_vec();
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(&message);
+    out
+}
+
+/// Opens mesh TLS to `addr` as `client` offering the transport-header ALPN,
+/// writes `first`, and returns what the server sends before closing.
+async fn mesh_opaque(ca: &Ca, addr: SocketAddr, first: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+    let mut config = (*client_config(&anchors, Some((ca, CLIENT)))).clone();
+    config.alpn_protocols = vec![b"transport.l5d.io/v1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(WEB.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"transport.l5d.io/v1"[..]),
+        "the mesh listener accepts the transport-header ALPN"
+    );
+    tls.write_all(first).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_rides_mtls_to_the_peer_proxy_port_with_a_transport_header() {
+    let ca = Ca::create();
+    let identity_port = free_port();
+    let (_server, _) = ca.serve(identity_port, "1h");
+    let app_addr = spawn_app().await;
+    let greeter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let greeter_addr = greeter.local_addr().unwrap();
+    tokio::spawn(weft_testkit::tcp::serve_greeter(greeter));
+    // The server proxy is not in front of the greeter: only the transport
+    // header can bring a connection to it.
+    let server = Proxy::start_as(
+        &ca,
+        identity_port,
+        WEB,
+        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
+    );
+    let client = Proxy::start_as(
+        &ca,
+        identity_port,
+        CLIENT,
+        &[(
+            "WEFT_PROXY_OUTBOUND_IDENTITIES",
+            format!("{greeter_addr}={WEB}@{}", server.inbound.port()),
+        )],
+    );
+    for p in [&server, &client] {
+        p.wait_ready();
+    }
+
+    // A CONNECT tunnel through the client proxy is opaque TCP to the greeter.
+    let outbound = client.outbound;
+    let conversation = tokio::time::timeout(Duration::from_secs(20), async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+        let mut lines = BufReader::new(tcp);
+        lines
+            .get_mut()
+            .write_all(
+                format!("CONNECT {greeter_addr} HTTP/1.1\r\nHost: {greeter_addr}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut line = String::new();
+        while lines.read_line(&mut line).await.unwrap() > 0 {
+            let done = line.starts_with("220 ");
+            seen.push(std::mem::take(&mut line));
+            if done {
+                break;
+            }
+        }
+        lines
+            .get_mut()
+            .write_all(b"hello\r\nQUIT\r\n")
+            .await
+            .unwrap();
+        while lines.read_line(&mut line).await.unwrap() > 0 {
+            seen.push(std::mem::take(&mut line));
+        }
+        seen.concat()
+    })
+    .await
+    .expect("the tunnelled conversation finishes");
+    assert!(conversation.starts_with("HTTP/1.1 200"), "{conversation}");
+    assert!(
+        conversation.contains("220 weft-testkit greeter ready\r\necho: hello\r\n221 bye\r\n"),
+        "{conversation}"
+    );
+
+    let target = greeter_addr.to_string();
+    let to_web = [
+        ("peer", "dst"),
+        ("target_addr", target.as_str()),
+        ("tls", "true"),
+        ("server_id", WEB),
+    ];
+    assert_eq!(client.metric("tcp_open_total", &to_web), 1.0);
+    // The inbound side labels the connection with the header's target and
+    // the verified client, not with its listener address.
+    let from_client = [
+        ("direction", "inbound"),
+        ("peer", "src"),
+        ("target_addr", target.as_str()),
+        ("tls", "true"),
+        ("client_id", CLIENT),
+    ];
+    server.wait_for("inbound metrics", Duration::from_secs(5), |p| {
+        p.metric("tcp_close_total", &from_client) == 1.0
+    });
+    assert_eq!(server.metric("tcp_open_total", &from_client), 1.0);
+    assert!(server.metric("tcp_read_bytes_total", &from_client) > 0.0);
+
+    // Bad headers are refused without reaching any application.
+    let refused = [
+        (
+            b"GET / HTTP/1.1\r\n\r\n-padding-to-the-header-size".to_vec(),
+            "does not start with",
+        ),
+        (transport_header(server.inbound.port()), "would loop"),
+    ];
+    for (first, why) in refused {
+        let answer = mesh_opaque(&ca, server.inbound, &first).await;
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.is_empty()) || answer.is_err(),
+            "{answer:?}"
+        );
+        server.wait_for(why, Duration::from_secs(5), |p| {
+            std::fs::read_to_string(&p.log)
+                .unwrap_or_default()
+                .contains(why)
+        });
+    }
+    // A good header from a raw client reaches the greeter.
+    let answer = mesh_opaque(
+        &ca,
+        server.inbound,
+        &[transport_header(greeter_addr.port()), b"QUIT\r\n".to_vec()].concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        "220 weft-testkit greeter ready\r\n221 bye\r\n"
+    );
+}

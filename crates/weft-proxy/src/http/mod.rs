@@ -304,7 +304,7 @@ async fn tunnel(
         .shared
         .clients
         .dialer
-        .connect(Direction::Outbound, addr)
+        .connect_opaque(Direction::Outbound, addr)
         .await?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = config.tcp_idle_timeout;
