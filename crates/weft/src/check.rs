@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
+
+use crate::output::Output;
 use weft_identity::ca::{self, CertAndKey};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
@@ -24,12 +26,6 @@ pub struct CheckArgs {
     ca_dir: PathBuf,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, serde::Serialize)]

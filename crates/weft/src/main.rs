@@ -2,8 +2,13 @@
 
 mod admin;
 mod check;
+mod destination;
+mod diagnostics;
 mod identity;
+mod output;
+mod resources;
 mod show;
+mod store;
 
 use clap::{Parser, Subcommand};
 
@@ -28,12 +33,18 @@ enum Cmd {
     /// Run a control-plane service.
     #[command(subcommand)]
     Control(ControlCmd),
+    /// Ask the control plane what it tells proxies.
+    #[command(subcommand)]
+    Diagnostics(diagnostics::DiagnosticsCmd),
 }
 
 #[derive(Subcommand)]
 enum ControlCmd {
     /// The identity service (io.linkerd.proxy.identity.Identity/Certify): the mesh CA.
     Identity(identity::ServeArgs),
+    /// The destination service (io.linkerd.proxy.destination.Destination): endpoints and
+    /// profiles from a directory of manifests.
+    Destination(destination::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,11 +64,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Control(ControlCmd::Identity(args)) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(identity::serve(args))
+        Cmd::Control(ControlCmd::Identity(args)) => runtime()?.block_on(identity::serve(args)),
+        Cmd::Control(ControlCmd::Destination(args)) => {
+            runtime()?.block_on(destination::serve(args))
         }
+        Cmd::Diagnostics(cmd) => runtime()?.block_on(diagnostics::run(cmd)),
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }

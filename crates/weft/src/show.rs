@@ -29,7 +29,7 @@ pub struct ShowArgs {
     #[arg(long)]
     ca_dir: Option<PathBuf>,
     #[arg(short, long, value_enum, default_value = "table")]
-    output: crate::check::Output,
+    output: crate::output::Output,
 }
 
 #[derive(serde::Serialize)]
@@ -110,8 +110,8 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<()> {
         verified,
     };
     match args.output {
-        crate::check::Output::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
-        crate::check::Output::Table => {
+        crate::output::Output::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
+        crate::output::Output::Table => {
             let remaining = Duration::from_secs(shown.remaining_seconds.max(0) as u64);
             let rows = [
                 ("subject", shown.subject.clone()),

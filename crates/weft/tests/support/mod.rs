@@ -129,3 +129,92 @@ pub fn proxy_bin() -> PathBuf {
     );
     path
 }
+
+/// A temporary directory of manifests served by `weft control destination`.
+pub struct Destination {
+    pub dir: PathBuf,
+    pub server: Server,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Destination {
+    /// Writes `files` (name, YAML) into a fresh directory and serves it.
+    pub fn start(files: &[(&str, &str)]) -> Destination {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-manifests-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = dir.with_extension("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "control",
+                "destination",
+                "--manifests",
+                dir.to_str().unwrap(),
+            ])
+            .args(["--listen", &addr.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .env("WEFT_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "destination service did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Destination {
+            dir,
+            server: Server { child, admin },
+            addr,
+            log,
+        }
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        // Write-then-rename, as editors and ConfigMap updates do.
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.join(name)).unwrap();
+    }
+
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.dir.join(name)).unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// An ExternalWorkload manifest: `name` in namespace demo with label app=`app`.
+pub fn workload_yaml(name: &str, app: &str, ip: &str, port: u16) -> String {
+    format!(
+        "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata: {{name: {name}, namespace: demo, labels: {{app: {app}}}}}\nspec:\n  meshTLS: {{identity: {app}.demo.serviceaccount.identity.weft.cluster.local}}\n  ports: [{{name: http, port: {port}}}]\n  workloadIPs: [{{ip: {ip}}}]\n"
+    )
+}
+
+/// A Service manifest selecting app=`name`, port 80 to the workloads' `http` port.
+pub fn service_yaml(name: &str, cluster_ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  clusterIP: {cluster_ip}\n  selector: {{app: {name}}}\n  ports: [{{port: 80, targetPort: http}}]\n"
+    )
+}

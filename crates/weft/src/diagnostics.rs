@@ -1,0 +1,329 @@
+//! `weft diagnostics endpoints|profile AUTHORITY`: what the destination
+//! service tells a proxy about a target, exactly as a proxy would ask.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use linkerd2_proxy_api::destination as api;
+use linkerd2_proxy_api::destination::destination_client::DestinationClient;
+use serde_json::json;
+
+use crate::output::{Output, print_table};
+
+#[derive(Subcommand)]
+pub enum DiagnosticsCmd {
+    /// The endpoints of a service authority (name.ns.svc.cluster.local:port) or an IP:port.
+    Endpoints(QueryArgs),
+    /// The profile (routes, retries, timeouts, opaqueness) of an authority or IP:port.
+    Profile(QueryArgs),
+}
+
+#[derive(Args)]
+pub struct QueryArgs {
+    /// What a proxy would look up: `web.demo.svc.cluster.local:80` or `198.18.100.1:80`.
+    target: String,
+    /// The destination service.
+    #[arg(long, default_value = "127.0.0.1:8086", env = "WEFT_DESTINATION_ADDR")]
+    destination: String,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn client(addr: &str) -> anyhow::Result<DestinationClient<tonic::transport::Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("{addr:?} is not a host:port"))?
+        .connect_timeout(ANSWER_TIMEOUT);
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the destination service at {addr}"))?;
+    Ok(DestinationClient::new(channel))
+}
+
+fn request(target: &str) -> api::GetDestination {
+    api::GetDestination {
+        scheme: "k8s".into(),
+        path: target.into(),
+        context_token: String::new(),
+    }
+}
+
+pub async fn run(cmd: DiagnosticsCmd) -> anyhow::Result<()> {
+    match cmd {
+        DiagnosticsCmd::Endpoints(args) => endpoints(args).await,
+        DiagnosticsCmd::Profile(args) => profile(args).await,
+    }
+}
+
+/// The first message of a stream: the destination service always sends one.
+async fn first<T>(
+    stream: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+    what: &str,
+) -> anyhow::Result<T> {
+    let mut stream = stream
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "the destination service refused the {what} query: {}",
+                s.message()
+            )
+        })?
+        .into_inner();
+    match tokio::time::timeout(ANSWER_TIMEOUT, stream.message()).await {
+        Err(_) => anyhow::bail!("no answer from the destination service within {ANSWER_TIMEOUT:?}"),
+        Ok(Err(s)) => anyhow::bail!("the {what} stream failed: {}", s.message()),
+        Ok(Ok(None)) => anyhow::bail!("the destination service closed the {what} stream"),
+        Ok(Ok(Some(m))) => Ok(m),
+    }
+}
+
+fn identity(a: &api::WeightedAddr) -> String {
+    use api::tls_identity::Strategy;
+    match a.tls_identity.as_ref().and_then(|t| t.strategy.as_ref()) {
+        Some(Strategy::DnsLikeIdentity(d)) => d.name.clone(),
+        Some(Strategy::UriLikeIdentity(u)) => u.uri.clone(),
+        None => String::new(),
+    }
+}
+
+fn hint(a: &api::WeightedAddr) -> String {
+    use api::protocol_hint::Protocol;
+    let Some(h) = &a.protocol_hint else {
+        return String::new();
+    };
+    let protocol = match h.protocol {
+        Some(Protocol::H2(_)) => "h2",
+        Some(Protocol::Opaque(_)) => "opaque",
+        None => "",
+    };
+    match &h.opaque_transport {
+        Some(t) => format!("{protocol} (transport header to :{})", t.inbound_port),
+        None => protocol.into(),
+    }
+}
+
+fn address(a: &api::WeightedAddr) -> String {
+    a.addr
+        .and_then(|a| std::net::SocketAddr::try_from(a).ok())
+        .map_or_else(|| "?".into(), |a| a.to_string())
+}
+
+fn labels(map: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join(",")
+}
+
+async fn endpoints(args: QueryArgs) -> anyhow::Result<()> {
+    let mut client = client(&args.destination).await?;
+    let update = first(client.get(request(&args.target)).await, "endpoints").await?;
+    let (exists, mut addrs, set_labels) = match update.update {
+        Some(api::update::Update::Add(set)) => (true, set.addrs, set.metric_labels),
+        Some(api::update::Update::NoEndpoints(n)) => (n.exists, Vec::new(), Default::default()),
+        Some(api::update::Update::Remove(_)) | None => {
+            anyhow::bail!(
+                "the destination service began with a message other than add or no_endpoints"
+            )
+        }
+    };
+    addrs.sort_by_key(address);
+    if args.output == Output::Json {
+        let endpoints: Vec<_> = addrs
+            .iter()
+            .map(|a| {
+                json!({
+                    "address": address(a),
+                    "identity": identity(a),
+                    "weight": a.weight,
+                    "protocol_hint": hint(a),
+                    "labels": a.metric_labels,
+                })
+            })
+            .collect();
+        let out = json!({"target": args.target, "exists": exists, "labels": set_labels, "endpoints": endpoints});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if addrs.is_empty() {
+        println!(
+            "{}: {}",
+            args.target,
+            if exists {
+                "the service exists but has no ready endpoints"
+            } else {
+                "not known to the destination service (a proxy forwards it as addressed)"
+            }
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = addrs
+        .iter()
+        .map(|a| {
+            vec![
+                address(a),
+                identity(a),
+                a.weight.to_string(),
+                hint(a),
+                labels(&a.metric_labels),
+            ]
+        })
+        .collect();
+    print_table(&["ADDRESS", "IDENTITY", "WEIGHT", "HINT", "LABELS"], &rows);
+    Ok(())
+}
+
+fn duration(d: &Option<prost_types::Duration>) -> String {
+    d.as_ref()
+        .and_then(|d| Duration::try_from(*d).ok())
+        .map_or_else(|| "-".into(), |d| humantime::format_duration(d).to_string())
+}
+
+fn request_condition(m: &api::RequestMatch) -> String {
+    use api::request_match::Match;
+    match &m.r#match {
+        Some(Match::Method(method)) => {
+            http::Method::try_from(method.clone()).map_or_else(|_| "?".into(), |m| m.to_string())
+        }
+        Some(Match::Path(p)) => format!("path ~ {}", p.regex),
+        Some(Match::All(seq)) => seq
+            .matches
+            .iter()
+            .map(request_condition)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        Some(Match::Any(seq)) => format!(
+            "({})",
+            seq.matches
+                .iter()
+                .map(request_condition)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+        Some(Match::Not(inner)) => format!("not {}", request_condition(inner)),
+        None => "any".into(),
+    }
+}
+
+fn response_condition(m: &api::ResponseMatch) -> String {
+    use api::response_match::Match;
+    match &m.r#match {
+        Some(Match::Status(r)) => match (r.min, r.max) {
+            (0, 0) => "any status".into(),
+            (min, 0) => format!("status >= {min}"),
+            (0, max) => format!("status <= {max}"),
+            (min, max) if min == max => format!("status {min}"),
+            (min, max) => format!("status {min}-{max}"),
+        },
+        Some(Match::All(seq)) => seq
+            .matches
+            .iter()
+            .map(response_condition)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        Some(Match::Any(seq)) => format!(
+            "({})",
+            seq.matches
+                .iter()
+                .map(response_condition)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+        Some(Match::Not(inner)) => format!("not {}", response_condition(inner)),
+        None => "any".into(),
+    }
+}
+
+async fn profile(args: QueryArgs) -> anyhow::Result<()> {
+    let mut client = client(&args.destination).await?;
+    let p = first(client.get_profile(request(&args.target)).await, "profile").await?;
+    let routes: Vec<_> = p
+        .routes
+        .iter()
+        .map(|r| {
+            let failures: Vec<_> = r
+                .response_classes
+                .iter()
+                .filter(|c| c.is_failure)
+                .filter_map(|c| c.condition.as_ref().map(response_condition))
+                .collect();
+            (
+                r.metrics_labels.get("route").cloned().unwrap_or_default(),
+                r.condition
+                    .as_ref()
+                    .map_or_else(|| "any".into(), request_condition),
+                r.is_retryable,
+                duration(&r.timeout),
+                failures.join("; "),
+            )
+        })
+        .collect();
+    let budget = p.retry_budget.as_ref();
+    if args.output == Output::Json {
+        let out = json!({
+            "target": args.target,
+            "fully_qualified_name": p.fully_qualified_name,
+            "opaque_protocol": p.opaque_protocol,
+            "endpoint": p.endpoint.as_ref().map(address),
+            "retry_budget": budget.map(|b| json!({
+                "retry_ratio": b.retry_ratio,
+                "min_retries_per_second": b.min_retries_per_second,
+                "ttl": duration(&b.ttl),
+            })),
+            "routes": routes.iter().map(|(name, condition, retryable, timeout, failures)| json!({
+                "name": name,
+                "condition": condition,
+                "retryable": retryable,
+                "timeout": timeout,
+                "failure_when": failures,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let name = if p.fully_qualified_name.is_empty() {
+        "(not a service)"
+    } else {
+        p.fully_qualified_name.as_str()
+    };
+    println!("service       {name}");
+    if let Some(e) = &p.endpoint {
+        println!("endpoint      {} {}", address(e), identity(e));
+    }
+    println!("opaque        {}", p.opaque_protocol);
+    if let Some(b) = budget {
+        println!(
+            "retry budget  {}% extra, at least {}/s, over {}",
+            b.retry_ratio * 100.0,
+            b.min_retries_per_second,
+            duration(&b.ttl)
+        );
+    }
+    if routes.is_empty() {
+        println!("routes        none (every request is one default route)");
+        return Ok(());
+    }
+    println!();
+    let rows: Vec<Vec<String>> = routes
+        .into_iter()
+        .map(|(name, condition, retryable, timeout, failures)| {
+            vec![
+                name,
+                condition,
+                if retryable { "yes" } else { "no" }.into(),
+                timeout,
+                if failures.is_empty() {
+                    "5xx (default)".into()
+                } else {
+                    failures
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &["ROUTE", "CONDITION", "RETRY", "TIMEOUT", "FAILURE WHEN"],
+        &rows,
+    );
+    Ok(())
+}

@@ -1,0 +1,755 @@
+//! The mesh's resources, shaped like their Kubernetes counterparts so the same
+//! manifests work with the files store now and the Kubernetes store later:
+//! `Service` (core/v1), `ExternalWorkload` (workload.linkerd.io/v1beta1) and
+//! `ServiceProfile` (linkerd.io/v1alpha2).
+//!
+//! [`parse_manifests`] reads a multi-document YAML file. Every problem names
+//! the file, the line and what is wrong; one broken document does not hide
+//! the others.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Linkerd's annotation listing ports that carry opaque TCP (no detection).
+pub const OPAQUE_PORTS_ANNOTATION: &str = "config.linkerd.io/opaque-ports";
+/// Weft's annotation on an ExternalWorkload: its proxy's inbound port, where
+/// opaque traffic with a transport header goes. Default 4143.
+pub const PROXY_INBOUND_PORT_ANNOTATION: &str = "weft.io/proxy-inbound-port";
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+/// A resource's identity within its kind.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Metadata {
+    pub fn key(&self) -> Key {
+        Key {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Service {
+    pub metadata: Metadata,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Option<IpAddr>,
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u16,
+    /// A port number, or the name of a workload port; default: `port`.
+    #[serde(default)]
+    pub target_port: Option<PortRef>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ExternalWorkload {
+    pub metadata: Metadata,
+    pub spec: ExternalWorkloadSpec,
+    #[serde(default)]
+    pub status: Option<WorkloadStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalWorkloadSpec {
+    #[serde(default, rename = "meshTLS")]
+    pub mesh_tls: Option<MeshTls>,
+    #[serde(default)]
+    pub ports: Vec<WorkloadPort>,
+    #[serde(rename = "workloadIPs")]
+    pub workload_ips: Vec<WorkloadIp>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshTls {
+    pub identity: String,
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadIp {
+    pub ip: IpAddr,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct WorkloadStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+}
+
+impl ExternalWorkload {
+    /// Ready unless a `Ready` condition says otherwise: hand-written local
+    /// manifests have no status, and `weft up` sets one from health checks.
+    pub fn is_ready(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.kind == "Ready"))
+            .is_none_or(|c| c.status == "True")
+    }
+
+    pub fn proxy_inbound_port(&self) -> u16 {
+        self.metadata
+            .annotations
+            .get(PROXY_INBOUND_PORT_ANNOTATION)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(4143)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ServiceProfile {
+    pub metadata: Metadata,
+    pub spec: ProfileSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProfileSpec {
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub retry_budget: Option<RetryBudgetSpec>,
+    #[serde(default)]
+    pub opaque_ports: Vec<u16>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: String,
+    pub condition: RequestMatchSpec,
+    #[serde(default)]
+    pub response_classes: Vec<ResponseClassSpec>,
+    #[serde(default)]
+    pub is_retryable: bool,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMatchSpec {
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub all: Vec<RequestMatchSpec>,
+    #[serde(default)]
+    pub any: Vec<RequestMatchSpec>,
+    #[serde(default)]
+    pub not: Option<Box<RequestMatchSpec>>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResponseClassSpec {
+    pub condition: ResponseMatchSpec,
+    #[serde(default)]
+    pub is_failure: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResponseMatchSpec {
+    #[serde(default)]
+    pub status: Option<StatusRange>,
+    #[serde(default)]
+    pub all: Vec<ResponseMatchSpec>,
+    #[serde(default)]
+    pub any: Vec<ResponseMatchSpec>,
+    #[serde(default)]
+    pub not: Option<Box<ResponseMatchSpec>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRange {
+    #[serde(default)]
+    pub min: Option<u16>,
+    #[serde(default)]
+    pub max: Option<u16>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudgetSpec {
+    pub retry_ratio: f32,
+    pub min_retries_per_second: u32,
+    #[serde(with = "humantime_serde_opt")]
+    pub ttl: Option<Duration>,
+}
+
+/// Durations written the Kubernetes way: `300ms`, `10s`, `1m30s`.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
+    }
+}
+
+/// One resource read from a manifest, with where it was found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Located<T> {
+    pub resource: T,
+    pub file: std::path::PathBuf,
+    pub line: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Manifests {
+    pub services: Vec<Located<Service>>,
+    pub workloads: Vec<Located<ExternalWorkload>>,
+    pub profiles: Vec<Located<ServiceProfile>>,
+}
+
+/// What is wrong with a manifest, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {reason}")]
+pub struct ManifestError {
+    pub file: String,
+    pub line: usize,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// Kinds the store knows and the apiVersions accepted for them.
+const KINDS: &[(&str, &[&str])] = &[
+    ("Service", &["v1"]),
+    (
+        "ExternalWorkload",
+        &[
+            "workload.linkerd.io/v1beta1",
+            "workload.linkerd.io/v1alpha1",
+        ],
+    ),
+    (
+        "ServiceProfile",
+        &["linkerd.io/v1alpha2", "linkerd.io/v1alpha1"],
+    ),
+];
+
+/// Splits YAML text into documents at `---` lines, with each document's
+/// first line number (1-based), so errors point into the file.
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = vec![(1, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        let is_separator = line.starts_with("---")
+            && line[3..]
+                .chars()
+                .next()
+                .is_none_or(|c| c.is_whitespace() || c == '#');
+        if is_separator {
+            docs.push((i + 2, String::new()));
+        } else if let Some((_, doc)) = docs.last_mut() {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.retain(|(_, doc)| {
+        doc.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+/// Parses one manifest file's text: every resource it holds and every problem.
+pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError>) {
+    let mut out = Manifests::default();
+    let mut errors = Vec::new();
+    let name = file.display().to_string();
+    for (start, doc) in documents(text) {
+        let error = |line: usize, reason: String| ManifestError {
+            file: name.clone(),
+            line,
+            reason,
+        };
+        let at = |e: &serde_yaml::Error| start + e.location().map_or(0, |l| l.line() - 1);
+        let header: Header = match serde_yaml::from_str(&doc) {
+            Ok(h) => h,
+            Err(e) => {
+                errors.push(error(at(&e), format!("not a YAML mapping: {e}")));
+                continue;
+            }
+        };
+        let (Some(kind), Some(api_version)) = (header.kind, header.api_version) else {
+            errors.push(error(start, "a resource needs apiVersion and kind".into()));
+            continue;
+        };
+        let Some((_, versions)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+            let known: Vec<_> = KINDS.iter().map(|(k, _)| *k).collect();
+            errors.push(error(
+                start,
+                format!("unknown kind {kind:?} (known: {})", known.join(", ")),
+            ));
+            continue;
+        };
+        if !versions.contains(&api_version.as_str()) {
+            errors.push(error(
+                start,
+                format!(
+                    "{kind} has apiVersion {}, not {api_version:?}",
+                    versions.join(" or ")
+                ),
+            ));
+            continue;
+        }
+        let located = |line| (file.to_path_buf(), line);
+        let result = match kind.as_str() {
+            "Service" => serde_yaml::from_str::<Service>(&doc).map(|r| {
+                let (file, line) = located(start);
+                out.services.push(Located {
+                    resource: r,
+                    file,
+                    line,
+                })
+            }),
+            "ExternalWorkload" => serde_yaml::from_str::<ExternalWorkload>(&doc).map(|r| {
+                let (file, line) = located(start);
+                out.workloads.push(Located {
+                    resource: r,
+                    file,
+                    line,
+                })
+            }),
+            _ => serde_yaml::from_str::<ServiceProfile>(&doc).map(|r| {
+                let (file, line) = located(start);
+                out.profiles.push(Located {
+                    resource: r,
+                    file,
+                    line,
+                })
+            }),
+        };
+        if let Err(e) = result {
+            errors.push(error(
+                at(&e),
+                format!("invalid {kind}: {}", strip_location(&e)),
+            ));
+        }
+    }
+    let (checked, problems) = validate(out);
+    errors.extend(problems);
+    (checked, errors)
+}
+
+/// serde_yaml appends "at line N column M" for the document; the error
+/// carries the line relative to the file instead.
+fn strip_location(e: &serde_yaml::Error) -> String {
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// Checks what types alone cannot: names, selectors, regexes, budgets.
+/// Invalid resources are dropped with an error; the rest are kept.
+fn validate(m: Manifests) -> (Manifests, Vec<ManifestError>) {
+    let mut errors = Vec::new();
+    let mut keep = |ok: Result<(), String>, file: &Path, line: usize, what: String| match ok {
+        Ok(()) => true,
+        Err(reason) => {
+            errors.push(ManifestError {
+                file: file.display().to_string(),
+                line,
+                reason: format!("{what}: {reason}"),
+            });
+            false
+        }
+    };
+    let services = m
+        .services
+        .into_iter()
+        .filter(|s| {
+            let what = format!("Service {}", s.resource.metadata.key());
+            keep(check_service(&s.resource), &s.file, s.line, what)
+        })
+        .collect();
+    let workloads = m
+        .workloads
+        .into_iter()
+        .filter(|w| {
+            let what = format!("ExternalWorkload {}", w.resource.metadata.key());
+            keep(check_workload(&w.resource), &w.file, w.line, what)
+        })
+        .collect();
+    let profiles = m
+        .profiles
+        .into_iter()
+        .filter(|p| {
+            let what = format!("ServiceProfile {}", p.resource.metadata.key());
+            keep(check_profile(&p.resource), &p.file, p.line, what)
+        })
+        .collect();
+    (
+        Manifests {
+            services,
+            workloads,
+            profiles,
+        },
+        errors,
+    )
+}
+
+fn check_name(meta: &Metadata) -> Result<(), String> {
+    let dns_label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if !dns_label(&meta.namespace) {
+        return Err(format!(
+            "namespace {:?} is not a DNS label (lowercase letters, digits, '-')",
+            meta.namespace
+        ));
+    }
+    if !dns_label(&meta.name) {
+        return Err(format!(
+            "name {:?} is not a DNS label (lowercase letters, digits, '-')",
+            meta.name
+        ));
+    }
+    Ok(())
+}
+
+fn check_service(s: &Service) -> Result<(), String> {
+    check_name(&s.metadata)?;
+    let mut seen = std::collections::HashSet::new();
+    for p in &s.spec.ports {
+        if p.port == 0 {
+            return Err("port 0 is not a port".into());
+        }
+        if !seen.insert(p.port) {
+            return Err(format!("port {} is listed twice", p.port));
+        }
+        if let Some(PortRef::Number(0)) = p.target_port {
+            return Err(format!("port {}: targetPort 0 is not a port", p.port));
+        }
+    }
+    opaque_ports(&s.metadata)?;
+    Ok(())
+}
+
+fn check_workload(w: &ExternalWorkload) -> Result<(), String> {
+    check_name(&w.metadata)?;
+    if w.spec.workload_ips.is_empty() {
+        return Err("spec.workloadIPs needs at least one address".into());
+    }
+    if let Some(tls) = &w.spec.mesh_tls {
+        tls.identity
+            .parse::<weft_identity::Identity>()
+            .map_err(|e| format!("spec.meshTLS.identity: {e}"))?;
+    }
+    if let Some(p) = w.metadata.annotations.get(PROXY_INBOUND_PORT_ANNOTATION)
+        && !matches!(p.parse::<u16>(), Ok(1..))
+    {
+        return Err(format!(
+            "annotation {PROXY_INBOUND_PORT_ANNOTATION}={p:?} is not a port"
+        ));
+    }
+    opaque_ports(&w.metadata)?;
+    Ok(())
+}
+
+fn check_profile(p: &ServiceProfile) -> Result<(), String> {
+    let name = &p.metadata.name;
+    let service = name.split('.').next().unwrap_or_default();
+    if !name.contains(".svc.") || service.is_empty() {
+        return Err(format!(
+            "the name must be the service's FQDN, e.g. web.{}.svc.cluster.local, not {name:?}",
+            p.metadata.namespace
+        ));
+    }
+    for route in &p.spec.routes {
+        check_request_match(&route.condition)
+            .map_err(|e| format!("route {:?}: {e}", route.name))?;
+    }
+    if let Some(b) = &p.spec.retry_budget
+        && !(0.0..=1000.0).contains(&b.retry_ratio)
+    {
+        return Err(format!(
+            "retryBudget.retryRatio {} is outside 0..1000",
+            b.retry_ratio
+        ));
+    }
+    Ok(())
+}
+
+fn check_request_match(m: &RequestMatchSpec) -> Result<(), String> {
+    if let Some(re) = &m.path_regex {
+        regex::Regex::new(&format!("^(?:{re})$"))
+            .map_err(|e| format!("pathRegex {re:?} does not compile: {e}"))?;
+    }
+    if let Some(method) = &m.method {
+        http_method(method).ok_or(format!("method {method:?} is not an HTTP method"))?;
+    }
+    for inner in m.all.iter().chain(&m.any).chain(m.not.as_deref()) {
+        check_request_match(inner)?;
+    }
+    Ok(())
+}
+
+/// Known HTTP methods, as the proxy API spells them.
+pub fn http_method(method: &str) -> Option<http::Method> {
+    match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" | "CONNECT" | "TRACE" => {
+            http::Method::from_bytes(method.as_bytes()).ok()
+        }
+        _ => None,
+    }
+}
+
+/// The ports listed in the opaque-ports annotation (`3306,5432` or `4000-4010`).
+pub fn opaque_ports(meta: &Metadata) -> Result<Vec<(u16, u16)>, String> {
+    let Some(list) = meta.annotations.get(OPAQUE_PORTS_ANNOTATION) else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+                (Ok(lo @ 1..), Ok(hi)) if lo <= hi => Ok((lo, hi)),
+                _ => Err(format!(
+                    "annotation {OPAQUE_PORTS_ANNOTATION}: {part:?} is not a port or range"
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"# the web service
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+  annotations:
+    config.linkerd.io/opaque-ports: "5432"
+spec:
+  clusterIP: 198.18.100.1
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+---
+apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata: {name: web-0, namespace: demo, labels: {app: web}}
+spec:
+  meshTLS: {identity: web.demo.serviceaccount.identity.weft.cluster.local}
+  ports: [{name: http, port: 8080}]
+  workloadIPs: [{ip: 198.18.1.2}]
+status:
+  conditions: [{type: Ready, status: "False"}]
+---
+apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {name: web.demo.svc.cluster.local, namespace: demo}
+spec:
+  routes:
+  - name: GET /api
+    condition: {method: GET, pathRegex: "/api/.*"}
+    isRetryable: true
+    timeout: 300ms
+    responseClasses:
+    - condition: {status: {min: 500, max: 599}}
+      isFailure: true
+  retryBudget: {retryRatio: 0.2, minRetriesPerSecond: 10, ttl: 10s}
+"#;
+
+    #[test]
+    fn reads_every_kind_with_its_line() {
+        let (m, errors) = parse_manifests(Path::new("demo.yaml"), GOOD);
+        assert_eq!(errors, vec![]);
+        assert_eq!(m.services.len(), 1);
+        assert_eq!(m.services[0].line, 1);
+        let svc = &m.services[0].resource;
+        assert_eq!(svc.spec.cluster_ip, Some("198.18.100.1".parse().unwrap()));
+        assert_eq!(
+            svc.spec.ports[0].target_port,
+            Some(PortRef::Name("http".into()))
+        );
+        assert_eq!(opaque_ports(&svc.metadata).unwrap(), vec![(5432, 5432)]);
+        assert_eq!(m.workloads[0].line, 15);
+        assert!(!m.workloads[0].resource.is_ready());
+        assert_eq!(m.workloads[0].resource.proxy_inbound_port(), 4143);
+        let route = &m.profiles[0].resource.spec.routes[0];
+        assert_eq!(route.timeout, Some(Duration::from_millis(300)));
+        assert!(route.is_retryable);
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        parse_manifests(Path::new("m.yaml"), text)
+            .1
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn problems_name_file_line_and_reason() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports:\n  - port: http\n";
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("m.yaml:6: invalid Service"),
+            "{errors:?}"
+        );
+
+        let errors = errors_of(&format!("{GOOD}---\nkind: Gateway\napiVersion: v1\n"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("m.yaml:39: unknown kind \"Gateway\""),
+            "{errors:?}"
+        );
+
+        for (text, want) in [
+            ("a: [b\n", "m.yaml:"),
+            ("kind: Service\n", "needs apiVersion and kind"),
+            (
+                "apiVersion: v2\nkind: Service\nmetadata: {name: a}\nspec: {}\n",
+                "has apiVersion v1",
+            ),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: Web}\nspec: {}\n",
+                "is not a DNS label",
+            ),
+            (
+                "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata: {name: a}\nspec: {workloadIPs: [], portz: []}\n",
+                "unknown field `portz`",
+            ),
+            (
+                "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata: {name: a}\nspec: {workloadIPs: [{ip: 198.18.0.1}], meshTLS: {identity: nope}}\n",
+                "spec.meshTLS.identity",
+            ),
+            (
+                "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: web.demo.svc.cluster.local}\nspec:\n  routes:\n  - name: bad\n    condition: {pathRegex: \"(\"}\n",
+                "does not compile",
+            ),
+            (
+                "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: web}\nspec: {}\n",
+                "must be the service's FQDN",
+            ),
+            (
+                "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: web.demo.svc.cluster.local}\nspec:\n  routes:\n  - name: t\n    condition: {method: GET}\n    timeout: soon\n",
+                "is not a duration",
+            ),
+        ] {
+            let errors = errors_of(text);
+            assert!(
+                errors.len() == 1 && errors[0].contains(want),
+                "{text}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_broken_document_does_not_hide_the_others() {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: x}}\nspec: {{ports: [{{port: 0}}]}}\n---\n{GOOD}"
+        );
+        let (m, errors) = parse_manifests(Path::new("m.yaml"), &text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(m.services.len(), 1);
+        assert_eq!(m.workloads.len(), 1);
+        assert_eq!(m.profiles.len(), 1);
+    }
+}

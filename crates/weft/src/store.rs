@@ -1,0 +1,429 @@
+//! The control plane's view of the mesh's resources: versioned, indexed
+//! snapshots behind the [`Store`] trait, with change notification.
+//!
+//! A backend (the files store here, kube-rs reflectors later) produces whole
+//! snapshots and publishes them on a watch channel; readers never lock and
+//! never see a half-applied change. Indexes (by cluster IP, workload IP and
+//! selector label) are built once per snapshot, so thousands of watchers
+//! share them instead of scanning.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::resources::{
+    ExternalWorkload, Key, Located, ManifestError, Manifests, Service, ServiceProfile,
+    parse_manifests,
+};
+
+/// A source of snapshots. The destination service depends only on this.
+pub trait Store: Send + Sync + 'static {
+    /// The current snapshot, and every later one as it is published.
+    fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>>;
+}
+
+/// The resources at one version, with indexes.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases by one with every published change.
+    pub version: u64,
+    pub services: BTreeMap<Key, Service>,
+    pub workloads: BTreeMap<Key, ExternalWorkload>,
+    /// Keyed by namespace and the profile's name (the service FQDN).
+    pub profiles: BTreeMap<Key, ServiceProfile>,
+    /// What is wrong with the manifests right now (the resources above are
+    /// the last good state of the files in question).
+    pub problems: Vec<ManifestError>,
+    by_cluster_ip: HashMap<IpAddr, Key>,
+    by_workload_ip: HashMap<IpAddr, Key>,
+    /// (namespace, label key, label value) → workloads with that label.
+    by_label: HashMap<(String, String, String), Vec<Key>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot; a resource defined twice keeps its first definition
+    /// and the second is reported.
+    pub fn new(version: u64, manifests: Manifests, mut problems: Vec<ManifestError>) -> Self {
+        let mut s = Snapshot {
+            version,
+            ..Snapshot::default()
+        };
+        let mut seen: HashMap<(&'static str, Key), (PathBuf, usize)> = HashMap::new();
+        let mut first = |kind: &'static str, key: Key, file: &Path, line: usize| match seen
+            .get(&(kind, key.clone()))
+        {
+            Some((f, l)) => {
+                problems.push(ManifestError {
+                    file: file.display().to_string(),
+                    line,
+                    reason: format!(
+                        "{kind} {key} is already defined at {}:{l}; this one is ignored",
+                        f.display()
+                    ),
+                });
+                false
+            }
+            None => {
+                seen.insert((kind, key), (file.to_path_buf(), line));
+                true
+            }
+        };
+        for Located {
+            resource,
+            file,
+            line,
+        } in manifests.services
+        {
+            let key = resource.metadata.key();
+            if first("Service", key.clone(), &file, line) {
+                s.services.insert(key, resource);
+            }
+        }
+        for Located {
+            resource,
+            file,
+            line,
+        } in manifests.workloads
+        {
+            let key = resource.metadata.key();
+            if first("ExternalWorkload", key.clone(), &file, line) {
+                s.workloads.insert(key, resource);
+            }
+        }
+        for Located {
+            resource,
+            file,
+            line,
+        } in manifests.profiles
+        {
+            let key = resource.metadata.key();
+            if first("ServiceProfile", key.clone(), &file, line) {
+                s.profiles.insert(key, resource);
+            }
+        }
+        for (key, svc) in &s.services {
+            if let Some(ip) = svc.spec.cluster_ip {
+                s.by_cluster_ip.insert(ip, key.clone());
+            }
+        }
+        for (key, w) in &s.workloads {
+            for ip in &w.spec.workload_ips {
+                s.by_workload_ip.insert(ip.ip, key.clone());
+            }
+            for (k, v) in &w.metadata.labels {
+                s.by_label
+                    .entry((key.namespace.clone(), k.clone(), v.clone()))
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        s.problems = problems;
+        s
+    }
+
+    pub fn service_by_cluster_ip(&self, ip: IpAddr) -> Option<(&Key, &Service)> {
+        let key = self.by_cluster_ip.get(&ip)?;
+        Some((key, self.services.get(key)?))
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&ExternalWorkload> {
+        self.workloads.get(self.by_workload_ip.get(&ip)?)
+    }
+
+    /// The workloads a service selects (in its namespace, every selector
+    /// label matching). An empty selector selects nothing, as in Kubernetes.
+    pub fn selected(&self, svc: &Service) -> Vec<&ExternalWorkload> {
+        let ns = &svc.metadata.namespace;
+        let mut selector = svc.spec.selector.iter();
+        let Some((k, v)) = selector.next() else {
+            return Vec::new();
+        };
+        let Some(candidates) = self.by_label.get(&(ns.clone(), k.clone(), v.clone())) else {
+            return Vec::new();
+        };
+        candidates
+            .iter()
+            .filter_map(|key| self.workloads.get(key))
+            .filter(|w| {
+                svc.spec
+                    .selector
+                    .iter()
+                    .all(|(k, v)| w.metadata.labels.get(k) == Some(v))
+            })
+            .collect()
+    }
+
+    fn same_content(&self, other: &Snapshot) -> bool {
+        self.services == other.services
+            && self.workloads == other.workloads
+            && self.profiles == other.profiles
+            && self.problems == other.problems
+    }
+}
+
+/// The files store: a directory of YAML manifests (`*.yaml`, `*.yml`, in
+/// subdirectories too), polled for changes.
+///
+/// Polling file metadata rather than using inotify: it sees every way a file
+/// changes (editors that write a new file and rename it, bind mounts,
+/// ConfigMap-style symlink swaps) with no watch limits, and a `stat` of a few
+/// hundred files every 200 ms costs nothing measurable. A file that fails to
+/// parse keeps serving its last good content, and its problems are published
+/// in the snapshot until it is fixed.
+pub struct FilesStore {
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Store for FilesStore {
+    fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+}
+
+/// A file's change signature: modification time, size and inode.
+type Signature = (SystemTime, u64, u64);
+
+#[derive(Default)]
+struct FileState {
+    signature: Option<Signature>,
+    last_good: Manifests,
+    problems: Vec<ManifestError>,
+}
+
+struct Loader {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl FilesStore {
+    /// Loads `dir` now, then watches it every `poll` for as long as the
+    /// runtime runs.
+    pub fn start(dir: &Path, poll: Duration) -> anyhow::Result<Arc<FilesStore>> {
+        let meta = std::fs::metadata(dir)
+            .with_context(|| format!("reading the manifests directory {}", dir.display()))?;
+        anyhow::ensure!(
+            meta.is_dir(),
+            "{} is not a directory of manifests",
+            dir.display()
+        );
+        let mut loader = Loader {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        };
+        loader.scan();
+        let snapshot = loader.snapshot(1);
+        report(&snapshot);
+        let (tx, _) = watch::channel(Arc::new(snapshot));
+        let store = Arc::new(FilesStore { tx });
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(poll).await;
+                let Some(store) = weak.upgrade() else { return };
+                if !loader.scan() {
+                    continue;
+                }
+                let current = store.tx.borrow().clone();
+                let next = loader.snapshot(current.version + 1);
+                if !next.same_content(&current) {
+                    report(&next);
+                    store.tx.send_replace(Arc::new(next));
+                }
+            }
+        });
+        Ok(store)
+    }
+}
+
+fn report(s: &Snapshot) {
+    info!(
+        version = s.version,
+        services = s.services.len(),
+        workloads = s.workloads.len(),
+        profiles = s.profiles.len(),
+        problems = s.problems.len(),
+        "manifests loaded"
+    );
+    for p in &s.problems {
+        warn!("manifest problem: {p}");
+    }
+}
+
+impl Loader {
+    /// Re-reads changed files; true when anything changed.
+    fn scan(&mut self) -> bool {
+        let mut found = Vec::new();
+        let mut problems = Vec::new();
+        collect_files(&self.dir, &mut found, &mut problems, 0);
+        let present: std::collections::HashSet<&PathBuf> = found.iter().map(|(p, _)| p).collect();
+        let before = self.files.len();
+        let dir = self.dir.clone();
+        self.files
+            .retain(|path, _| *path == dir || present.contains(path));
+        let mut changed = self.files.len() != before;
+        for (path, signature) in found {
+            let state = self.files.entry(path.clone()).or_default();
+            if state.signature == Some(signature) {
+                continue;
+            }
+            changed = true;
+            state.signature = Some(signature);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let (manifests, errors) = parse_manifests(&path, &text);
+                    if errors.is_empty() {
+                        state.last_good = manifests;
+                    }
+                    state.problems = errors;
+                }
+                Err(e) => {
+                    state.problems = vec![ManifestError {
+                        file: path.display().to_string(),
+                        line: 0,
+                        reason: format!("cannot read: {e}"),
+                    }];
+                    // Read again at the next scan.
+                    state.signature = None;
+                }
+            }
+        }
+        // Directory-level problems (unreadable subdirectories) are rare and
+        // reported through a pseudo-file entry.
+        let dir_state = self.files.entry(self.dir.clone()).or_default();
+        if dir_state.problems != problems {
+            dir_state.problems = problems;
+            changed = true;
+        }
+        changed
+    }
+
+    fn snapshot(&self, version: u64) -> Snapshot {
+        let mut manifests = Manifests::default();
+        let mut problems = Vec::new();
+        for state in self.files.values() {
+            manifests
+                .services
+                .extend(state.last_good.services.iter().cloned());
+            manifests
+                .workloads
+                .extend(state.last_good.workloads.iter().cloned());
+            manifests
+                .profiles
+                .extend(state.last_good.profiles.iter().cloned());
+            problems.extend(state.problems.iter().cloned());
+        }
+        Snapshot::new(version, manifests, problems)
+    }
+}
+
+/// Manifest files under `dir`, sorted, with their signatures. Hidden files
+/// (editor swap files, `..data` symlink farms' internals) are skipped.
+fn collect_files(
+    dir: &Path,
+    out: &mut Vec<(PathBuf, Signature)>,
+    problems: &mut Vec<ManifestError>,
+    depth: usize,
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return problems.push(ManifestError {
+                file: dir.display().to_string(),
+                line: 0,
+                reason: format!("cannot list the directory: {e}"),
+            });
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        // Follows symlinks: manifests may be linked in.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if depth < 8 {
+                collect_files(&path, out, problems, depth + 1);
+            }
+            continue;
+        }
+        let is_yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        if is_yaml {
+            use std::os::unix::fs::MetadataExt;
+            let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push((path, (modified, meta.len(), meta.ino())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  clusterIP: 198.18.100.1\n  selector: {app: web, tier: front}\n  ports: [{port: 80, targetPort: 8080}]\n";
+
+    fn workload(name: &str, ip: &str, labels: &str) -> String {
+        format!(
+            "---\napiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata: {{name: {name}, namespace: demo, labels: {labels}}}\nspec:\n  workloadIPs: [{{ip: {ip}}}]\n"
+        )
+    }
+
+    #[test]
+    fn indexes_select_by_every_label_in_the_namespace() {
+        let text = [
+            SVC.to_string(),
+            workload("web-0", "198.18.1.1", "{app: web, tier: front}"),
+            workload("web-1", "198.18.1.2", "{app: web}"),
+            workload("api-0", "198.18.1.3", "{app: api, tier: front}"),
+        ]
+        .concat();
+        let (m, errors) = parse_manifests(Path::new("m.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = Snapshot::new(1, m, Vec::new());
+        let (key, svc) = s
+            .service_by_cluster_ip("198.18.100.1".parse().unwrap())
+            .unwrap();
+        assert_eq!(key.to_string(), "demo/web");
+        let names: Vec<_> = s
+            .selected(svc)
+            .iter()
+            .map(|w| w.metadata.name.as_str())
+            .collect();
+        assert_eq!(names, ["web-0"]);
+        assert_eq!(
+            s.workload_by_ip("198.18.1.3".parse().unwrap())
+                .map(|w| w.metadata.name.as_str()),
+            Some("api-0")
+        );
+    }
+
+    #[test]
+    fn duplicates_are_reported_and_the_first_wins() {
+        let (mut m, _) = parse_manifests(Path::new("a.yaml"), SVC);
+        let (again, _) = parse_manifests(Path::new("b.yaml"), SVC);
+        m.services.extend(again.services);
+        let s = Snapshot::new(1, m, Vec::new());
+        assert_eq!(s.services.len(), 1);
+        assert_eq!(s.problems.len(), 1);
+        assert_eq!(
+            s.problems[0].to_string(),
+            "b.yaml:1: Service demo/web is already defined at a.yaml:1; this one is ignored"
+        );
+    }
+}
