@@ -75,6 +75,14 @@ settings! {
         "", "PEM text of the trust anchors (one or more roots) that certificates must chain to (required with identity).";
     OUTBOUND_IDENTITIES = "WEFT_PROXY_OUTBOUND_IDENTITIES", [],
         "", "Meshed outbound endpoints, ADDR=IDENTITY[@PORT] separated by commas: they are reached only over mesh TLS proving IDENTITY; with @PORT (the peer proxy's inbound port), opaque TCP goes to that port with Linkerd's transport header. Static until discovery provides them.";
+    DESTINATION_SVC_ADDR = "WEFT_PROXY_DESTINATION_SVC_ADDR", ["LINKERD2_PROXY_DESTINATION_SVC_ADDR"],
+        "", "host:port of the destination service (Destination/Get). Unset: no discovery; outbound traffic goes to the original destination.";
+    DESTINATION_GET_SUFFIXES = "WEFT_PROXY_DESTINATION_GET_SUFFIXES", ["LINKERD2_PROXY_DESTINATION_GET_SUFFIXES"],
+        "svc.cluster.local.", "Explicit-proxy host names under these suffixes (comma-separated) are resolved through the destination service; IP targets always are.";
+    DESTINATION_CONTEXT = "WEFT_PROXY_DESTINATION_CONTEXT", ["LINKERD2_PROXY_DESTINATION_CONTEXT"],
+        "", "Context token sent with every destination lookup (e.g. the workload's namespace).";
+    DISCOVERY_TIMEOUT = "WEFT_PROXY_DISCOVERY_TIMEOUT", [],
+        "3s", "How long a new target waits for the destination service's first answer; after that an IP target is forwarded as addressed and a name gets 503.";
     LOG = "WEFT_PROXY_LOG", ["LINKERD2_PROXY_LOG"],
         "warn,weft_proxy=info", "Log filter (tracing-subscriber EnvFilter syntax).";
     LOG_FORMAT = "WEFT_PROXY_LOG_FORMAT", ["LINKERD2_PROXY_LOG_FORMAT"],
@@ -185,6 +193,10 @@ pub struct Config {
     pub worker_threads: usize,
     pub identity: Option<IdentityConfig>,
     pub outbound_identities: std::collections::HashMap<SocketAddr, crate::tcp::MeshEndpoint>,
+    pub destination_addr: Option<String>,
+    pub destination_suffixes: Vec<String>,
+    pub destination_context: String,
+    pub discovery_timeout: Duration,
     pub log_filter: String,
     pub log_format: LogFormat,
 }
@@ -285,6 +297,15 @@ impl Config {
                     })
                     .collect()
             })?,
+            destination_addr: r.optional(&DESTINATION_SVC_ADDR, |v| Ok(v.to_string()))?,
+            destination_suffixes: r.parse(&DESTINATION_GET_SUFFIXES, |v| {
+                Ok(v.split(',')
+                    .map(|s| s.trim().trim_start_matches('.').to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect())
+            })?,
+            destination_context: r.raw(&DESTINATION_CONTEXT).1,
+            discovery_timeout: r.parse(&DISCOVERY_TIMEOUT, parse_duration)?,
             log_filter: r.raw(&LOG).1,
             log_format: r.parse(&LOG_FORMAT, |v| match v.trim() {
                 "plain" => Ok(LogFormat::Plain),

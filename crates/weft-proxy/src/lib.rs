@@ -13,8 +13,10 @@
 //! - [`init`]: iptables capture rules (`weft-proxy init`).
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod detect;
+pub mod discovery;
 pub mod drain;
 pub mod http;
 pub mod identity;

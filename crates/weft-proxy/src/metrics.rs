@@ -195,6 +195,25 @@ pub struct Metrics {
     outbound_http_errors_total: Family<ErrorLabels, Counter>,
     identity_cert_expiration_timestamp_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     identity_cert_refresh_total: Family<RefreshLabels, Counter>,
+    control_request_total: Family<ControlLabels, Counter>,
+    control_stream_failures_total: Family<ControlLabels, Counter>,
+    control_updates_total: Family<ControlLabels, Counter>,
+    control_streams_active: Family<ControlLabels, Gauge>,
+}
+
+/// The control-plane address a client talks to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControlLabels {
+    addr: String,
+}
+
+/// An open control-plane stream; dropping it ends the count.
+pub struct ActiveStream(Gauge);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -218,6 +237,10 @@ impl Metrics {
             outbound_http_errors_total: Family::default(),
             identity_cert_expiration_timestamp_seconds: Gauge::default(),
             identity_cert_refresh_total: Family::default(),
+            control_request_total: Family::default(),
+            control_stream_failures_total: Family::default(),
+            control_updates_total: Family::default(),
+            control_streams_active: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -280,6 +303,26 @@ impl Metrics {
             "Certify attempts by result",
             m.identity_cert_refresh_total.clone(),
         );
+        m.registry.register(
+            "control_request",
+            "Discovery streams opened to the control plane",
+            m.control_request_total.clone(),
+        );
+        m.registry.register(
+            "control_stream_failures",
+            "Discovery streams that failed or ended (each is retried with back-off)",
+            m.control_stream_failures_total.clone(),
+        );
+        m.registry.register(
+            "control_updates",
+            "Discovery updates received",
+            m.control_updates_total.clone(),
+        );
+        m.registry.register(
+            "control_streams_active",
+            "Discovery streams open now",
+            m.control_streams_active.clone(),
+        );
         m.registry
             .register_collector(Box::new(ProcessCollector::new()));
         Arc::new(m)
@@ -316,6 +359,33 @@ impl Metrics {
             fallback,
             metrics: self.clone(),
         })
+    }
+
+    pub fn control_request(&self, addr: &str) {
+        self.control_request_total
+            .get_or_create(&ControlLabels { addr: addr.into() })
+            .inc();
+    }
+
+    pub fn control_failure(&self, addr: &str) {
+        self.control_stream_failures_total
+            .get_or_create(&ControlLabels { addr: addr.into() })
+            .inc();
+    }
+
+    pub fn control_update(&self, addr: &str) {
+        self.control_updates_total
+            .get_or_create(&ControlLabels { addr: addr.into() })
+            .inc();
+    }
+
+    pub fn control_stream_active(&self, addr: &str) -> ActiveStream {
+        let gauge = self
+            .control_streams_active
+            .get_or_create(&ControlLabels { addr: addr.into() })
+            .clone();
+        gauge.inc();
+        ActiveStream(gauge)
     }
 
     /// Records a Certify attempt; on success, the new certificate's expiry.
@@ -463,15 +533,19 @@ fn errno_name(code: i32) -> String {
 }
 
 /// HTTP metrics of one connection: the label set is fixed except for the
-/// authority and (explicit proxy) the target, which are usually the same for
-/// every request on a connection.
+/// authority and the target (explicit proxy, or an endpoint chosen by the
+/// balancer), which take few values on one connection: the last few label
+/// sets are kept.
 #[derive(Debug)]
 pub struct HttpConnMetrics {
     metrics: Arc<Metrics>,
     direction: Direction,
     tls: Tls,
-    current: Mutex<Option<Arc<AuthorityMetrics>>>,
+    recent: Mutex<Vec<Arc<AuthorityMetrics>>>,
 }
+
+/// Label sets kept per connection (e.g. one per balanced endpoint).
+const RECENT_LABEL_SETS: usize = 8;
 
 impl HttpConnMetrics {
     pub fn new(metrics: Arc<Metrics>, direction: Direction, tls: Tls) -> Self {
@@ -479,7 +553,7 @@ impl HttpConnMetrics {
             metrics,
             direction,
             tls,
-            current: Mutex::new(None),
+            recent: Mutex::new(Vec::new()),
         }
     }
 
@@ -489,12 +563,12 @@ impl HttpConnMetrics {
         &self,
         authority: &str,
         target_addr: SocketAddr,
-        server_id: Option<&weft_identity::Identity>,
+        server_id: impl FnOnce() -> Option<weft_identity::Identity>,
     ) -> Arc<AuthorityMetrics> {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = current
-            .as_ref()
-            .filter(|m| m.target == target_addr && m.labels.authority == authority)
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = recent
+            .iter()
+            .find(|m| m.target == target_addr && m.labels.authority == authority)
         {
             return m.clone();
         }
@@ -502,7 +576,7 @@ impl HttpConnMetrics {
             direction: self.direction,
             authority: authority.to_string(),
             target_addr: target_addr.to_string(),
-            tls: match server_id {
+            tls: match server_id() {
                 Some(id) => Tls::ToServer(id.as_str().into()),
                 None => self.tls.clone(),
             },
@@ -514,7 +588,10 @@ impl HttpConnMetrics {
             labels,
             metrics: self.metrics.clone(),
         });
-        *current = Some(m.clone());
+        if recent.len() == RECENT_LABEL_SETS {
+            recent.remove(0);
+        }
+        recent.push(m.clone());
         m
     }
 }
@@ -686,12 +763,15 @@ mod tests {
         conn.add_read(10);
         let http = HttpConnMetrics::new(m.clone(), Direction::Inbound, Tls::NotProvidedByRemote);
         let target = "10.0.0.1:80".parse().unwrap();
-        let a = http.for_request("web:80", target, None);
+        let a = http.for_request("web:80", target, || None);
         a.request_total.inc();
         let s = a.status(200);
         s.success.inc();
         s.latency_ms.observe(3.0);
-        assert!(Arc::ptr_eq(&a, &http.for_request("web:80", target, None)));
+        assert!(Arc::ptr_eq(
+            &a,
+            &http.for_request("web:80", target, || None)
+        ));
         drop(conn);
 
         let text = m.encode();

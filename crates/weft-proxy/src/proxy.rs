@@ -37,6 +37,8 @@ pub struct Shared {
     /// Present when identity is on: terminates inbound mesh TLS.
     pub mesh_tls: Option<Arc<crate::tls::MeshTls>>,
     pub clients: Arc<Clients>,
+    /// Present when a destination service is configured.
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 /// Whether the proxy should receive traffic (`/ready`): listeners bound, not
@@ -112,10 +114,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         inbound_connect_timeout: config.inbound_connect_timeout,
         outbound_connect_timeout: config.outbound_connect_timeout,
-        outbound_identities: config.outbound_identities.clone(),
+        outbound_identities: config.outbound_identities.clone().into(),
         mesh: mesh_tls.clone(),
     });
+    let discovery = match &config.destination_addr {
+        Some(addr) => Some(crate::discovery::Discovery::new(
+            addr,
+            config.destination_context.clone(),
+            dialer.clone(),
+            metrics.clone(),
+            config.outbound_connect_timeout,
+        )?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        discovery,
         clients: Clients::new(dialer, config.http_pool_idle_timeout),
         metrics,
         mesh_tls,
@@ -473,12 +486,27 @@ async fn forward_opaque<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let server = match shared
+    // With discovery, each outbound connection is balanced on its own.
+    let (target, pick) = match (&shared.discovery, direction) {
+        (Some(discovery), Direction::Outbound) => {
+            let resolution = discovery.resolve(&target.to_string());
+            match http::choose(&resolution, shared.config.discovery_timeout).await {
+                Ok(Some(pick)) => (pick.addr(), Some(pick)),
+                Ok(None) => (target, None),
+                Err(e) => return info!(error = %e, "opaque connection refused"),
+            }
+        }
+        _ => (target, None),
+    };
+    let connected = shared
         .clients
         .dialer
         .connect_opaque(direction, target)
-        .await
-    {
+        .await;
+    if let Some(pick) = pick {
+        pick.done(connected.is_err());
+    }
+    let server = match connected {
         Ok(s) => s,
         Err(e) => return info!(error = %e, "opaque connection refused: endpoint unreachable"),
     };

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -156,21 +156,39 @@ pub struct Dialer {
     pub metrics: Arc<Metrics>,
     pub inbound_connect_timeout: Duration,
     pub outbound_connect_timeout: Duration,
-    /// Meshed outbound endpoints (static for now; discovery later).
-    pub outbound_identities: HashMap<SocketAddr, MeshEndpoint>,
+    /// Meshed outbound endpoints: configured statically, and learned from
+    /// the destination service. An address keeps the identity it was last
+    /// given (addresses are not reused across identities within a mesh).
+    pub outbound_identities: RwLock<HashMap<SocketAddr, MeshEndpoint>>,
     pub mesh: Option<Arc<MeshTls>>,
 }
 
 impl Dialer {
     /// The identity an endpoint must prove, if it is meshed.
-    pub fn identity(&self, direction: Direction, addr: SocketAddr) -> Option<&Identity> {
-        self.mesh_endpoint(direction, addr).map(|e| &e.identity)
+    pub fn identity(&self, direction: Direction, addr: SocketAddr) -> Option<Identity> {
+        self.mesh_endpoint(direction, addr).map(|e| e.identity)
     }
 
-    fn mesh_endpoint(&self, direction: Direction, addr: SocketAddr) -> Option<&MeshEndpoint> {
+    fn mesh_endpoint(&self, direction: Direction, addr: SocketAddr) -> Option<MeshEndpoint> {
         match direction {
-            Direction::Outbound => self.outbound_identities.get(&addr),
+            Direction::Outbound => self
+                .outbound_identities
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&addr)
+                .cloned(),
             Direction::Inbound => None,
+        }
+    }
+
+    /// Records what discovery says about a meshed endpoint.
+    pub fn learn(&self, addr: SocketAddr, endpoint: MeshEndpoint) {
+        let mut map = self
+            .outbound_identities
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if map.get(&addr) != Some(&endpoint) {
+            map.insert(addr, endpoint);
         }
     }
 
@@ -200,7 +218,7 @@ impl Dialer {
         opaque: bool,
     ) -> Result<EndpointIo, DialError> {
         let endpoint = self.mesh_endpoint(direction, addr);
-        let (timeout, tls) = match (direction, endpoint) {
+        let (timeout, tls) = match (direction, &endpoint) {
             (Direction::Inbound, _) => (self.inbound_connect_timeout, Tls::NotProvidedByRemote),
             (Direction::Outbound, Some(e)) => (
                 self.outbound_connect_timeout,

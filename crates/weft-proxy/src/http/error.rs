@@ -41,6 +41,23 @@ pub enum ProxyError {
     Loop(SocketAddr),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("{target} has no ready endpoints")]
+    NoEndpoints { target: String },
+    #[error("all {count} endpoints of {target} are failing and ejected; retry later")]
+    AllEjected { target: String, count: usize },
+    #[error("the destination service did not answer for {target} within {timeout:?}")]
+    DiscoveryTimeout { target: String, timeout: Duration },
+}
+
+impl ProxyError {
+    /// Whether the endpoint itself failed (for failure accrual), as opposed
+    /// to the request or the proxy.
+    pub fn is_endpoint_failure(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_) | ProxyError::Mesh(_) | ProxyError::Upstream { .. }
+        )
+    }
 }
 
 /// gRPC status codes used here (grpc/status.h).
@@ -58,6 +75,9 @@ impl ProxyError {
             | ProxyError::Upstream { .. }
             | ProxyError::Resolve { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Loop(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoEndpoints { .. }
+            | ProxyError::AllEjected { .. }
+            | ProxyError::DiscoveryTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -81,6 +101,9 @@ impl ProxyError {
             ProxyError::Resolve { .. } => "resolve_failed",
             ProxyError::Loop(_) => "loop",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NoEndpoints { .. } => "no_endpoints",
+            ProxyError::AllEjected { .. } => "all_endpoints_ejected",
+            ProxyError::DiscoveryTimeout { .. } => "discovery_timeout",
         }
     }
 

@@ -28,6 +28,8 @@ use tracing::{debug, info};
 use self::body::{ProxyBody, ResponseEnd, grpc_status};
 use self::client::{Endpoint, Lease};
 use self::error::ProxyError;
+use crate::balance::{NoEndpoint, Pick};
+use crate::discovery::{Answer, Resolution};
 use crate::drain::Watch;
 use crate::metrics::{AuthorityMetrics, Direction, HttpConnMetrics};
 use crate::proxy::Shared;
@@ -47,9 +49,9 @@ pub struct HttpConn {
     /// Inbound: the `l5d-client-id` the application sees, from the client's
     /// verified mesh certificate.
     client_id: Option<http::HeaderValue>,
-    /// The endpoint of a redirected connection. `None` in explicit-proxy mode,
-    /// where every request names its own target.
-    endpoint: Option<Arc<Endpoint>>,
+    /// Where a redirected connection's requests go. `None` in explicit-proxy
+    /// mode, where every request names its own target.
+    dest: Option<Dest>,
     /// The HTTP/1 connection this client connection is using upstream.
     lease: Lease,
 }
@@ -66,7 +68,13 @@ impl HttpConn {
         client_id: Option<weft_identity::Identity>,
         watch: Watch,
     ) -> Self {
-        let endpoint = target.map(|addr| shared.clients.endpoint(direction, addr));
+        let dest = target.map(|addr| match (&shared.discovery, direction) {
+            (Some(discovery), Direction::Outbound) => Dest::Resolved {
+                resolution: discovery.resolve(&addr.to_string()),
+                addr,
+            },
+            _ => Dest::Fixed(shared.clients.endpoint(direction, addr)),
+        });
         HttpConn {
             direction,
             http2,
@@ -75,10 +83,22 @@ impl HttpConn {
             metrics,
             watch,
             client_id: client_id.and_then(|id| http::HeaderValue::from_str(id.as_str()).ok()),
-            endpoint,
+            dest,
             lease: Lease::default(),
         }
     }
+}
+
+/// A redirected connection's destination.
+enum Dest {
+    /// Inbound, or outbound without discovery: the original destination.
+    Fixed(Arc<Endpoint>),
+    /// Outbound with discovery: balanced over what the destination service
+    /// answers for the original destination `addr`.
+    Resolved {
+        resolution: Arc<Resolution>,
+        addr: SocketAddr,
+    },
 }
 
 /// Drives a hyper connection until it ends; once draining starts, asks it to
@@ -131,15 +151,11 @@ async fn handle(
     let authority = request_authority(&req);
     let target = target(&conn, &req, authority.as_ref()).await;
     let target_addr = target.as_ref().map_or(conn.listen_addr, Target::addr);
-    let server_id = conn
-        .shared
-        .clients
-        .dialer
-        .identity(conn.direction, target_addr);
+    let dialer = &conn.shared.clients.dialer;
     let metrics = conn.metrics.for_request(
         authority.as_ref().map_or("", Authority::as_str),
         target_addr,
-        server_id,
+        || dialer.identity(conn.direction, target_addr),
     );
     metrics.request_total.inc();
     // Kept for the error log; cloning shares the URI's buffers.
@@ -163,9 +179,14 @@ async fn handle(
 }
 
 /// Where a request goes: the connection's redirect target, or in explicit-proxy
-/// mode the address its authority names.
+/// mode the address its authority names; with discovery, an endpoint chosen
+/// by the balancer.
 enum Target {
-    Pooled(Arc<Endpoint>),
+    Pooled {
+        endpoint: Arc<Endpoint>,
+        /// The balancer's choice, told how the request went.
+        pick: Option<Pick>,
+    },
     /// An explicit-proxy CONNECT: tunnelled, not pooled.
     Tunnel(SocketAddr),
 }
@@ -173,9 +194,26 @@ enum Target {
 impl Target {
     fn addr(&self) -> SocketAddr {
         match self {
-            Target::Pooled(e) => e.addr,
+            Target::Pooled { endpoint, .. } => endpoint.addr,
             Target::Tunnel(addr) => *addr,
         }
+    }
+}
+
+/// An endpoint for `resolution`, or `fallback` (the address as given) when the
+/// destination service does not know the target.
+async fn balanced(
+    conn: &HttpConn,
+    resolution: &Resolution,
+    fallback: Option<SocketAddr>,
+) -> Result<Result<Pick, SocketAddr>, ProxyError> {
+    let timeout = conn.shared.config.discovery_timeout;
+    match choose(resolution, timeout).await? {
+        Some(pick) => Ok(Ok(pick)),
+        None => fallback.map(Err).ok_or(ProxyError::DiscoveryTimeout {
+            target: resolution.target.clone(),
+            timeout,
+        }),
     }
 }
 
@@ -184,8 +222,24 @@ async fn target(
     req: &Request<Incoming>,
     authority: Option<&Authority>,
 ) -> Result<Target, ProxyError> {
-    if let Some(endpoint) = &conn.endpoint {
-        return Ok(Target::Pooled(endpoint.clone()));
+    match &conn.dest {
+        Some(Dest::Fixed(endpoint)) => {
+            return Ok(Target::Pooled {
+                endpoint: endpoint.clone(),
+                pick: None,
+            });
+        }
+        Some(Dest::Resolved { resolution, addr }) => {
+            let (addr, pick) = match balanced(conn, resolution, Some(*addr)).await? {
+                Ok(pick) => (pick.addr(), Some(pick)),
+                Err(addr) => (addr, None),
+            };
+            return Ok(Target::Pooled {
+                endpoint: conn.shared.clients.endpoint(Direction::Outbound, addr),
+                pick,
+            });
+        }
+        None => {}
     }
     let connect = req.method() == Method::CONNECT;
     let authority = match (connect, authority) {
@@ -199,15 +253,75 @@ async fn target(
             "an explicit-proxy request needs an absolute URI or a Host header".into()
         })
     })?;
-    let addr = resolve(authority).await?;
+    let (addr, pick) = match discoverable(conn, authority) {
+        Some(resolution) => match balanced(conn, &resolution, literal_addr(authority)).await? {
+            Ok(pick) => (pick.addr(), Some(pick)),
+            Err(addr) => (addr, None),
+        },
+        None => (resolve(authority).await?, None),
+    };
     if is_self(addr, conn.listen_addr) {
         return Err(ProxyError::Loop(addr));
     }
     Ok(if connect {
         Target::Tunnel(addr)
     } else {
-        Target::Pooled(conn.shared.clients.endpoint(Direction::Outbound, addr))
+        Target::Pooled {
+            endpoint: conn.shared.clients.endpoint(Direction::Outbound, addr),
+            pick,
+        }
     })
+}
+
+/// With discovery on, the resolution of an explicit-proxy authority that the
+/// destination service may know: an IP:port, or a name under one of the
+/// configured suffixes.
+fn discoverable(conn: &HttpConn, authority: &Authority) -> Option<Arc<Resolution>> {
+    let discovery = conn.shared.discovery.as_ref()?;
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host().trim_end_matches('.');
+    let known = literal_addr(authority).is_some()
+        || conn
+            .shared
+            .config
+            .destination_suffixes
+            .iter()
+            .any(|suffix| host.ends_with(suffix.trim_end_matches('.')));
+    known.then(|| discovery.resolve(&format!("{host}:{port}")))
+}
+
+/// The authority as a socket address, when its host is an IP.
+fn literal_addr(authority: &Authority) -> Option<SocketAddr> {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let ip = host.parse::<IpAddr>().ok()?;
+    Some(SocketAddr::new(ip, authority.port_u16().unwrap_or(80)))
+}
+
+/// The balancer's choice for a known service; `None` when the destination
+/// service does not know the target or has not answered in time.
+pub async fn choose(
+    resolution: &Resolution,
+    timeout: std::time::Duration,
+) -> Result<Option<Pick>, ProxyError> {
+    let Some(answer) = resolution.answer(timeout).await else {
+        return Ok(None);
+    };
+    match &*answer {
+        Answer::Unknown => Ok(None),
+        Answer::Endpoints(_) => match resolution.balancer.pick() {
+            Ok(pick) => Ok(Some(pick)),
+            Err(NoEndpoint::Empty) => Err(ProxyError::NoEndpoints {
+                target: resolution.target.clone(),
+            }),
+            Err(NoEndpoint::AllEjected(count)) => Err(ProxyError::AllEjected {
+                target: resolution.target.clone(),
+                count,
+            }),
+        },
+    }
 }
 
 async fn proxy(
@@ -219,8 +333,8 @@ async fn proxy(
     started: Instant,
     grpc: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let endpoint = match target {
-        Target::Pooled(endpoint) => endpoint,
+    let (endpoint, pick) = match target {
+        Target::Pooled { endpoint, pick } => (endpoint, pick),
         Target::Tunnel(addr) => {
             let resp = tunnel(conn, req, addr).await?;
             let status = metrics.status(resp.status().as_u16());
@@ -257,12 +371,20 @@ async fn proxy(
             conn.lease.send_http1(&endpoint, req).await
         }
     };
-    let mut resp = match conn.shared.config.response_timeout {
+    let result = match conn.shared.config.response_timeout {
         Some(timeout) => tokio::time::timeout(timeout, response)
             .await
-            .map_err(|_| ProxyError::ResponseTimeout { addr, timeout })?,
+            .unwrap_or(Err(ProxyError::ResponseTimeout { addr, timeout })),
         None => response.await,
-    }?;
+    };
+    if let Some(pick) = pick {
+        let failed = match &result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(e) => e.is_endpoint_failure() || matches!(e, ProxyError::ResponseTimeout { .. }),
+        };
+        pick.done(failed);
+    }
+    let mut resp = result?;
 
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
         || (is_connect && resp.status().is_success());

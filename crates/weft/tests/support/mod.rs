@@ -153,6 +153,21 @@ impl Destination {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.with_extension("log");
+        let child = Self::spawn(&dir, addr, admin, &log);
+        Destination {
+            dir,
+            server: Server { child, admin },
+            addr,
+            log,
+        }
+    }
+
+    fn spawn(
+        dir: &std::path::Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        log: &std::path::Path,
+    ) -> Child {
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args([
                 "control",
@@ -163,7 +178,13 @@ impl Destination {
             .args(["--listen", &addr.to_string()])
             .args(["--admin-listen", &admin.to_string()])
             .env("WEFT_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -174,12 +195,19 @@ impl Destination {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Destination {
-            dir,
-            server: Server { child, admin },
-            addr,
-            log,
-        }
+        child
+    }
+
+    /// Kills the service (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.server.child.kill();
+        let _ = self.server.child.wait();
+    }
+
+    /// Starts it again on the same address and manifests.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.server.child = Self::spawn(&self.dir, self.addr, self.server.admin, &self.log);
     }
 
     pub fn write(&self, name: &str, text: &str) {

@@ -1,0 +1,443 @@
+//! A real weft-proxy resolving through a real `weft control destination`:
+//! requests are balanced over live replicas, slow replicas get less, edits
+//! and control-plane restarts under load cost no request, failing replicas
+//! are ejected.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Destination, free_port, proxy_bin};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use weft_testkit::scrape::{http_get, metric_sum};
+
+const HOST: &str = "web.demo.svc.cluster.local";
+
+/// A replica: answers every request on a kept-alive connection after `delay`.
+/// Dropping it closes the listener and every connection.
+struct Replica {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn replica(delay: Duration) -> Replica {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            conns.spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    // Read one request head (no bodies in these tests).
+                    loop {
+                        line.clear();
+                        match stream.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    let body = format!("replica {addr}\n");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Replica { addr, task }
+}
+
+fn service() -> String {
+    "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n".to_string()
+}
+
+/// An unmeshed ExternalWorkload for a replica on loopback.
+fn workload(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata: {{name: {name}, namespace: demo, labels: {{app: web}}}}\nspec:\n  ports: [{{name: http, port: {}}}]\n  workloadIPs: [{{ip: {}}}]\n",
+        addr.port(),
+        addr.ip()
+    )
+}
+
+struct Proxy {
+    child: Child,
+    admin: SocketAddr,
+    outbound: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Proxy {
+    fn start(destination: SocketAddr) -> Proxy {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log =
+            std::env::temp_dir().join(format!("weft-discovery-proxy-{}.log", outbound.port()));
+        let child = Command::new(proxy_bin())
+            .env_clear()
+            .env("WEFT_PROXY_OUTBOUND_LISTEN_ADDR", outbound.to_string())
+            .env("WEFT_PROXY_INBOUND_LISTEN_ADDR", inbound.to_string())
+            .env("WEFT_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())
+            .env(
+                "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
+                destination.to_string(),
+            )
+            .env("WEFT_PROXY_LOG", "warn,weft_proxy=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_get(admin, "/ready").is_none_or(|r| r.0 != 200) {
+            assert!(Instant::now() < deadline, "proxy not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Proxy {
+            child,
+            admin,
+            outbound,
+            log,
+        }
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(
+            &http_get(self.admin, "/metrics")
+                .map(|r| r.1)
+                .unwrap_or_default(),
+            name,
+            labels,
+        )
+    }
+
+    /// Requests the proxy sent to one endpoint.
+    fn requests_to(&self, addr: SocketAddr) -> f64 {
+        let target = addr.to_string();
+        self.metric(
+            "request_total",
+            &[("direction", "outbound"), ("target_addr", target.as_str())],
+        )
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A kept-alive explicit-proxy client: one request at a time.
+struct Client {
+    stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(proxy: SocketAddr) -> Client {
+        let stream = TcpStream::connect(proxy).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    /// GET `http://HOST/` through the proxy: the status and the
+    /// `l5d-proxy-error` header, if any.
+    async fn get(&mut self) -> std::io::Result<(u16, Option<String>)> {
+        let req = format!("GET http://{HOST}/ HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+        self.stream.get_mut().write_all(req.as_bytes()).await?;
+        let mut status_line = String::new();
+        self.stream.read_line(&mut status_line).await?;
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+        let (mut length, mut error) = (0usize, None);
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).await?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("l5d-proxy-error:") {
+                error = Some(line[16..].trim().to_string());
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, error))
+    }
+}
+
+/// Constant load from `clients` kept-alive connections until `stop`; counts
+/// every outcome that is not a 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    async fn start(proxy: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (stop, ok) = (stop.clone(), ok.clone());
+            let mut client = Client::connect(proxy).await;
+            tasks.push(tokio::spawn(async move {
+                let mut failures = Vec::new();
+                // Bounded: at most 5 minutes of requests.
+                let deadline = Instant::now() + Duration::from_secs(300);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match client.get().await {
+                        Ok((200, _)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((status, error)) => failures.push(format!("{status} {error:?}")),
+                        Err(e) => {
+                            failures.push(e.to_string());
+                            client = Client::connect(proxy).await;
+                        }
+                    }
+                }
+                failures
+            }));
+        }
+        Load { stop, ok, tasks }
+    }
+
+    async fn ok_after(&self, more: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.ok.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "load stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for t in self.tasks {
+            failures.extend(t.await.unwrap());
+        }
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_the_load_and_a_slow_one_gets_less() {
+    let replicas = [
+        replica(Duration::ZERO).await,
+        replica(Duration::ZERO).await,
+        replica(Duration::ZERO).await,
+    ];
+    let mut files = vec![("web.yaml".to_string(), service())];
+    for (i, r) in replicas.iter().enumerate() {
+        files.push((
+            format!("web-{i}.yaml"),
+            workload(&format!("web-{i}"), r.addr),
+        ));
+    }
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let d = Destination::start(&files);
+    let proxy = Proxy::start(d.addr);
+
+    let load = Load::start(proxy.outbound, 4).await;
+    load.ok_after(3000).await;
+    let (ok, failures) = load.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let counts: Vec<f64> = replicas.iter().map(|r| proxy.requests_to(r.addr)).collect();
+    let total: f64 = counts.iter().sum();
+    assert_eq!(
+        total, ok as f64,
+        "every request went to a replica: {counts:?}"
+    );
+    // Fair: each replica within 20%..47% of the requests (33% is even).
+    for share in counts.iter().map(|c| c / total) {
+        assert!((0.20..=0.47).contains(&share), "shares {counts:?}");
+    }
+    println!("equal replicas: {counts:?}");
+
+    // Replace replica 0 with a slow one (30 ms per request): it gets less.
+    let slow = replica(Duration::from_millis(30)).await;
+    d.write("web-0.yaml", &workload("web-0", slow.addr));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut client = Client::connect(proxy.outbound).await;
+    while proxy.requests_to(slow.addr) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new replica never got a request"
+        );
+        client.get().await.unwrap();
+    }
+    let before: Vec<f64> = [slow.addr, replicas[1].addr, replicas[2].addr]
+        .iter()
+        .map(|a| proxy.requests_to(*a))
+        .collect();
+    let load = Load::start(proxy.outbound, 4).await;
+    load.ok_after(2000).await;
+    let (_, failures) = load.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let after: Vec<f64> = [slow.addr, replicas[1].addr, replicas[2].addr]
+        .iter()
+        .map(|a| proxy.requests_to(*a))
+        .collect();
+    let got: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let share = got[0] / got.iter().sum::<f64>();
+    println!("slow replica: {got:?}");
+    assert!(
+        share < 0.10,
+        "the slow replica got {:.0}%: {got:?}",
+        share * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_by_manifest_edits_and_a_control_plane_restart_lose_no_request() {
+    let replicas: Vec<Replica> =
+        futures_util::future::join_all((0..5).map(|_| replica(Duration::ZERO))).await;
+    let mut d = Destination::start(&[
+        ("web.yaml", &service()),
+        ("web-0.yaml", &workload("web-0", replicas[0].addr)),
+    ]);
+    let proxy = Proxy::start(d.addr);
+    let load = Load::start(proxy.outbound, 3).await;
+    load.ok_after(200).await;
+
+    // Scale 1 → 5: every new replica gets traffic.
+    for (i, r) in replicas.iter().enumerate().skip(1) {
+        d.write(
+            &format!("web-{i}.yaml"),
+            &workload(&format!("web-{i}"), r.addr),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replicas.iter().any(|r| proxy.requests_to(r.addr) == 0.0) {
+        assert!(Instant::now() < deadline, "not every replica got traffic");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Scale 5 → 1: the removed replicas stop getting traffic.
+    for i in 1..5 {
+        d.remove(&format!("web-{i}.yaml"));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let removed: Vec<f64> = replicas[1..]
+        .iter()
+        .map(|r| proxy.requests_to(r.addr))
+        .collect();
+    load.ok_after(300).await;
+    let later: Vec<f64> = replicas[1..]
+        .iter()
+        .map(|r| proxy.requests_to(r.addr))
+        .collect();
+    assert_eq!(removed, later, "removed replicas get no more requests");
+
+    // The control plane goes away: the last known endpoints keep serving.
+    d.kill();
+    load.ok_after(300).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("control_stream_failures_total", &[]) == 0.0 {
+        assert!(Instant::now() < deadline, "the lost stream is not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    load.ok_after(300).await;
+    // It comes back, and a change made meanwhile reaches the proxy.
+    d.write("web-1.yaml", &workload("web-1", replicas[1].addr));
+    d.restart();
+    let before = proxy.requests_to(replicas[1].addr);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while proxy.requests_to(replicas[1].addr) == before {
+        assert!(Instant::now() < deadline, "the proxy did not resynchronise");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, failures) = load.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(log.contains("serving the last known endpoints"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_replicas_are_ejected_and_an_empty_service_fails_fast() {
+    let alive = replica(Duration::ZERO).await;
+    let dead = replica(Duration::ZERO).await;
+    let dead_addr = dead.addr;
+    drop(dead);
+    let d = Destination::start(&[
+        ("web.yaml", &service()),
+        ("web-0.yaml", &workload("web-0", alive.addr)),
+        ("web-1.yaml", &workload("web-1", dead_addr)),
+    ]);
+    let proxy = Proxy::start(d.addr);
+    let mut client = Client::connect(proxy.outbound).await;
+    let mut failed = 0;
+    for _ in 0..200 {
+        match client.get().await.unwrap() {
+            (200, _) => {}
+            (502, Some(error)) => {
+                assert!(error.contains(&dead_addr.to_string()), "{error}");
+                failed += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Without retries, the dead replica fails requests until it is ejected.
+    assert!(
+        (1..=7).contains(&failed),
+        "{failed} failures before ejection"
+    );
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(
+        log.contains("endpoint ejected after consecutive failures"),
+        "{log}"
+    );
+
+    // No workloads left: a clear 503 at once, not a connection attempt.
+    d.remove("web-0.yaml");
+    d.remove("web-1.yaml");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, error) = client.get().await.unwrap();
+        if status == 503 {
+            let error = error.unwrap_or_default();
+            assert!(error.contains("has no ready endpoints"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(proxy.metric("outbound_http_errors_total", &[("error", "no_endpoints")]) >= 1.0);
+}
