@@ -413,75 +413,63 @@ fn routes(p: &ServiceProfile) -> Vec<api::Route> {
         .collect()
 }
 
+/// Adds a condition's nested `all`, `any` and `not` to its leaf `parts`,
+/// then ANDs everything: request and response conditions share this shape.
+macro_rules! condition_tree {
+    ($spec:expr, $parts:expr, $recurse:ident, $message:ident, $module:ident) => {{
+        use api::$module::{Match, Seq};
+        let spec = $spec;
+        let mut parts: Vec<Match> = $parts;
+        if !spec.all.is_empty() {
+            parts.push(Match::All(Seq {
+                matches: spec.all.iter().map($recurse).collect(),
+            }));
+        }
+        if !spec.any.is_empty() {
+            parts.push(Match::Any(Seq {
+                matches: spec.any.iter().map($recurse).collect(),
+            }));
+        }
+        if let Some(not) = &spec.not {
+            parts.push(Match::Not(Box::new($recurse(not))));
+        }
+        let r#match = if parts.len() == 1 {
+            parts.pop()
+        } else {
+            Some(Match::All(Seq {
+                matches: parts
+                    .into_iter()
+                    .map(|m| api::$message { r#match: Some(m) })
+                    .collect(),
+            }))
+        };
+        api::$message { r#match }
+    }};
+}
+
 /// A ServiceProfile condition's fields all have to match (they are ANDed).
 fn request_match(m: &RequestMatchSpec) -> api::RequestMatch {
-    use api::request_match::{Match, Seq};
-    let mut all = Vec::new();
+    use api::request_match::Match;
+    let mut leaves = Vec::new();
     if let Some(method) = m.method.as_deref().and_then(http_method) {
-        all.push(Match::Method(method.into()));
+        leaves.push(Match::Method(method.into()));
     }
     if let Some(re) = &m.path_regex {
-        all.push(Match::Path(api::PathMatch { regex: re.clone() }));
+        leaves.push(Match::Path(api::PathMatch { regex: re.clone() }));
     }
-    if !m.all.is_empty() {
-        all.push(Match::All(Seq {
-            matches: m.all.iter().map(request_match).collect(),
-        }));
-    }
-    if !m.any.is_empty() {
-        all.push(Match::Any(Seq {
-            matches: m.any.iter().map(request_match).collect(),
-        }));
-    }
-    if let Some(not) = &m.not {
-        all.push(Match::Not(Box::new(request_match(not))));
-    }
-    let r#match = if all.len() == 1 {
-        all.pop()
-    } else {
-        Some(Match::All(Seq {
-            matches: all
-                .into_iter()
-                .map(|m| api::RequestMatch { r#match: Some(m) })
-                .collect(),
-        }))
-    };
-    api::RequestMatch { r#match }
+    condition_tree!(m, leaves, request_match, RequestMatch, request_match)
 }
 
 fn response_match(m: &ResponseMatchSpec) -> api::ResponseMatch {
-    use api::response_match::{Match, Seq};
-    let mut all = Vec::new();
+    use api::response_match::Match;
+    let mut leaves = Vec::new();
     if let Some(s) = m.status {
-        all.push(Match::Status(api::HttpStatusRange {
+        leaves.push(Match::Status(api::HttpStatusRange {
             min: s.min.map_or(0, u32::from),
             max: s.max.map_or(0, u32::from),
         }));
     }
-    if !m.all.is_empty() {
-        all.push(Match::All(Seq {
-            matches: m.all.iter().map(response_match).collect(),
-        }));
-    }
-    if !m.any.is_empty() {
-        all.push(Match::Any(Seq {
-            matches: m.any.iter().map(response_match).collect(),
-        }));
-    }
-    if let Some(not) = &m.not {
-        all.push(Match::Not(Box::new(response_match(not))));
-    }
-    let r#match = if all.len() == 1 {
-        all.pop()
-    } else {
-        Some(Match::All(Seq {
-            matches: all
-                .into_iter()
-                .map(|m| api::ResponseMatch { r#match: Some(m) })
-                .collect(),
-        }))
-    };
-    api::ResponseMatch { r#match }
+    condition_tree!(m, leaves, response_match, ResponseMatch, response_match)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -180,6 +180,16 @@ fn duration(d: &Option<prost_types::Duration>) -> String {
         .map_or_else(|| "-".into(), |d| humantime::format_duration(d).to_string())
 }
 
+/// `a and b`, `(a or b)`: nested conditions as text.
+fn joined<T>(items: &[T], describe: fn(&T) -> String, any: bool) -> String {
+    let parts: Vec<String> = items.iter().map(describe).collect();
+    if any {
+        format!("({})", parts.join(" or "))
+    } else {
+        parts.join(" and ")
+    }
+}
+
 fn request_condition(m: &api::RequestMatch) -> String {
     use api::request_match::Match;
     match &m.r#match {
@@ -187,20 +197,8 @@ fn request_condition(m: &api::RequestMatch) -> String {
             http::Method::try_from(method.clone()).map_or_else(|_| "?".into(), |m| m.to_string())
         }
         Some(Match::Path(p)) => format!("path ~ {}", p.regex),
-        Some(Match::All(seq)) => seq
-            .matches
-            .iter()
-            .map(request_condition)
-            .collect::<Vec<_>>()
-            .join(" and "),
-        Some(Match::Any(seq)) => format!(
-            "({})",
-            seq.matches
-                .iter()
-                .map(request_condition)
-                .collect::<Vec<_>>()
-                .join(" or ")
-        ),
+        Some(Match::All(seq)) => joined(&seq.matches, request_condition, false),
+        Some(Match::Any(seq)) => joined(&seq.matches, request_condition, true),
         Some(Match::Not(inner)) => format!("not {}", request_condition(inner)),
         None => "any".into(),
     }
@@ -216,20 +214,8 @@ fn response_condition(m: &api::ResponseMatch) -> String {
             (min, max) if min == max => format!("status {min}"),
             (min, max) => format!("status {min}-{max}"),
         },
-        Some(Match::All(seq)) => seq
-            .matches
-            .iter()
-            .map(response_condition)
-            .collect::<Vec<_>>()
-            .join(" and "),
-        Some(Match::Any(seq)) => format!(
-            "({})",
-            seq.matches
-                .iter()
-                .map(response_condition)
-                .collect::<Vec<_>>()
-                .join(" or ")
-        ),
+        Some(Match::All(seq)) => joined(&seq.matches, response_condition, false),
+        Some(Match::Any(seq)) => joined(&seq.matches, response_condition, true),
         Some(Match::Not(inner)) => format!("not {}", response_condition(inner)),
         None => "any".into(),
     }
