@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::{Destination, free_port, proxy_bin};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use weft_testkit::scrape::{http_get, metric_sum};
+use weft_testkit::scrape::http_get;
 
 const HOST: &str = "web.demo.svc.cluster.local";
 
@@ -124,13 +124,7 @@ impl Proxy {
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_sum(
-            &http_get(self.admin, "/metrics")
-                .map(|r| r.1)
-                .unwrap_or_default(),
-            name,
-            labels,
-        )
+        support::admin_metric(self.admin, name, labels)
     }
 
     /// Requests the proxy sent to one endpoint.

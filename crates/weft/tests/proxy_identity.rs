@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use support::{Ca, WEB, free_port, proxy_bin};
-use weft_testkit::scrape::{http_get, metric_sum};
+use weft_testkit::scrape::http_get;
 
 struct Proxy {
     child: Child,
@@ -63,13 +63,7 @@ impl Proxy {
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_sum(
-            &http_get(self.admin, "/metrics")
-                .map(|r| r.1)
-                .unwrap_or_default(),
-            name,
-            labels,
-        )
+        support::admin_metric(self.admin, name, labels)
     }
 
     fn wait_ready(&self) {

@@ -23,11 +23,17 @@ pub struct Server {
 impl Server {
     /// A counter from the admin server's /metrics.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = weft_testkit::scrape::http_get(self.admin, "/metrics")
-            .map(|r| r.1)
-            .unwrap_or_default();
-        weft_testkit::scrape::metric_sum(&text, name, labels)
+        admin_metric(self.admin, name, labels)
     }
+}
+
+/// The sum of a metric's series matching `labels`, scraped from an admin
+/// server (a proxy's or the control plane's); 0 if it cannot be reached.
+pub fn admin_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = weft_testkit::scrape::http_get(admin, "/metrics")
+        .map(|r| r.1)
+        .unwrap_or_default();
+    weft_testkit::scrape::metric_sum(&text, name, labels)
 }
 
 impl Drop for Server {
