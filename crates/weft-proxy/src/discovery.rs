@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
+use crate::profile::Profile;
 use crate::tcp::{Dialer, MeshEndpoint};
 
 /// Resolutions unused for this long are dropped (their streams closed).
@@ -53,18 +54,26 @@ pub struct EndpointInfo {
 pub struct Resolution {
     pub target: String,
     answer: watch::Receiver<Option<Arc<Answer>>>,
+    profile: watch::Receiver<Option<Arc<Profile>>>,
     pub balancer: Balancer,
     last_used: Mutex<Instant>,
-    task: tokio::task::AbortHandle,
+    tasks: [tokio::task::AbortHandle; 2],
 }
 
 impl Drop for Resolution {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
 impl Resolution {
+    /// The service profile, once the destination service has sent one.
+    pub fn profile(&self) -> Option<Arc<Profile>> {
+        self.profile.borrow().clone()
+    }
+
     /// The current answer, waiting up to `timeout` for the first one.
     pub async fn answer(&self, timeout: Duration) -> Option<Arc<Answer>> {
         *lock(&self.last_used) = Instant::now();
@@ -124,14 +133,23 @@ impl Discovery {
             return r.clone();
         }
         let (tx, rx) = watch::channel(None);
+        let (profile_tx, profile_rx) = watch::channel(None);
         let resolution = Arc::new_cyclic(|weak: &std::sync::Weak<Resolution>| {
-            let task = tokio::spawn(follow(self.clone(), target.to_string(), tx, weak.clone()));
+            let endpoints = tokio::spawn(follow_endpoints(
+                self.clone(),
+                target.to_string(),
+                tx,
+                weak.clone(),
+            ));
+            let profile =
+                tokio::spawn(follow_profile(self.clone(), target.to_string(), profile_tx));
             Resolution {
                 target: target.into(),
                 answer: rx,
+                profile: profile_rx,
                 balancer: Balancer::default(),
                 last_used: Mutex::new(Instant::now()),
-                task: task.abort_handle(),
+                tasks: [endpoints.abort_handle(), profile.abort_handle()],
             }
         });
         map.insert(target.into(), resolution.clone());
@@ -151,25 +169,30 @@ async fn sweep(discovery: std::sync::Weak<Discovery>) {
     }
 }
 
-/// Follows the Get stream for `target` for as long as the resolution lives.
-async fn follow(
-    discovery: Arc<Discovery>,
-    target: String,
-    tx: watch::Sender<Option<Arc<Answer>>>,
-    resolution: std::sync::Weak<Resolution>,
-) {
+/// Keeps a stream open for `target` for as long as the resolution lives:
+/// `open` starts it, `on_message` sees each message (and whether it is the
+/// first of its stream); failures are retried with back-off.
+async fn follow<T, F, Fut>(
+    discovery: &Discovery,
+    target: &str,
+    what: &'static str,
+    open: F,
+    mut on_message: impl FnMut(T, bool),
+    has_answer: impl Fn() -> bool,
+) where
+    F: Fn(DestinationClient<Channel>, api::GetDestination) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+{
     let metrics = &discovery.metrics;
     let mut backoff = BACKOFF_MIN;
-    let mut endpoints: BTreeMap<SocketAddr, EndpointInfo> = BTreeMap::new();
-    let mut exists = false;
     loop {
         let request = api::GetDestination {
             scheme: "k8s".into(),
-            path: target.clone(),
+            path: target.to_string(),
             context_token: discovery.context_token.clone(),
         };
         metrics.control_request(&discovery.addr);
-        let ended = match discovery.client.clone().get(request).await {
+        let ended = match open(discovery.client.clone(), request).await {
             Err(status) => status,
             Ok(response) => {
                 let mut stream = response.into_inner();
@@ -177,17 +200,11 @@ async fn follow(
                 let mut first = true;
                 loop {
                     match stream.message().await {
-                        Ok(Some(update)) => {
+                        Ok(Some(message)) => {
                             metrics.control_update(&discovery.addr);
                             backoff = BACKOFF_MIN;
-                            if first {
-                                // The first message of a stream replaces what an
-                                // earlier stream left.
-                                endpoints.clear();
-                                first = false;
-                            }
-                            apply(update, &mut endpoints, &mut exists);
-                            publish(&discovery, &tx, &resolution, &endpoints, exists);
+                            on_message(message, first);
+                            first = false;
                         }
                         Ok(None) => break tonic::Status::unavailable("stream ended"),
                         Err(status) => break status,
@@ -196,14 +213,65 @@ async fn follow(
             }
         };
         metrics.control_failure(&discovery.addr);
-        if tx.borrow().is_some() {
-            info!(%target, error = %ended.message(), ?backoff, "destination stream lost; serving the last known endpoints");
+        if has_answer() {
+            info!(%target, what, error = %ended.message(), ?backoff, "destination stream lost; serving the last known answer");
         } else {
-            warn!(%target, error = %ended.message(), ?backoff, "cannot resolve through the destination service; retrying");
+            warn!(%target, what, error = %ended.message(), ?backoff, "cannot resolve through the destination service; retrying");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Follows `Get` for `target`.
+async fn follow_endpoints(
+    discovery: Arc<Discovery>,
+    target: String,
+    tx: watch::Sender<Option<Arc<Answer>>>,
+    resolution: std::sync::Weak<Resolution>,
+) {
+    let mut endpoints: BTreeMap<SocketAddr, EndpointInfo> = BTreeMap::new();
+    let mut exists = false;
+    let on_update = |update: api::Update, first: bool| {
+        if first {
+            // The first message of a stream replaces what an earlier stream left.
+            endpoints.clear();
+        }
+        apply(update, &mut endpoints, &mut exists);
+        publish(&discovery, &tx, &resolution, &endpoints, exists);
+    };
+    follow(
+        &discovery,
+        &target,
+        "endpoints",
+        |mut client, req| async move { client.get(req).await },
+        on_update,
+        || tx.borrow().is_some(),
+    )
+    .await;
+}
+
+/// Follows `GetProfile` for `target`.
+async fn follow_profile(
+    discovery: Arc<Discovery>,
+    target: String,
+    tx: watch::Sender<Option<Arc<Profile>>>,
+) {
+    let on_profile = |p: api::DestinationProfile, _first: bool| {
+        // The retry budget carries over when its parameters are unchanged.
+        let previous = tx.borrow().as_ref().map(|p| p.budget.clone());
+        let profile = Profile::from_proto(p, previous);
+        tx.send_replace(Some(Arc::new(profile)));
+    };
+    follow(
+        &discovery,
+        &target,
+        "profile",
+        |mut client, req| async move { client.get_profile(req).await },
+        on_profile,
+        || tx.borrow().is_some(),
+    )
+    .await;
 }
 
 fn publish(

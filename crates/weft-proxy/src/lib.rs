@@ -24,6 +24,7 @@ pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
+pub mod profile;
 pub mod proxy;
 pub mod tcp;
 pub mod tls;

@@ -163,6 +163,29 @@ struct ResponseLabels {
     classification: &'static str,
 }
 
+/// A profile route: the service it belongs to and the route's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    direction: Direction,
+    dst: String,
+    rt_route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteResponseLabels {
+    #[prometheus(flatten)]
+    route: RouteLabels,
+    status_code: u16,
+    classification: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLatencyLabels {
+    #[prometheus(flatten)]
+    route: RouteLabels,
+    status_code: u16,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
@@ -195,6 +218,11 @@ pub struct Metrics {
     outbound_http_errors_total: Family<ErrorLabels, Counter>,
     identity_cert_expiration_timestamp_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     identity_cert_refresh_total: Family<RefreshLabels, Counter>,
+    route_request_total: Family<RouteLabels, Counter>,
+    route_response_total: Family<RouteResponseLabels, Counter>,
+    route_response_latency_ms: HistogramFamily<RouteLatencyLabels>,
+    route_actual_request_total: Family<RouteLabels, Counter>,
+    route_actual_response_total: Family<RouteResponseLabels, Counter>,
     control_request_total: Family<ControlLabels, Counter>,
     control_stream_failures_total: Family<ControlLabels, Counter>,
     control_updates_total: Family<ControlLabels, Counter>,
@@ -237,6 +265,11 @@ impl Metrics {
             outbound_http_errors_total: Family::default(),
             identity_cert_expiration_timestamp_seconds: Gauge::default(),
             identity_cert_refresh_total: Family::default(),
+            route_request_total: Family::default(),
+            route_response_total: Family::default(),
+            route_response_latency_ms: Family::new_with_constructor(latency_histogram),
+            route_actual_request_total: Family::default(),
+            route_actual_response_total: Family::default(),
             control_request_total: Family::default(),
             control_stream_failures_total: Family::default(),
             control_updates_total: Family::default(),
@@ -302,6 +335,31 @@ impl Metrics {
             "identity_cert_refresh",
             "Certify attempts by result",
             m.identity_cert_refresh_total.clone(),
+        );
+        m.registry.register(
+            "route_request",
+            "Requests matching a profile route (each counted once, however often retried)",
+            m.route_request_total.clone(),
+        );
+        m.registry.register(
+            "route_response",
+            "Responses to requests matching a profile route, as the client saw them",
+            m.route_response_total.clone(),
+        );
+        m.registry.register(
+            "route_response_latency_ms",
+            "Time to response headers for a profile route, retries included",
+            m.route_response_latency_ms.clone(),
+        );
+        m.registry.register(
+            "route_actual_request",
+            "Requests sent for a profile route, retries included",
+            m.route_actual_request_total.clone(),
+        );
+        m.registry.register(
+            "route_actual_response",
+            "Responses received for a profile route, retries included",
+            m.route_actual_response_total.clone(),
         );
         m.registry.register(
             "control_request",
@@ -647,6 +705,76 @@ impl AuthorityMetrics {
                 .get_or_create_owned(&response("failure")),
         };
         statuses.push(s.clone());
+        s
+    }
+}
+
+impl Metrics {
+    /// The metrics of one profile route of service `dst`.
+    pub fn route(self: &Arc<Self>, direction: Direction, dst: &str, route: &str) -> RouteMetrics {
+        let labels = RouteLabels {
+            direction,
+            dst: dst.into(),
+            rt_route: route.into(),
+        };
+        RouteMetrics {
+            request_total: self.route_request_total.get_or_create_owned(&labels),
+            actual_request_total: self.route_actual_request_total.get_or_create_owned(&labels),
+            statuses: Mutex::new(Vec::new()),
+            labels,
+            metrics: self.clone(),
+        }
+    }
+}
+
+/// Handles for one route, resolved once per route and profile version.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub request_total: Counter,
+    pub actual_request_total: Counter,
+    statuses: Mutex<Vec<(u16, bool, RouteStatus)>>,
+    labels: RouteLabels,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteStatus {
+    pub latency_ms: Histogram,
+    pub response: Counter,
+    pub actual_response: Counter,
+}
+
+impl RouteMetrics {
+    pub fn status(&self, code: u16, failure: bool) -> RouteStatus {
+        let mut statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, s)) = statuses
+            .iter()
+            .find(|(c, f, _)| *c == code && *f == failure)
+        {
+            return s.clone();
+        }
+        let response = RouteResponseLabels {
+            route: self.labels.clone(),
+            status_code: code,
+            classification: if failure { "failure" } else { "success" },
+        };
+        let s = RouteStatus {
+            latency_ms: self.metrics.route_response_latency_ms.get_or_create_owned(
+                &RouteLatencyLabels {
+                    route: self.labels.clone(),
+                    status_code: code,
+                },
+            ),
+            response: self
+                .metrics
+                .route_response_total
+                .get_or_create_owned(&response),
+            actual_response: self
+                .metrics
+                .route_actual_response_total
+                .get_or_create_owned(&response),
+        };
+        statuses.push((code, failure, s.clone()));
         s
     }
 }

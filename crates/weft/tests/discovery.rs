@@ -381,7 +381,7 @@ async fn scaling_by_manifest_edits_and_a_control_plane_restart_lose_no_request()
     let (_, failures) = load.stop().await;
     assert!(failures.is_empty(), "{failures:?}");
     let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
-    assert!(log.contains("serving the last known endpoints"), "{log}");
+    assert!(log.contains("serving the last known answer"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

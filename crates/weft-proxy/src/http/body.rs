@@ -129,3 +129,59 @@ impl Drop for ProxyBody {
         }
     }
 }
+
+pin_project_lite::pin_project! {
+    /// The request body sent upstream: the client's, streamed; or bytes
+    /// buffered so that a retryable request can be sent again.
+    #[project = RequestBodyProj]
+    #[derive(Debug)]
+    pub enum RequestBody {
+        Streaming { #[pin] body: Incoming },
+        Buffered { data: Option<Bytes> },
+    }
+}
+
+impl RequestBody {
+    pub fn streaming(body: Incoming) -> Self {
+        RequestBody::Streaming { body }
+    }
+
+    pub fn buffered(data: Bytes) -> Self {
+        RequestBody::Buffered {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            RequestBodyProj::Streaming { body } => body.poll_frame(cx),
+            RequestBodyProj::Buffered { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming { body } => body.is_end_stream(),
+            RequestBody::Buffered { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming { body } => body.size_hint(),
+            RequestBody::Buffered { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

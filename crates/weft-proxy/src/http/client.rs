@@ -24,12 +24,13 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
+use super::body::RequestBody;
 use super::error::ProxyError;
 use crate::metrics::Direction;
 use crate::tcp::{Dialer, EndpointIo};
 
-type Http1Sender = http1::SendRequest<Incoming>;
-type Http2Sender = http2::SendRequest<Incoming>;
+type Http1Sender = http1::SendRequest<RequestBody>;
+type Http2Sender = http2::SendRequest<RequestBody>;
 
 /// Endpoints unused for this long are dropped from the map.
 const ENDPOINT_EXPIRY: Duration = Duration::from_secs(600);
@@ -116,7 +117,7 @@ impl Endpoint {
     /// Sends one HTTP/2 request on the shared connection.
     pub async fn send_http2(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         self.touch();
         let mut sender = self.http2().await?;
@@ -160,7 +161,7 @@ impl Lease {
     pub async fn send_http1(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let held = lock(&self.0).take();
         let reused = match held {

@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -25,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
-use self::body::{ProxyBody, ResponseEnd, grpc_status};
+use self::body::{ProxyBody, RequestBody, ResponseEnd, grpc_status};
 use self::client::{Endpoint, Lease};
 use self::error::ProxyError;
 use crate::balance::{NoEndpoint, Pick};
@@ -186,6 +187,8 @@ enum Target {
         endpoint: Arc<Endpoint>,
         /// The balancer's choice, told how the request went.
         pick: Option<Pick>,
+        /// The target's discovery: its profile, and new picks for retries.
+        resolution: Option<Arc<Resolution>>,
     },
     /// An explicit-proxy CONNECT: tunnelled, not pooled.
     Tunnel(SocketAddr),
@@ -227,6 +230,7 @@ async fn target(
             return Ok(Target::Pooled {
                 endpoint: endpoint.clone(),
                 pick: None,
+                resolution: None,
             });
         }
         Some(Dest::Resolved { resolution, addr }) => {
@@ -237,6 +241,7 @@ async fn target(
             return Ok(Target::Pooled {
                 endpoint: conn.shared.clients.endpoint(Direction::Outbound, addr),
                 pick,
+                resolution: Some(resolution.clone()),
             });
         }
         None => {}
@@ -253,8 +258,9 @@ async fn target(
             "an explicit-proxy request needs an absolute URI or a Host header".into()
         })
     })?;
-    let (addr, pick) = match discoverable(conn, authority) {
-        Some(resolution) => match balanced(conn, &resolution, literal_addr(authority)).await? {
+    let resolution = discoverable(conn, authority);
+    let (addr, pick) = match &resolution {
+        Some(resolution) => match balanced(conn, resolution, literal_addr(authority)).await? {
             Ok(pick) => (pick.addr(), Some(pick)),
             Err(addr) => (addr, None),
         },
@@ -269,6 +275,7 @@ async fn target(
         Target::Pooled {
             endpoint: conn.shared.clients.endpoint(Direction::Outbound, addr),
             pick,
+            resolution,
         }
     })
 }
@@ -333,8 +340,12 @@ async fn proxy(
     started: Instant,
     grpc: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (endpoint, pick) = match target {
-        Target::Pooled { endpoint, pick } => (endpoint, pick),
+    let (endpoint, pick, resolution) = match target {
+        Target::Pooled {
+            endpoint,
+            pick,
+            resolution,
+        } => (endpoint, pick, resolution),
         Target::Tunnel(addr) => {
             let resp = tunnel(conn, req, addr).await?;
             let status = metrics.status(resp.status().as_u16());
@@ -364,25 +375,113 @@ async fn proxy(
     }
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let response = async {
-        if conn.http2 {
-            endpoint.send_http2(req).await
-        } else {
-            conn.lease.send_http1(&endpoint, req).await
+    // The profile route decides the timeout, the classification and whether
+    // a failed attempt may be retried.
+    let profile = resolution
+        .as_ref()
+        .and_then(|r| r.profile())
+        .filter(|p| !p.opaque);
+    let route = profile
+        .as_deref()
+        .and_then(|p| p.route(req.method(), req.uri().path()));
+    let timeout = route
+        .and_then(|r| r.timeout)
+        .or(conn.shared.config.response_timeout);
+    let deadline = timeout.map(|t| (started + t, t));
+    let route_metrics = route.map(|r| {
+        r.metrics.get_or_init(|| {
+            let dst = profile.as_deref().map_or("", |p| p.name.as_str());
+            let dst = if dst.is_empty() {
+                resolution.as_ref().map_or("", |r| r.target.as_str())
+            } else {
+                dst
+            };
+            conn.shared.metrics.route(conn.direction, dst, &r.name)
+        })
+    });
+    if let Some(p) = &profile {
+        p.budget.deposit();
+    }
+    if let Some(m) = route_metrics {
+        m.request_total.inc();
+    }
+    let retryable = route.is_some_and(|r| r.retryable) && !upgrade && !is_connect;
+    let prepared = match (retryable, resolution.as_ref()) {
+        (true, Some(resolution)) => buffer_for_replay(req).await?.map(|b| (b, resolution)),
+        _ => Err(req),
+    };
+    let is_failure = |result: &Result<Response<Incoming>, ProxyError>| match result {
+        Ok(resp) => route.map_or(resp.status().is_server_error(), |r| {
+            r.is_failure(resp.status().as_u16())
+        }),
+        Err(_) => true,
+    };
+
+    let (mut endpoint, mut pick, mut attempt) = (endpoint, pick, 1);
+    let result = match prepared {
+        Err(req) => {
+            if let Some(m) = route_metrics {
+                m.actual_request_total.inc();
+            }
+            let result = send(conn, &endpoint, req.map(RequestBody::streaming), deadline).await;
+            if let Some(pick) = pick {
+                pick.done(endpoint_failed(&result));
+            }
+            if let (Some(m), Ok(resp)) = (route_metrics, &result) {
+                m.status(resp.status().as_u16(), is_failure(&result))
+                    .actual_response
+                    .inc();
+            }
+            result
         }
+        Ok(((head, body), resolution)) => loop {
+            let req = head.request(RequestBody::buffered(body.clone()));
+            if let Some(m) = route_metrics {
+                m.actual_request_total.inc();
+            }
+            let result = send(conn, &endpoint, req, deadline).await;
+            if let Some(pick) = pick.take() {
+                pick.done(endpoint_failed(&result));
+            }
+            let failed = is_failure(&result);
+            if let (Some(m), Ok(resp)) = (route_metrics, &result) {
+                m.status(resp.status().as_u16(), failed)
+                    .actual_response
+                    .inc();
+            }
+            let timed_out = deadline.is_some_and(|(at, _)| Instant::now() >= at)
+                || matches!(result, Err(ProxyError::ResponseTimeout { .. }));
+            let budget = profile.as_ref().map(|p| &p.budget);
+            if !failed
+                || timed_out
+                || attempt >= MAX_ATTEMPTS
+                || !budget.is_some_and(|b| b.withdraw())
+            {
+                break result;
+            }
+            // Another endpoint, chosen afresh; the failed answer is dropped.
+            match choose(resolution, conn.shared.config.discovery_timeout).await {
+                Ok(Some(next)) => {
+                    endpoint = conn
+                        .shared
+                        .clients
+                        .endpoint(Direction::Outbound, next.addr());
+                    pick = Some(next);
+                }
+                _ => break result,
+            }
+            attempt += 1;
+            debug!(attempt, %addr, "retrying");
+        },
     };
-    let result = match conn.shared.config.response_timeout {
-        Some(timeout) => tokio::time::timeout(timeout, response)
-            .await
-            .unwrap_or(Err(ProxyError::ResponseTimeout { addr, timeout })),
-        None => response.await,
-    };
-    if let Some(pick) = pick {
-        let failed = match &result {
-            Ok(resp) => resp.status().is_server_error(),
-            Err(e) => e.is_endpoint_failure() || matches!(e, ProxyError::ResponseTimeout { .. }),
+    if let Some(m) = route_metrics {
+        let (code, failed) = match &result {
+            Ok(resp) => (resp.status().as_u16(), is_failure(&result)),
+            Err(e) => (e.status().as_u16(), true),
         };
-        pick.done(failed);
+        let status = m.status(code, failed);
+        status.response.inc();
+        status.latency_ms.observe(elapsed_ms(started));
     }
     let mut resp = result?;
 
@@ -412,6 +511,90 @@ async fn proxy(
         http_failed,
     };
     Ok(resp.map(|body| ProxyBody::upstream(body, end)))
+}
+
+/// Attempts per request on a retryable route, the first included.
+const MAX_ATTEMPTS: u32 = 3;
+/// Largest request body kept for replay; bigger or unsized bodies stream
+/// once and are not retried.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// What a retryable request needs to be sent again.
+struct RequestHead {
+    method: Method,
+    uri: Uri,
+    version: http::Version,
+    headers: HeaderMap,
+}
+
+impl RequestHead {
+    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Reads a small request body so the request can be replayed; gives the
+/// request back when its body is too big or of unknown size (it then
+/// streams once and is not retried).
+async fn buffer_for_replay(
+    req: Request<Incoming>,
+) -> Result<Result<(RequestHead, Bytes), Request<Incoming>>, ProxyError> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    let body = req.body();
+    if !body.is_end_stream() && body.size_hint().upper().is_none_or(|n| n > MAX_REPLAY_BODY) {
+        return Ok(Err(req));
+    }
+    let (parts, body) = req.into_parts();
+    let data = body
+        .collect()
+        .await
+        .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?
+        .to_bytes();
+    let head = RequestHead {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+    };
+    Ok(Ok((head, data)))
+}
+
+/// Sends one attempt, within the request's deadline.
+async fn send(
+    conn: &HttpConn,
+    endpoint: &Arc<Endpoint>,
+    req: Request<RequestBody>,
+    deadline: Option<(Instant, std::time::Duration)>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let addr = endpoint.addr;
+    let response = async {
+        if conn.http2 {
+            endpoint.send_http2(req).await
+        } else {
+            conn.lease.send_http1(endpoint, req).await
+        }
+    };
+    match deadline {
+        Some((at, timeout)) => tokio::time::timeout_at(at.into(), response)
+            .await
+            .unwrap_or(Err(ProxyError::ResponseTimeout { addr, timeout })),
+        None => response.await,
+    }
+}
+
+/// Whether an attempt's outcome counts against the endpoint (for failure
+/// accrual): it failed, timed out or answered 5xx.
+fn endpoint_failed(result: &Result<Response<Incoming>, ProxyError>) -> bool {
+    match result {
+        Ok(resp) => resp.status().is_server_error(),
+        Err(e) => e.is_endpoint_failure() || matches!(e, ProxyError::ResponseTimeout { .. }),
+    }
 }
 
 /// Explicit-proxy `CONNECT host:port`: dial the target, answer 200, then splice
