@@ -30,6 +30,8 @@ const EJECT_MAX: Duration = Duration::from_secs(60);
 const DECAY: Duration = Duration::from_secs(10);
 /// The estimate of an endpoint that has not answered yet.
 const DEFAULT_RTT_NS: f64 = 1_000_000.0;
+/// The least latency a failure counts as.
+const FAILURE_MIN_NS: f64 = 10_000_000.0;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -79,7 +81,13 @@ impl EndpointLoad {
         self.pending.fetch_sub(1, Ordering::Relaxed);
         {
             let mut est = lock(&self.rtt);
-            let sample = rtt.as_nanos() as f64;
+            // A fast failure (a refused connection) must not look attractive:
+            // it counts as twice the current estimate, at least 10 ms.
+            let sample = if failed {
+                (rtt.as_nanos() as f64).max(est.0 * 2.0).max(FAILURE_MIN_NS)
+            } else {
+                rtt.as_nanos() as f64
+            };
             let since = now.duration_since(est.1);
             est.0 = if sample > est.0 {
                 sample
@@ -204,13 +212,24 @@ impl Balancer {
 
     /// Chooses an endpoint: the cheaper of two random healthy ones.
     pub fn pick(&self) -> Result<Pick, NoEndpoint> {
-        self.pick_at(Instant::now())
+        self.pick_at(Instant::now(), None)
     }
 
-    fn pick_at(&self, now: Instant) -> Result<Pick, NoEndpoint> {
+    /// Chooses an endpoint other than `avoid` (the one a retry just failed
+    /// on) when another healthy one exists.
+    pub fn pick_avoiding(&self, avoid: SocketAddr) -> Result<Pick, NoEndpoint> {
+        self.pick_at(Instant::now(), Some(avoid))
+    }
+
+    fn pick_at(&self, now: Instant, avoid: Option<SocketAddr>) -> Result<Pick, NoEndpoint> {
         let endpoints = lock(&self.endpoints).clone();
-        let healthy: Vec<&Arc<EndpointLoad>> =
+        let mut healthy: Vec<&Arc<EndpointLoad>> =
             endpoints.iter().filter(|e| !e.is_ejected(now)).collect();
+        if let Some(avoid) = avoid
+            && healthy.iter().any(|e| e.addr != avoid)
+        {
+            healthy.retain(|e| e.addr != avoid);
+        }
         let chosen = match healthy.len() {
             0 if endpoints.is_empty() => return Err(NoEndpoint::Empty),
             0 => return Err(NoEndpoint::AllEjected(endpoints.len())),
@@ -254,7 +273,7 @@ mod tests {
         let mut now = Instant::now();
         let mut counts = HashMap::new();
         for _ in 0..n {
-            let p = b.pick_at(now).unwrap();
+            let p = b.pick_at(now, None).unwrap();
             let rtt = latency(p.addr());
             *counts.entry(p.addr()).or_default() += 1;
             now += rtt;
@@ -295,12 +314,10 @@ mod tests {
         let all = addrs(2);
         b.update(all.clone());
         // Fail the first endpoint until it is ejected.
-        let mut failures = 0;
-        while failures < EJECT_AFTER {
-            let p = b.pick().unwrap();
-            let bad = p.addr() == all[0];
-            failures += u32::from(bad);
-            p.done(bad);
+        for _ in 0..EJECT_AFTER {
+            let p = b.pick_avoiding(all[1]).unwrap();
+            assert_eq!(p.addr(), all[0]);
+            p.done(true);
         }
         for _ in 0..100 {
             let p = b.pick().unwrap();
@@ -321,14 +338,7 @@ mod tests {
         let all = addrs(2);
         b.update(all.clone());
         for _ in 0..EJECT_AFTER {
-            let p = loop {
-                let p = b.pick().unwrap();
-                if p.addr() == all[0] {
-                    break p;
-                }
-                p.done(false);
-            };
-            p.done(true);
+            b.pick_avoiding(all[1]).unwrap().done(true);
         }
         b.update(addrs(3));
         for _ in 0..50 {

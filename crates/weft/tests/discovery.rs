@@ -44,15 +44,24 @@ async fn replica(delay: Duration) -> Replica {
                 let mut stream = BufReader::new(stream);
                 loop {
                     let mut line = String::new();
+                    let mut request_line = String::new();
                     // Read one request head (no bodies in these tests).
                     loop {
                         line.clear();
                         match stream.read_line(&mut line).await {
                             Ok(0) | Err(_) => return,
                             Ok(_) if line == "\r\n" => break,
+                            Ok(_) if request_line.is_empty() => request_line = line.clone(),
                             Ok(_) => {}
                         }
                     }
+                    // `/slow` takes half a second on every replica.
+                    let slow = request_line.contains(" /slow");
+                    let delay = if slow {
+                        Duration::from_millis(500)
+                    } else {
+                        delay
+                    };
                     tokio::time::sleep(delay).await;
                     let body = format!("replica {addr}\n");
                     let resp = format!(
@@ -162,7 +171,11 @@ impl Client {
     /// GET `http://HOST/` through the proxy: the status and the
     /// `l5d-proxy-error` header, if any.
     async fn get(&mut self) -> std::io::Result<(u16, Option<String>)> {
-        let req = format!("GET http://{HOST}/ HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+        self.get_path("/").await
+    }
+
+    async fn get_path(&mut self, path: &str) -> std::io::Result<(u16, Option<String>)> {
+        let req = format!("GET http://{HOST}{path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
         self.stream.get_mut().write_all(req.as_bytes()).await?;
         let mut status_line = String::new();
         self.stream.read_line(&mut status_line).await?;
@@ -408,11 +421,33 @@ async fn failing_replicas_are_ejected_and_an_empty_service_fails_fast() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    // Without retries, the dead replica fails requests until it is ejected.
+    // Without retries, the dead replica fails a few requests before the
+    // balancer stops choosing it (failures count as slow, then ejection).
     assert!(
         (1..=7).contains(&failed),
         "{failed} failures before ejection"
     );
+
+    // Only dead replicas left: each is ejected after consecutive failures,
+    // then the proxy answers 503 at once instead of trying.
+    let dead2 = replica(Duration::ZERO).await.addr;
+    d.write("web-0.yaml", &workload("web-0", dead2));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    loop {
+        let (status, error) = client.get().await.unwrap();
+        if status == 503 {
+            let error = error.unwrap_or_default();
+            assert!(error.contains("all 2 endpoints of"), "{error}");
+            assert!(error.contains("are failing and ejected"), "{error}");
+            break;
+        }
+        seen.push(status);
+        assert!(Instant::now() < deadline, "never ejected: {seen:?}");
+    }
+    // At most 7 consecutive failures per endpoint before it is ejected.
+    let failed = seen.iter().filter(|s| **s == 502).count();
+    assert!(failed <= 2 * 7, "{seen:?}");
     let log = std::fs::read_to_string(&proxy.log).unwrap();
     assert!(
         log.contains("endpoint ejected after consecutive failures"),
@@ -425,13 +460,96 @@ async fn failing_replicas_are_ejected_and_an_empty_service_fails_fast() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (status, error) = client.get().await.unwrap();
-        if status == 503 {
-            let error = error.unwrap_or_default();
-            assert!(error.contains("has no ready endpoints"), "{error}");
+        let error = error.unwrap_or_default();
+        if error.contains("has no ready endpoints") {
+            assert_eq!(status, 503);
             break;
         }
-        assert!(Instant::now() < deadline, "still {status}");
+        assert!(Instant::now() < deadline, "still {status} {error}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(proxy.metric("outbound_http_errors_total", &[("error", "no_endpoints")]) >= 1.0);
+}
+
+const PROFILE: &str = "apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {name: web.demo.svc.cluster.local, namespace: demo}
+spec:
+  routes:
+  - name: slow
+    condition: {method: GET, pathRegex: /slow}
+    timeout: 100ms
+  - name: root
+    condition: {method: GET, pathRegex: /}
+    isRetryable: true
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_costs_no_request_on_a_retryable_route_and_timeouts_answer_504() {
+    let mut replicas: Vec<Replica> =
+        futures_util::future::join_all((0..3).map(|_| replica(Duration::ZERO))).await;
+    let mut files = vec![
+        ("web.yaml".to_string(), service()),
+        ("profile.yaml".to_string(), PROFILE.to_string()),
+    ];
+    for (i, r) in replicas.iter().enumerate() {
+        files.push((
+            format!("web-{i}.yaml"),
+            workload(&format!("web-{i}"), r.addr),
+        ));
+    }
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let d = Destination::start(&files);
+    let proxy = Proxy::start(d.addr);
+    let root = [("rt_route", "root"), ("dst", "web.demo.svc.cluster.local")];
+    // The profile arrives with the first resolution; wait until routes count.
+    let mut client = Client::connect(proxy.outbound).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("route_request_total", &root) == 0.0 {
+        assert!(Instant::now() < deadline, "no route metrics");
+        assert_eq!(client.get().await.unwrap().0, 200);
+    }
+
+    let load = Load::start(proxy.outbound, 4).await;
+    load.ok_after(500).await;
+    // Kill a replica under load: its connections reset, new ones are refused.
+    let killed = replicas.remove(0);
+    let killed_addr = killed.addr;
+    drop(killed);
+    load.ok_after(1000).await;
+    let (ok, failures) = load.stop().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {ok} failed: {failures:?}",
+        failures.len()
+    );
+    let requests = proxy.metric("route_request_total", &root);
+    let actual = proxy.metric("route_actual_request_total", &root);
+    assert!(
+        actual > requests,
+        "retries happened: {actual} attempts for {requests} requests"
+    );
+    println!("{requests} requests, {actual} attempts; killed {killed_addr}");
+    let success = [("rt_route", "root"), ("classification", "success")];
+    assert_eq!(proxy.metric("route_response_total", &success), requests);
+
+    // The slow route times out after 100 ms with a 504 naming the cause.
+    let started = Instant::now();
+    let (status, error) = client.get_path("/slow").await.unwrap();
+    assert_eq!(status, 504, "{error:?}");
+    assert!(error.unwrap_or_default().contains("within 100ms"));
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    let timed_out = [
+        ("rt_route", "slow"),
+        ("status_code", "504"),
+        ("classification", "failure"),
+    ];
+    assert_eq!(proxy.metric("route_response_total", &timed_out), 1.0);
 }

@@ -460,15 +460,15 @@ async fn proxy(
                 break result;
             }
             // Another endpoint, chosen afresh; the failed answer is dropped.
-            match choose(resolution, conn.shared.config.discovery_timeout).await {
-                Ok(Some(next)) => {
+            match resolution.balancer.pick_avoiding(endpoint.addr) {
+                Ok(next) => {
                     endpoint = conn
                         .shared
                         .clients
                         .endpoint(Direction::Outbound, next.addr());
                     pick = Some(next);
                 }
-                _ => break result,
+                Err(_) => break result,
             }
             attempt += 1;
             debug!(attempt, %addr, "retrying");
