@@ -223,26 +223,37 @@ impl Balancer {
 
     fn pick_at(&self, now: Instant, avoid: Option<SocketAddr>) -> Result<Pick, NoEndpoint> {
         let endpoints = lock(&self.endpoints).clone();
-        let mut healthy: Vec<&Arc<EndpointLoad>> =
-            endpoints.iter().filter(|e| !e.is_ejected(now)).collect();
-        if let Some(avoid) = avoid
-            && healthy.iter().any(|e| e.addr != avoid)
-        {
-            healthy.retain(|e| e.addr != avoid);
+        let usable = |e: &Arc<EndpointLoad>| !e.is_ejected(now) && Some(e.addr) != avoid;
+        let mut candidates = endpoints.iter().filter(|e| usable(e)).count();
+        let mut eligible: &dyn Fn(&Arc<EndpointLoad>) -> bool = &usable;
+        let healthy = |e: &Arc<EndpointLoad>| !e.is_ejected(now);
+        if candidates == 0 && avoid.is_some() {
+            // Only the endpoint to avoid is healthy: better it than nothing.
+            candidates = endpoints.iter().filter(|e| healthy(e)).count();
+            eligible = &healthy;
         }
-        let chosen = match healthy.len() {
+        // The n-th eligible endpoint, without collecting them (this runs per request).
+        let nth = |n: usize| endpoints.iter().filter(|e| eligible(e)).nth(n);
+        let chosen = match candidates {
             0 if endpoints.is_empty() => return Err(NoEndpoint::Empty),
             0 => return Err(NoEndpoint::AllEjected(endpoints.len())),
-            1 => healthy[0],
+            1 => nth(0),
             n => {
                 let a = fastrand::usize(..n);
                 let mut b = fastrand::usize(..n - 1);
                 if b >= a {
                     b += 1;
                 }
-                let (ea, eb) = (healthy[a], healthy[b]);
-                if ea.cost(now) <= eb.cost(now) { ea } else { eb }
+                match (nth(a), nth(b)) {
+                    (Some(ea), Some(eb)) => {
+                        Some(if ea.cost(now) <= eb.cost(now) { ea } else { eb })
+                    }
+                    (one, other) => one.or(other),
+                }
             }
+        };
+        let Some(chosen) = chosen else {
+            return Err(NoEndpoint::AllEjected(endpoints.len()));
         };
         chosen.pending.fetch_add(1, Ordering::Relaxed);
         Ok(Pick {
