@@ -77,10 +77,10 @@ impl Resolution {
     /// The current answer, waiting up to `timeout` for the first one.
     pub async fn answer(&self, timeout: Duration) -> Option<Arc<Answer>> {
         *lock(&self.last_used) = Instant::now();
-        let mut rx = self.answer.clone();
-        if let Some(a) = rx.borrow_and_update().clone() {
+        if let Some(a) = self.answer.borrow().clone() {
             return Some(a);
         }
+        let mut rx = self.answer.clone();
         match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
             Ok(Ok(a)) => a.clone(),
             _ => None,
