@@ -267,6 +267,17 @@ async fn profiles_follow_service_profile_edits_and_bad_targets_are_refused() {
     );
 }
 
+/// Runs the `weft` CLI off the async runtime.
+async fn run_weft(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        weft(&args)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diagnostics_show_what_proxies_are_told() {
     let d = Destination::start(&[
@@ -277,11 +288,7 @@ async fn diagnostics_show_what_proxies_are_told() {
         ),
     ]);
     let addr = d.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        weft(&["diagnostics", "endpoints", WEB, "--destination", &addr])
-    })
-    .await
-    .unwrap();
+    let out = run_weft(&["diagnostics", "endpoints", WEB, "--destination", &addr]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.starts_with("ADDRESS "), "{text}");
@@ -292,49 +299,37 @@ async fn diagnostics_show_what_proxies_are_told() {
         "{text}"
     );
 
-    let addr = d.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        weft(&[
-            "diagnostics",
-            "endpoints",
-            "198.18.100.1:80",
-            "--destination",
-            &addr,
-            "-o",
-            "json",
-        ])
-    })
-    .await
-    .unwrap();
+    let out = run_weft(&[
+        "diagnostics",
+        "endpoints",
+        "198.18.100.1:80",
+        "--destination",
+        &addr,
+        "-o",
+        "json",
+    ])
+    .await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["exists"], true);
     assert_eq!(json["endpoints"][0]["address"], "198.18.1.1:8080");
     assert_eq!(json["labels"]["service"], "web");
 
-    let addr = d.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        weft(&[
-            "diagnostics",
-            "profile",
-            WEB,
-            "--destination",
-            &addr,
-            "-o",
-            "json",
-        ])
-    })
-    .await
-    .unwrap();
+    let out = run_weft(&[
+        "diagnostics",
+        "profile",
+        WEB,
+        "--destination",
+        &addr,
+        "-o",
+        "json",
+    ])
+    .await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["fully_qualified_name"], "web.demo.svc.cluster.local");
     assert_eq!(json["retry_budget"]["min_retries_per_second"], 10);
 
     let dead = format!("127.0.0.1:{}", support::free_port());
-    let out = tokio::task::spawn_blocking(move || {
-        weft(&["diagnostics", "endpoints", WEB, "--destination", &dead])
-    })
-    .await
-    .unwrap();
+    let out = run_weft(&["diagnostics", "endpoints", WEB, "--destination", &dead]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

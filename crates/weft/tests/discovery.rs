@@ -91,6 +91,24 @@ fn workload(name: &str, addr: SocketAddr) -> String {
     )
 }
 
+/// The destination service over the web Service, one workload per replica
+/// (`web-0`, `web-1`, ...), and `extra` files.
+fn serve(replicas: &[Replica], extra: &[(&str, &str)]) -> Destination {
+    let mut files = vec![("web.yaml".to_string(), service())];
+    for (i, r) in replicas.iter().enumerate() {
+        files.push((
+            format!("web-{i}.yaml"),
+            workload(&format!("web-{i}"), r.addr),
+        ));
+    }
+    files.extend(extra.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    Destination::start(&files)
+}
+
 struct Proxy {
     child: Child,
     admin: SocketAddr,
@@ -269,18 +287,7 @@ async fn three_replicas_share_the_load_and_a_slow_one_gets_less() {
         replica(Duration::ZERO).await,
         replica(Duration::ZERO).await,
     ];
-    let mut files = vec![("web.yaml".to_string(), service())];
-    for (i, r) in replicas.iter().enumerate() {
-        files.push((
-            format!("web-{i}.yaml"),
-            workload(&format!("web-{i}"), r.addr),
-        ));
-    }
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let d = Destination::start(&files);
+    let d = serve(&replicas, &[]);
     let proxy = Proxy::start(d.addr);
 
     let load = Load::start(proxy.outbound, 4).await;
@@ -489,21 +496,7 @@ spec:
 async fn a_killed_replica_costs_no_request_on_a_retryable_route_and_timeouts_answer_504() {
     let mut replicas: Vec<Replica> =
         futures_util::future::join_all((0..3).map(|_| replica(Duration::ZERO))).await;
-    let mut files = vec![
-        ("web.yaml".to_string(), service()),
-        ("profile.yaml".to_string(), PROFILE.to_string()),
-    ];
-    for (i, r) in replicas.iter().enumerate() {
-        files.push((
-            format!("web-{i}.yaml"),
-            workload(&format!("web-{i}"), r.addr),
-        ));
-    }
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let d = Destination::start(&files);
+    let d = serve(&replicas, &[("profile.yaml", PROFILE)]);
     let proxy = Proxy::start(d.addr);
     let root = [("rt_route", "root"), ("dst", "web.demo.svc.cluster.local")];
     // The profile arrives with the first resolution; wait until routes count.
