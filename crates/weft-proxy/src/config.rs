@@ -292,6 +292,8 @@ impl Config {
                             crate::tcp::MeshEndpoint {
                                 identity,
                                 opaque_transport_port: port,
+                                // Only discovery knows the peer's protocols.
+                                http2_upgrade: false,
                             },
                         ))
                     })

@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::balance::Balancer;
-use crate::metrics::Metrics;
+use crate::metrics::{DstLabels, Metrics};
 use crate::profile::Profile;
 use crate::tcp::{Dialer, MeshEndpoint};
 
@@ -46,7 +46,7 @@ pub enum Answer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointInfo {
     pub mesh: Option<MeshEndpoint>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: DstLabels,
 }
 
 /// One target's live resolution.
@@ -72,6 +72,17 @@ impl Resolution {
     /// The service profile, once the destination service has sent one.
     pub fn profile(&self) -> Option<Arc<Profile>> {
         self.profile.borrow().clone()
+    }
+
+    /// Discovery's metric labels for one of the target's endpoints.
+    pub fn labels(&self, addr: SocketAddr) -> DstLabels {
+        match self.answer.borrow().as_deref() {
+            Some(Answer::Endpoints(endpoints)) => endpoints
+                .get(&addr)
+                .map(|e| e.labels.clone())
+                .unwrap_or_default(),
+            _ => DstLabels::default(),
+        }
     }
 
     /// The current answer, waiting up to `timeout` for the first one.
@@ -330,6 +341,7 @@ fn apply(
                         continue;
                     }
                 };
+                let labels = DstLabels::new(&labels);
                 endpoints.insert(addr, EndpointInfo { mesh, labels });
             }
         }
@@ -362,14 +374,20 @@ fn mesh_endpoint(a: &api::WeightedAddr) -> Result<Option<MeshEndpoint>, String> 
     let identity = name
         .parse()
         .map_err(|e: weft_identity::name::NameError| format!("identity {name:?}: {e}"))?;
-    let opaque_transport_port = a
-        .protocol_hint
-        .as_ref()
+    let hint = a.protocol_hint.as_ref();
+    let opaque_transport_port = hint
         .and_then(|h| h.opaque_transport.as_ref())
         .and_then(|t| u16::try_from(t.inbound_port).ok())
         .filter(|p| *p != 0);
+    let http2_upgrade = hint.is_some_and(|h| {
+        matches!(
+            h.protocol,
+            Some(api::protocol_hint::Protocol::H2(api::protocol_hint::H2 {}))
+        )
+    });
     Ok(Some(MeshEndpoint {
         identity,
         opaque_transport_port,
+        http2_upgrade,
     }))
 }

@@ -146,6 +146,41 @@ struct RequestLabels {
     target_addr: String,
     #[prometheus(flatten)]
     tls: Tls,
+    #[prometheus(flatten)]
+    dst: DstLabels,
+}
+
+/// What discovery says about an endpoint (`namespace`, `service`,
+/// `external_workload`, ...), exported as `dst_<name>` labels, as Linkerd
+/// does, so a query can group by service or workload instead of address.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct DstLabels(Option<Arc<[(String, String)]>>);
+
+impl DstLabels {
+    /// Label names are made Prometheus-safe (`[a-zA-Z0-9_]`).
+    pub fn new<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> Self {
+        let labels: Arc<[(String, String)]> = labels
+            .into_iter()
+            .map(|(name, value)| {
+                let name: String = name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                (format!("dst_{name}"), value.clone())
+            })
+            .collect();
+        DstLabels((!labels.is_empty()).then_some(labels))
+    }
+}
+
+impl EncodeLabelSet for DstLabels {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        use prometheus_client::encoding::EncodeLabel;
+        for (name, value) in self.0.iter().flat_map(|labels| labels.iter()) {
+            (name.as_str(), value.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -615,13 +650,14 @@ impl HttpConnMetrics {
         }
     }
 
-    /// Metrics for a request to `target_addr`; `server_id` is the identity the
-    /// endpoint proves over mesh TLS, if it is meshed (outbound).
+    /// Metrics for a request to `target_addr`; `endpoint` tells, for a new
+    /// label set, the identity the endpoint proves over mesh TLS if it is
+    /// meshed (outbound), and its discovery labels.
     pub fn for_request(
         &self,
         authority: &str,
         target_addr: SocketAddr,
-        server_id: impl FnOnce() -> Option<weft_identity::Identity>,
+        endpoint: impl FnOnce() -> (Option<weft_identity::Identity>, DstLabels),
     ) -> Arc<AuthorityMetrics> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = recent
@@ -630,14 +666,16 @@ impl HttpConnMetrics {
         {
             return m.clone();
         }
+        let (server_id, dst) = endpoint();
         let labels = RequestLabels {
             direction: self.direction,
             authority: authority.to_string(),
             target_addr: target_addr.to_string(),
-            tls: match server_id() {
+            tls: match server_id {
                 Some(id) => Tls::ToServer(id.as_str().into()),
                 None => self.tls.clone(),
             },
+            dst,
         };
         let m = Arc::new(AuthorityMetrics {
             target: target_addr,
@@ -891,16 +929,29 @@ mod tests {
         conn.add_read(10);
         let http = HttpConnMetrics::new(m.clone(), Direction::Inbound, Tls::NotProvidedByRemote);
         let target = "10.0.0.1:80".parse().unwrap();
-        let a = http.for_request("web:80", target, || None);
+        let a = http.for_request("web:80", target, || (None, DstLabels::default()));
         a.request_total.inc();
         let s = a.status(200);
         s.success.inc();
         s.latency_ms.observe(3.0);
         assert!(Arc::ptr_eq(
             &a,
-            &http.for_request("web:80", target, || None)
+            &http.for_request("web:80", target, || (None, DstLabels::default()))
         ));
         drop(conn);
+        let outbound = HttpConnMetrics::new(
+            m.clone(),
+            Direction::Outbound,
+            Tls::NotProvidedByServiceDiscovery,
+        );
+        let discovered = std::collections::BTreeMap::from([
+            ("namespace".to_string(), "demo".to_string()),
+            ("external-workload".to_string(), "web-0".to_string()),
+        ]);
+        outbound
+            .for_request("web:80", target, || (None, DstLabels::new(&discovered)))
+            .request_total
+            .inc();
 
         let text = m.encode();
         for needle in [
@@ -910,6 +961,7 @@ mod tests {
             r#"tcp_read_bytes_total{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 10"#,
             r#"tcp_open_connections{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 0"#,
             r#"tcp_close_total{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",errno=""} 1"#,
+            r#"request_total{direction="outbound",authority="web:80",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_service_discovery",dst_external_workload="web-0",dst_namespace="demo"} 1"#,
             "process_cpu_seconds_total ",
             "process_resident_memory_bytes ",
         ] {

@@ -147,6 +147,9 @@ pub struct MeshEndpoint {
     /// The port of its proxy's inbound listener: opaque TCP is sent there,
     /// inside mesh TLS, with a transport header naming the real port.
     pub opaque_transport_port: Option<u16>,
+    /// Its proxy takes HTTP/1 requests multiplexed over one HTTP/2
+    /// connection (the `h2` protocol hint, Linkerd's `l5d-orig-proto`).
+    pub http2_upgrade: bool,
 }
 
 /// Opens connections to endpoints: TCP with a timeout, then mesh TLS for an
@@ -179,6 +182,13 @@ impl Dialer {
                 .cloned(),
             Direction::Inbound => None,
         }
+    }
+
+    /// Whether HTTP/1 requests to `addr` may travel as HTTP/2 (outbound, to
+    /// a meshed endpoint whose proxy said it takes them).
+    pub fn http2_upgrade(&self, addr: SocketAddr) -> bool {
+        self.mesh_endpoint(Direction::Outbound, addr)
+            .is_some_and(|e| e.http2_upgrade)
     }
 
     /// Records what discovery says about a meshed endpoint.

@@ -743,3 +743,167 @@ async fn opaque_tcp_rides_mtls_to_the_peer_proxy_port_with_a_transport_header() 
         "220 weft-testkit greeter ready\r\n221 bye\r\n"
     );
 }
+
+/// Runs curl with `args`; returns what it printed (headers with `-i`).
+async fn curl_out(args: Vec<String>) -> String {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .args(&args)
+            .output()
+            .expect("curl is installed");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_between_meshed_proxies_rides_one_http2_connection() {
+    let ca = Ca::create();
+    let identity_port = free_port();
+    let (_identity, _) = ca.serve(identity_port, "1h");
+    let app_addr = spawn_app().await;
+    let server = Proxy::start_as(
+        &ca,
+        identity_port,
+        WEB,
+        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
+    );
+    // Discovery says `web` is the server proxy's inbound address, meshed:
+    // the destination service gives it the `h2` hint.
+    let destination = support::Destination::start(&[
+        ("web.yaml", &support::service_yaml("web", "198.18.100.1")),
+        (
+            "web-0.yaml",
+            &support::workload_yaml("web-0", "web", "127.0.0.1", server.inbound.port()),
+        ),
+    ]);
+    let client = Proxy::start_as(
+        &ca,
+        identity_port,
+        CLIENT,
+        &[(
+            "WEFT_PROXY_DESTINATION_SVC_ADDR",
+            destination.addr.to_string(),
+        )],
+    );
+    for p in [&server, &client] {
+        p.wait_ready();
+    }
+    let via = format!("http://{}", client.outbound);
+    let url = |path: &str| format!("http://web.demo.svc.cluster.local{path}");
+
+    // Six slow requests at once from HTTP/1 clients: six client connections.
+    let mut parallel = vec!["-i".to_string(), "-Z".into(), "--parallel-immediate".into()];
+    parallel.extend(["-x".into(), via.clone()]);
+    for _ in 0..6 {
+        parallel.push(url("/delay/300"));
+    }
+    let answers = curl_out(parallel).await;
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 6, "{answers}");
+    // The application sees plain HTTP/1.1, with the client's Host and identity.
+    let headers = curl_out(vec!["-x".into(), via.clone(), url("/headers")]).await;
+    assert!(headers.contains("version: HTTP/1.1\n"), "{headers}");
+    assert!(
+        headers.contains("host: web.demo.svc.cluster.local\n"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains(&format!("l5d-client-id: {CLIENT}\n")),
+        "{headers}"
+    );
+    assert!(!headers.contains("l5d-orig-proto"), "{headers}");
+    let old = curl_out(vec!["-0".into(), "-x".into(), via.clone(), url("/headers")]).await;
+    assert!(old.contains("version: HTTP/1.0\n"), "{old}");
+    // A streamed (chunked) body goes both ways.
+    let echoed = curl_out(vec![
+        "-x".into(),
+        via.clone(),
+        "-H".into(),
+        "transfer-encoding: chunked".into(),
+        "--data-binary".into(),
+        "streamed body".into(),
+        url("/echo"),
+    ])
+    .await;
+    assert_eq!(echoed, "streamed body");
+
+    // All of it crossed one mTLS connection between the proxies, as HTTP/2.
+    let inbound = server.inbound.to_string();
+    let to_web = [
+        ("direction", "outbound"),
+        ("peer", "dst"),
+        ("target_addr", inbound.as_str()),
+        ("tls", "true"),
+        ("server_id", WEB),
+    ];
+    assert_eq!(client.metric("tcp_open_total", &to_web), 1.0);
+    assert!(client.metric("tcp_open_total", &[("peer", "src")]) >= 6.0);
+    let from_client = [
+        ("direction", "inbound"),
+        ("peer", "src"),
+        ("tls", "true"),
+        ("client_id", CLIENT),
+    ];
+    assert_eq!(server.metric("tcp_open_total", &from_client), 1.0);
+    assert_eq!(server.metric("request_total", &from_client[2..]), 9.0);
+    // The client's metrics name the service and workload, from discovery.
+    let by_service = [
+        ("direction", "outbound"),
+        ("dst_namespace", "demo"),
+        ("dst_service", "web"),
+        ("dst_external_workload", "web-0"),
+        ("server_id", WEB),
+    ];
+    assert_eq!(client.metric("request_total", &by_service), 9.0);
+
+    // A protocol upgrade hands its connection over: it stays HTTP/1.
+    let ws = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(client.outbound).await.unwrap();
+        tcp.write_all(
+            format!(
+                "GET {} HTTP/1.1\r\nHost: web.demo.svc.cluster.local\r\nConnection: upgrade\r\nUpgrade: weft-echo\r\n\r\n",
+                url("/ws")
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        tcp.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tcp.read_exact(&mut echo).await.unwrap();
+        (String::from_utf8_lossy(&head).into_owned(), echo)
+    })
+    .await
+    .expect("the upgraded connection echoes");
+    assert!(ws.0.starts_with("HTTP/1.1 101"), "{}", ws.0);
+    assert_eq!(&ws.1, b"ping");
+    assert_eq!(client.metric("tcp_open_total", &to_web), 2.0);
+
+    // A bad marker from a peer is refused, saying what was wrong.
+    let bad = curl_out(vec![
+        "-i".into(),
+        "--http2-prior-knowledge".into(),
+        "-H".into(),
+        "l5d-orig-proto: HTTP/9".into(),
+        format!("http://{}/headers", server.inbound),
+    ])
+    .await;
+    assert!(bad.starts_with("HTTP/2 400"), "{bad}");
+    assert!(
+        bad.contains("l5d-orig-proto must be HTTP/1.1 or HTTP/1.0"),
+        "{bad}"
+    );
+}

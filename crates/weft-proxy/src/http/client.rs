@@ -6,6 +6,9 @@
 //! connection ends, the upstream connection goes back to its endpoint's idle
 //! list for other clients. A request that finds its reused connection closed by
 //! the server before anything was sent is retried once on a fresh connection.
+//! HTTP/1 requests that arrived multiplexed on HTTP/2 (from a peer proxy,
+//! see `l5d-orig-proto`) have no connection of their own to lease: each takes
+//! a ready idle connection or dials one, and puts it back at once.
 //!
 //! HTTP/2: one multiplexed connection per endpoint, shared by every client
 //! connection, re-established when it closes.
@@ -74,14 +77,14 @@ impl Endpoint {
         Ok(sender)
     }
 
+    /// An idle connection ready for a request. Connections still finishing
+    /// a response stay listed (they become ready when it ends); closed ones
+    /// are dropped.
     fn idle_http1(&self) -> Option<Http1Sender> {
         let mut idle = lock(&self.idle_http1);
-        while let Some((sender, _)) = idle.pop() {
-            if sender.is_ready() {
-                return Some(sender);
-            }
-        }
-        None
+        idle.retain(|(sender, _)| !sender.is_closed());
+        let ready = idle.iter().rposition(|(sender, _)| sender.is_ready())?;
+        Some(idle.swap_remove(ready).0)
     }
 
     fn release_http1(&self, sender: Http1Sender) {
@@ -123,6 +126,52 @@ impl Endpoint {
         let mut sender = self.http2().await?;
         sender.ready().await.map_err(|e| self.failed(&e))?;
         sender.send_request(req).await.map_err(|e| self.failed(&e))
+    }
+
+    /// Sends one HTTP/1 request on an idle or new connection, which goes
+    /// back to the idle list at once: it is reused when its response ends.
+    /// For requests that share no client connection (HTTP/2 requests
+    /// downgraded to the application's HTTP/1).
+    pub async fn send_http1(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        self.touch();
+        let idle = self.idle_http1();
+        let (sender, resp) = self.send_http1_on(idle, req).await?;
+        self.release_http1(sender);
+        Ok(resp)
+    }
+
+    /// Sends on `reused` when it still works, else on a new connection; gives
+    /// back the connection used.
+    async fn send_http1_on(
+        &self,
+        reused: Option<Http1Sender>,
+        req: Request<RequestBody>,
+    ) -> Result<(Http1Sender, Response<Incoming>), ProxyError> {
+        let (mut sender, req) = match reused {
+            Some(mut sender) => {
+                // The previous response may still be finishing on this connection.
+                match sender.ready().await {
+                    Ok(()) => match sender.try_send_request(req).await {
+                        Ok(resp) => return Ok((sender, resp)),
+                        Err(mut e) => match e.take_message() {
+                            // Never sent: the server had closed the connection. Retry fresh.
+                            Some(req) => (self.new_http1().await?, req),
+                            None => return Err(self.failed(e.error())),
+                        },
+                    },
+                    Err(_) => (self.new_http1().await?, req),
+                }
+            }
+            None => (self.new_http1().await?, req),
+        };
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        Ok((sender, resp))
     }
 
     fn failed(&self, e: &hyper::Error) -> ProxyError {
@@ -178,30 +227,7 @@ impl Lease {
             endpoint.idle_http1()
         });
 
-        let (mut sender, req) = match reused {
-            Some(mut sender) => {
-                // The previous response may still be finishing on this connection.
-                match sender.ready().await {
-                    Ok(()) => match sender.try_send_request(req).await {
-                        Ok(resp) => {
-                            *lock(&self.0) = Some((endpoint.clone(), sender));
-                            return Ok(resp);
-                        }
-                        Err(mut e) => match e.take_message() {
-                            // Never sent: the server had closed the connection. Retry fresh.
-                            Some(req) => (endpoint.new_http1().await?, req),
-                            None => return Err(endpoint.failed(e.error())),
-                        },
-                    },
-                    Err(_) => (endpoint.new_http1().await?, req),
-                }
-            }
-            None => (endpoint.new_http1().await?, req),
-        };
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| endpoint.failed(&e))?;
+        let (sender, resp) = endpoint.send_http1_on(reused, req).await?;
         *lock(&self.0) = Some((endpoint.clone(), sender));
         Ok(resp)
     }

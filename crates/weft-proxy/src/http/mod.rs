@@ -1,9 +1,14 @@
 //! HTTP proxying: serve the client's connection with hyper, forward each
 //! request to its endpoint over a kept connection, stream the response back.
 //!
-//! A connection's protocol is kept end to end in this version (HTTP/1 to
-//! HTTP/1, HTTP/2 to HTTP/2). Bodies stream in both directions without being
-//! buffered; hyper's flow control bounds what is held in memory.
+//! A request keeps its protocol end to end, except between two meshed
+//! proxies: the outbound proxy sends HTTP/1 requests to a peer whose
+//! discovery entry carries the `h2` hint as HTTP/2 on one multiplexed
+//! connection, marked with `l5d-orig-proto`, and the inbound proxy turns
+//! them back into HTTP/1 for the application (Linkerd's wire format, so
+//! either side may be linkerd2-proxy). Bodies stream in both directions
+//! without being buffered (except small ones kept for a retry); hyper's flow
+//! control bounds what is held in memory.
 
 pub mod body;
 pub mod client;
@@ -37,6 +42,9 @@ use crate::proxy::Shared;
 use crate::tcp;
 
 pub const L5D_CLIENT_ID: &str = "l5d-client-id";
+/// Marks an HTTP/1 request carried over HTTP/2 between two proxies; the
+/// value is its original version (`HTTP/1.1`, `HTTP/1.0`).
+pub const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
 
 /// One client connection being served as HTTP.
 pub struct HttpConn {
@@ -156,7 +164,16 @@ async fn handle(
     let metrics = conn.metrics.for_request(
         authority.as_ref().map_or("", Authority::as_str),
         target_addr,
-        || dialer.identity(conn.direction, target_addr),
+        || {
+            let labels = match &target {
+                Ok(Target::Pooled {
+                    resolution: Some(r),
+                    ..
+                }) => r.labels(target_addr),
+                _ => Default::default(),
+            };
+            (dialer.identity(conn.direction, target_addr), labels)
+        },
     );
     metrics.request_total.inc();
     // Kept for the error log; cloning shares the URI's buffers.
@@ -368,11 +385,16 @@ async fn proxy(
     let is_connect = req.method() == Method::CONNECT;
     let version = req.version();
     headers::strip_hop_by_hop(req.headers_mut(), version, upgrade);
-    if conn.http2 {
+    let downgraded = conn.direction == Direction::Inbound && conn.http2 && downgrade(&mut req)?;
+    if conn.http2 && !downgraded {
         *req.uri_mut() = absolute_uri(req.uri(), authority, addr)?;
     } else if !is_connect {
         origin_form(&mut req)?;
     }
+    // An outbound HTTP/1 request may ride HTTP/2 to a meshed peer's proxy;
+    // a connection that will be handed over (upgrade, CONNECT) may not.
+    let may_upgrade =
+        conn.direction == Direction::Outbound && !conn.http2 && !upgrade && !is_connect;
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     // The profile route decides the timeout, the classification and whether
@@ -423,7 +445,8 @@ async fn proxy(
             if let Some(m) = route_metrics {
                 m.actual_request_total.inc();
             }
-            let result = send(conn, &endpoint, req.map(RequestBody::streaming), deadline).await;
+            let req = req.map(RequestBody::streaming);
+            let result = send(conn, &endpoint, req, may_upgrade, deadline).await;
             if let Some(pick) = pick {
                 pick.done(endpoint_failed(&result));
             }
@@ -439,7 +462,7 @@ async fn proxy(
             if let Some(m) = route_metrics {
                 m.actual_request_total.inc();
             }
-            let result = send(conn, &endpoint, req, deadline).await;
+            let result = send(conn, &endpoint, req, may_upgrade, deadline).await;
             if let Some(pick) = pick.take() {
                 pick.done(endpoint_failed(&result));
             }
@@ -565,17 +588,30 @@ async fn buffer_for_replay(
     Ok(Ok((head, data)))
 }
 
-/// Sends one attempt, within the request's deadline.
+/// Sends one attempt, within the request's deadline: HTTP/2 on the
+/// endpoint's shared connection, HTTP/1 on the client connection's lease,
+/// or (downgraded from a peer's HTTP/2) on any idle connection. With
+/// `may_upgrade`, an HTTP/1 request to a peer proxy that takes HTTP/2 goes
+/// as HTTP/2.
 async fn send(
     conn: &HttpConn,
     endpoint: &Arc<Endpoint>,
     req: Request<RequestBody>,
+    may_upgrade: bool,
     deadline: Option<(Instant, std::time::Duration)>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let addr = endpoint.addr;
     let response = async {
-        if conn.http2 {
+        if req.version() == http::Version::HTTP_2 {
             endpoint.send_http2(req).await
+        } else if conn.http2 {
+            endpoint.send_http1(req).await
+        } else if may_upgrade && conn.shared.clients.dialer.http2_upgrade(addr) {
+            let version = req.version();
+            let mut resp = endpoint.send_http2(upgrade(req, addr)?).await?;
+            *resp.version_mut() = version;
+            resp.headers_mut().remove(L5D_ORIG_PROTO);
+            Ok(resp)
         } else {
             conn.lease.send_http1(endpoint, req).await
         }
@@ -586,6 +622,44 @@ async fn send(
             .unwrap_or(Err(ProxyError::ResponseTimeout { addr, timeout })),
         None => response.await,
     }
+}
+
+/// Turns an origin-form HTTP/1 request into HTTP/2 for a peer proxy: the
+/// Host header becomes the authority, and `l5d-orig-proto` keeps the
+/// version so the peer can restore it.
+fn upgrade<B>(mut req: Request<B>, addr: SocketAddr) -> Result<Request<B>, ProxyError> {
+    let orig_proto = if req.version() == http::Version::HTTP_10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    let host = req.headers_mut().remove(http::header::HOST);
+    let authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    *req.uri_mut() = absolute_uri(req.uri(), authority, addr)?;
+    *req.version_mut() = http::Version::HTTP_2;
+    req.headers_mut()
+        .insert(L5D_ORIG_PROTO, http::HeaderValue::from_static(orig_proto));
+    Ok(req)
+}
+
+/// Restores an HTTP/1 request that a peer proxy carried over HTTP/2;
+/// whether the request was one. Linkerd may append `; absolute-form`, which
+/// changes nothing here: requests reach the application in origin form.
+fn downgrade<B>(req: &mut Request<B>) -> Result<bool, ProxyError> {
+    let Some(value) = req.headers_mut().remove(L5D_ORIG_PROTO) else {
+        return Ok(false);
+    };
+    let version = value.to_str().ok().and_then(|v| v.split(';').next());
+    *req.version_mut() = match version.map(str::trim) {
+        Some("HTTP/1.1") => http::Version::HTTP_11,
+        Some("HTTP/1.0") => http::Version::HTTP_10,
+        _ => {
+            return Err(ProxyError::BadRequest(format!(
+                "{L5D_ORIG_PROTO} must be HTTP/1.1 or HTTP/1.0, not {value:?}"
+            )));
+        }
+    };
+    Ok(true)
 }
 
 /// Whether an attempt's outcome counts against the endpoint (for failure
@@ -768,5 +842,48 @@ mod tests {
         );
         let abs: Uri = "http://x:1/p".parse().unwrap();
         assert_eq!(absolute_uri(&abs, None, addr).unwrap(), abs);
+    }
+
+    #[test]
+    fn http1_requests_upgrade_and_downgrade_with_their_version() {
+        let addr: SocketAddr = "10.1.1.1:8080".parse().unwrap();
+        let req = Request::builder()
+            .version(http::Version::HTTP_10)
+            .uri("/a?b=1")
+            .header(http::header::HOST, "web.demo:80")
+            .body(())
+            .unwrap();
+        let mut up = upgrade(req, addr).unwrap();
+        assert_eq!(up.version(), http::Version::HTTP_2);
+        assert_eq!(up.uri(), "http://web.demo:80/a?b=1");
+        assert!(up.headers().get(http::header::HOST).is_none());
+        assert_eq!(up.headers()[L5D_ORIG_PROTO], "HTTP/1.0");
+
+        assert!(downgrade(&mut up).unwrap());
+        assert_eq!(up.version(), http::Version::HTTP_10);
+        assert!(up.headers().get(L5D_ORIG_PROTO).is_none());
+        origin_form(&mut up).unwrap();
+        assert_eq!(up.uri(), "/a?b=1");
+        assert_eq!(up.headers()[http::header::HOST], "web.demo:80");
+
+        // Linkerd marks absolute-form requests; plain HTTP/2 is left alone.
+        let mut linkerd = Request::builder()
+            .header(L5D_ORIG_PROTO, "HTTP/1.1; absolute-form")
+            .body(())
+            .unwrap();
+        assert!(downgrade(&mut linkerd).unwrap());
+        assert_eq!(linkerd.version(), http::Version::HTTP_11);
+        let mut native = Request::builder()
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap();
+        assert!(!downgrade(&mut native).unwrap());
+        assert_eq!(native.version(), http::Version::HTTP_2);
+        let mut bad = Request::builder()
+            .header(L5D_ORIG_PROTO, "HTTP/2")
+            .body(())
+            .unwrap();
+        let err = downgrade(&mut bad).unwrap_err().to_string();
+        assert!(err.contains("not \"HTTP/2\""), "{err}");
     }
 }
