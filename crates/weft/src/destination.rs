@@ -333,7 +333,7 @@ pub fn profile(
         Target::Service { key, port } => snapshot
             .services
             .get(key)
-            .map(|svc| (key.clone(), svc, *port)),
+            .map(|svc| (key.clone(), &**svc, *port)),
         Target::Addr(addr) => snapshot
             .service_by_cluster_ip(addr.ip())
             .map(|(key, svc)| (key.clone(), svc, addr.port())),
@@ -365,7 +365,10 @@ pub fn profile(
         fully_qualified_name: fqdn,
         opaque_protocol: opaque,
         // Opaque traffic has no requests to route.
-        routes: sp.filter(|_| !opaque).map(routes).unwrap_or_default(),
+        routes: sp
+            .filter(|_| !opaque)
+            .map(|p| routes(p))
+            .unwrap_or_default(),
         retry_budget: Some(
             sp.and_then(|p| p.spec.retry_budget.as_ref())
                 .map(|b| api::RetryBudget {

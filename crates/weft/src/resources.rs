@@ -272,7 +272,8 @@ mod humantime_serde_opt {
 /// One resource read from a manifest, with where it was found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Located<T> {
-    pub resource: T,
+    /// Shared, so that every snapshot built from the same file reuses it.
+    pub resource: std::sync::Arc<T>,
     pub file: std::path::PathBuf,
     pub line: usize,
 }
@@ -388,7 +389,7 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
             "Service" => serde_yaml::from_str::<Service>(&doc).map(|r| {
                 let (file, line) = located(start);
                 out.services.push(Located {
-                    resource: r,
+                    resource: std::sync::Arc::new(r),
                     file,
                     line,
                 })
@@ -396,7 +397,7 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
             "ExternalWorkload" => serde_yaml::from_str::<ExternalWorkload>(&doc).map(|r| {
                 let (file, line) = located(start);
                 out.workloads.push(Located {
-                    resource: r,
+                    resource: std::sync::Arc::new(r),
                     file,
                     line,
                 })
@@ -404,7 +405,7 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
             _ => serde_yaml::from_str::<ServiceProfile>(&doc).map(|r| {
                 let (file, line) = located(start);
                 out.profiles.push(Located {
-                    resource: r,
+                    resource: std::sync::Arc::new(r),
                     file,
                     line,
                 })

@@ -33,10 +33,10 @@ pub trait Store: Send + Sync + 'static {
 pub struct Snapshot {
     /// Increases by one with every published change.
     pub version: u64,
-    pub services: BTreeMap<Key, Service>,
-    pub workloads: BTreeMap<Key, ExternalWorkload>,
+    pub services: BTreeMap<Key, Arc<Service>>,
+    pub workloads: BTreeMap<Key, Arc<ExternalWorkload>>,
     /// Keyed by namespace and the profile's name (the service FQDN).
-    pub profiles: BTreeMap<Key, ServiceProfile>,
+    pub profiles: BTreeMap<Key, Arc<ServiceProfile>>,
     /// What is wrong with the manifests right now (the resources above are
     /// the last good state of the files in question).
     pub problems: Vec<ManifestError>,
@@ -129,11 +129,13 @@ impl Snapshot {
 
     pub fn service_by_cluster_ip(&self, ip: IpAddr) -> Option<(&Key, &Service)> {
         let key = self.by_cluster_ip.get(&ip)?;
-        Some((key, self.services.get(key)?))
+        Some((key, &**self.services.get(key)?))
     }
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&ExternalWorkload> {
-        self.workloads.get(self.by_workload_ip.get(&ip)?)
+        self.workloads
+            .get(self.by_workload_ip.get(&ip)?)
+            .map(|w| &**w)
     }
 
     /// The workloads a service selects (in its namespace, every selector
@@ -149,7 +151,7 @@ impl Snapshot {
         };
         candidates
             .iter()
-            .filter_map(|key| self.workloads.get(key))
+            .filter_map(|key| self.workloads.get(key).map(|w| &**w))
             .filter(|w| {
                 svc.spec
                     .selector

@@ -337,3 +337,31 @@ async fn diagnostics_show_what_proxies_are_told() {
         "{err}"
     );
 }
+
+/// The scale benchmark's generator (`bench/control-plane`), run small so it
+/// keeps working: every edit must reach every watcher of its service.
+#[test]
+fn the_scale_generator_measures_a_small_mesh() {
+    let out = std::process::Command::new(support::workspace_bin("destination-load"))
+        .args(["--weft", env!("CARGO_BIN_EXE_weft")])
+        .args(["--services", "20", "--endpoints", "3", "--watches", "60"])
+        .args([
+            "--connections",
+            "4",
+            "--updates",
+            "4",
+            "--idle-seconds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["watches"], 60);
+    assert_eq!(report["updates"], 4);
+    assert!(report["rss_watched_kib"].as_u64().unwrap() > 0, "{report}");
+    let max = report["update_latency_ms"]["max"].as_f64().unwrap();
+    assert!(max > 0.0, "{report}");
+    assert!(stderr.contains("60 watches answered"), "{stderr}");
+}

@@ -127,10 +127,15 @@ impl Drop for Ca {
 
 /// The weft-proxy binary, built beside weft (scripts/test builds every binary).
 pub fn proxy_bin() -> PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_weft")).with_file_name("weft-proxy");
+    workspace_bin("weft-proxy")
+}
+
+/// A binary of another workspace crate, built next to `weft`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_weft")).with_file_name(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build -p weft-proxy` first",
+        "{} is missing: run `cargo build --workspace --bins` first",
         path.display()
     );
     path
