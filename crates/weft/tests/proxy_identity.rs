@@ -302,13 +302,7 @@ async fn two_proxies_speak_mtls_and_never_fall_back_to_plaintext() {
     let ca = Ca::create();
     let identity_port = free_port();
     let (_server, _) = ca.serve(identity_port, "1h");
-    let app_addr = spawn_app().await;
-    let server = Proxy::start_as(
-        &ca,
-        identity_port,
-        WEB,
-        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
-    );
+    let (server, app_addr) = web_server(&ca, identity_port).await;
     // The client side knows the server proxy is `web`, and (wrongly) that the
     // plaintext app is too: it must refuse to talk to the app in plaintext.
     let identities = format!("{}={WEB},{app_addr}={WEB}", server.inbound);
@@ -542,13 +536,7 @@ async fn trust_anchor_rotation_with_a_bundle_under_load() {
 /// that reaches it over mesh TLS, both ready. The client's pooled connections
 /// are short-lived, so load through it keeps making new mTLS handshakes.
 async fn meshed_pair(ca: &Ca, identity_port: u16) -> (Proxy, Proxy) {
-    let app_addr = spawn_app().await;
-    let server = Proxy::start_as(
-        ca,
-        identity_port,
-        WEB,
-        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
-    );
+    let (server, _) = web_server(ca, identity_port).await;
     let client = Proxy::start_as(
         ca,
         identity_port,
@@ -565,6 +553,18 @@ async fn meshed_pair(ca: &Ca, identity_port: u16) -> (Proxy, Proxy) {
         p.wait_ready();
     }
     (server, client)
+}
+
+/// The server side: the test application behind a proxy with identity `web`.
+async fn web_server(ca: &Ca, identity_port: u16) -> (Proxy, SocketAddr) {
+    let app_addr = spawn_app().await;
+    let server = Proxy::start_as(
+        ca,
+        identity_port,
+        WEB,
+        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
+    );
+    (server, app_addr)
 }
 
 /// The test application: weft-testkit's HTTP server on a free loopback port.
@@ -767,13 +767,7 @@ async fn http1_between_meshed_proxies_rides_one_http2_connection() {
     let ca = Ca::create();
     let identity_port = free_port();
     let (_identity, _) = ca.serve(identity_port, "1h");
-    let app_addr = spawn_app().await;
-    let server = Proxy::start_as(
-        &ca,
-        identity_port,
-        WEB,
-        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
-    );
+    let (server, _) = web_server(&ca, identity_port).await;
     // Discovery says `web` is the server proxy's inbound address, meshed:
     // the destination service gives it the `h2` hint.
     let destination = support::Destination::start(&[
