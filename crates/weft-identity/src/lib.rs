@@ -6,10 +6,12 @@
 //! - [`csr`]: making a key and CSR (proxy side), checking a CSR (CA side).
 //! - [`token`]: credentials the control plane mints for workloads.
 //! - [`verify`]: checking a chain against trust anchors and an identity.
+//! - [`tls`]: rustls verifiers and configurations built on [`verify`].
 
 pub mod ca;
 pub mod csr;
 pub mod name;
+pub mod tls;
 pub mod token;
 pub mod verify;
 

@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::control::ControlAddr;
+
 /// One environment setting: where it is read from and what it defaults to.
 #[derive(Debug)]
 pub struct Setting {
@@ -67,6 +69,8 @@ settings! {
         "1", "Runtime worker threads. One avoids cross-core wake-ups; raise it only after measuring.";
     IDENTITY_SVC_ADDR = "WEFT_PROXY_IDENTITY_SVC_ADDR", ["LINKERD2_PROXY_IDENTITY_SVC_ADDR"],
         "", "host:port of the identity service (Identity/Certify). Unset: identity is off and the proxy is plaintext only.";
+    IDENTITY_SVC_NAME = "WEFT_PROXY_IDENTITY_SVC_NAME", ["LINKERD2_PROXY_IDENTITY_SVC_NAME"],
+        "", "The identity the identity service proves over TLS, e.g. identity.weft.serviceaccount.identity.weft.cluster.local (required with identity: tokens never cross the network in plaintext).";
     IDENTITY_LOCAL_NAME = "WEFT_PROXY_IDENTITY_LOCAL_NAME", ["LINKERD2_PROXY_IDENTITY_LOCAL_NAME"],
         "", "This proxy's identity, e.g. web.demo.serviceaccount.identity.weft.cluster.local (required with identity).";
     IDENTITY_TOKEN_FILE = "WEFT_PROXY_IDENTITY_TOKEN_FILE", ["LINKERD2_PROXY_IDENTITY_TOKEN_FILE"],
@@ -77,6 +81,8 @@ settings! {
         "", "Meshed outbound endpoints, ADDR=IDENTITY[@PORT] separated by commas: they are reached only over mesh TLS proving IDENTITY; with @PORT (the peer proxy's inbound port), opaque TCP goes to that port with Linkerd's transport header. Static until discovery provides them.";
     DESTINATION_SVC_ADDR = "WEFT_PROXY_DESTINATION_SVC_ADDR", ["LINKERD2_PROXY_DESTINATION_SVC_ADDR"],
         "", "host:port of the destination service (Destination/Get). Unset: no discovery; outbound traffic goes to the original destination.";
+    DESTINATION_SVC_NAME = "WEFT_PROXY_DESTINATION_SVC_NAME", ["LINKERD2_PROXY_DESTINATION_SVC_NAME"],
+        "", "The identity the destination service proves over TLS, e.g. destination.weft.serviceaccount.identity.weft.cluster.local (needs identity on for the trust anchors). Unset: plaintext.";
     DESTINATION_GET_SUFFIXES = "WEFT_PROXY_DESTINATION_GET_SUFFIXES", ["LINKERD2_PROXY_DESTINATION_GET_SUFFIXES"],
         "svc.cluster.local.", "Explicit-proxy host names under these suffixes (comma-separated) are resolved through the destination service; IP targets always are.";
     DESTINATION_CONTEXT = "WEFT_PROXY_DESTINATION_CONTEXT", ["LINKERD2_PROXY_DESTINATION_CONTEXT"],
@@ -164,10 +170,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// How the proxy gets its identity (all four identity settings).
+/// How the proxy gets its identity (all five identity settings).
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {
-    pub svc_addr: String,
+    /// The identity service, always over TLS.
+    pub svc: ControlAddr,
     pub local_name: weft_identity::Identity,
     pub token_file: std::path::PathBuf,
     pub trust_anchors: weft_identity::verify::TrustAnchors,
@@ -193,7 +200,7 @@ pub struct Config {
     pub worker_threads: usize,
     pub identity: Option<IdentityConfig>,
     pub outbound_identities: std::collections::HashMap<SocketAddr, crate::tcp::MeshEndpoint>,
-    pub destination_addr: Option<String>,
+    pub destination: Option<ControlAddr>,
     pub destination_suffixes: Vec<String>,
     pub destination_context: String,
     pub discovery_timeout: Duration,
@@ -248,6 +255,7 @@ impl Config {
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let r = Reader(lookup);
+        let identity = identity_config(&r)?;
         Ok(Config {
             outbound_addr: r.parse(&OUTBOUND_LISTEN_ADDR, parse_addr)?,
             inbound_addr: r.parse(&INBOUND_LISTEN_ADDR, parse_addr)?,
@@ -268,7 +276,7 @@ impl Config {
                 Ok(n) if (1..=64).contains(&n) => Ok(n),
                 _ => Err("expected a number of threads from 1 to 64".into()),
             })?,
-            identity: identity_config(&r)?,
+            identity: identity.clone(),
             outbound_identities: r.parse(&OUTBOUND_IDENTITIES, |v| {
                 v.split(',')
                     .map(str::trim)
@@ -299,7 +307,7 @@ impl Config {
                     })
                     .collect()
             })?,
-            destination_addr: r.optional(&DESTINATION_SVC_ADDR, |v| Ok(v.to_string()))?,
+            destination: destination_config(&r, identity.is_some())?,
             destination_suffixes: r.parse(&DESTINATION_GET_SUFFIXES, |v| {
                 Ok(v.split(',')
                     .map(|s| s.trim().trim_start_matches('.').to_string())
@@ -316,6 +324,33 @@ impl Config {
             })?,
         })
     }
+}
+
+fn parse_identity(v: &str) -> Result<weft_identity::Identity, String> {
+    v.trim()
+        .parse()
+        .map_err(|e: weft_identity::name::NameError| e.to_string())
+}
+
+/// The destination service, over TLS when its name is given (which needs
+/// the trust anchors of the identity settings).
+fn destination_config<F: Fn(&str) -> Option<String>>(
+    r: &Reader<F>,
+    identity_on: bool,
+) -> Result<Option<ControlAddr>, ConfigError> {
+    let Some(addr) = r.optional(&DESTINATION_SVC_ADDR, |v| Ok(v.to_string()))? else {
+        return Ok(None);
+    };
+    let identity = r.optional(&DESTINATION_SVC_NAME, parse_identity)?;
+    if identity.is_some() && !identity_on {
+        let (var, value) = r.raw(&DESTINATION_SVC_NAME);
+        return Err(ConfigError {
+            var,
+            value,
+            reason: "TLS to the destination service needs identity on (its trust anchors)".into(),
+        });
+    }
+    Ok(Some(ControlAddr { addr, identity }))
 }
 
 fn identity_config<F: Fn(&str) -> Option<String>>(
@@ -336,16 +371,16 @@ fn identity_config<F: Fn(&str) -> Option<String>>(
             Ok(())
         }
     };
+    required(&IDENTITY_SVC_NAME)?;
     required(&IDENTITY_LOCAL_NAME)?;
     required(&IDENTITY_TOKEN_FILE)?;
     required(&IDENTITY_TRUST_ANCHORS)?;
     Ok(Some(IdentityConfig {
-        svc_addr,
-        local_name: r.parse(&IDENTITY_LOCAL_NAME, |v| {
-            v.trim()
-                .parse()
-                .map_err(|e: weft_identity::name::NameError| e.to_string())
-        })?,
+        svc: ControlAddr {
+            addr: svc_addr,
+            identity: Some(r.parse(&IDENTITY_SVC_NAME, parse_identity)?),
+        },
+        local_name: r.parse(&IDENTITY_LOCAL_NAME, parse_identity)?,
         token_file: r.parse(&IDENTITY_TOKEN_FILE, |v| Ok(v.trim().into()))?,
         trust_anchors: r.parse(&IDENTITY_TRUST_ANCHORS, |v| {
             weft_identity::verify::TrustAnchors::from_pem(v).map_err(|e| e.to_string())
@@ -441,17 +476,42 @@ mod tests {
         }
     }
 
+    const IDENTITY_SERVICE: &str = "identity.weft.serviceaccount.identity.weft.cluster.local";
+
+    #[test]
+    fn tls_to_the_destination_service_needs_identity() {
+        let plain = config(&[("WEFT_PROXY_DESTINATION_SVC_ADDR", "127.0.0.1:8086")]).unwrap();
+        assert!(plain.destination.unwrap().identity.is_none());
+        let err = config(&[
+            ("WEFT_PROXY_DESTINATION_SVC_ADDR", "127.0.0.1:8086"),
+            (
+                "LINKERD2_PROXY_DESTINATION_SVC_NAME",
+                "destination.weft.serviceaccount.identity.weft.cluster.local",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "LINKERD2_PROXY_DESTINATION_SVC_NAME");
+        assert!(err.to_string().contains("needs identity on"), "{err}");
+    }
+
     #[test]
     fn identity_needs_all_its_settings() {
         assert!(config(&[]).unwrap().identity.is_none());
         let err = config(&[("LINKERD2_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080")]).unwrap_err();
-        assert_eq!(err.var, "WEFT_PROXY_IDENTITY_LOCAL_NAME");
+        assert_eq!(err.var, "WEFT_PROXY_IDENTITY_SVC_NAME");
         assert!(
             err.to_string()
                 .contains("required when WEFT_PROXY_IDENTITY_SVC_ADDR is set")
         );
         let err = config(&[
             ("WEFT_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080"),
+            ("WEFT_PROXY_IDENTITY_SVC_NAME", IDENTITY_SERVICE),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_IDENTITY_LOCAL_NAME");
+        let err = config(&[
+            ("WEFT_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080"),
+            ("WEFT_PROXY_IDENTITY_SVC_NAME", IDENTITY_SERVICE),
             ("WEFT_PROXY_IDENTITY_LOCAL_NAME", "web"),
             ("WEFT_PROXY_IDENTITY_TOKEN_FILE", "/t"),
             ("WEFT_PROXY_IDENTITY_TRUST_ANCHORS", "not pem"),

@@ -19,8 +19,10 @@ use linkerd2_proxy_api::destination::destination_client::DestinationClient;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
+use weft_identity::verify::TrustAnchors;
 
 use crate::balance::Balancer;
+use crate::control::ControlAddr;
 use crate::metrics::{DstLabels, Metrics};
 use crate::profile::Profile;
 use crate::tcp::{Dialer, MeshEndpoint};
@@ -111,23 +113,20 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// A client for the destination service at `addr` (host:port). The
-    /// connection is made lazily and re-made as needed.
+    /// A client for the destination service (TLS when its identity is
+    /// known). The connection is made lazily and re-made as needed.
     pub fn new(
-        addr: &str,
+        service: &ControlAddr,
+        anchors: Option<&TrustAnchors>,
         context_token: String,
         dialer: Arc<Dialer>,
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
     ) -> anyhow::Result<Arc<Discovery>> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| anyhow::anyhow!("destination address {addr:?}: {e}"))?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = crate::control::channel(service, anchors, connect_timeout)?;
         let discovery = Arc::new(Discovery {
             client: DestinationClient::new(channel),
-            addr: addr.into(),
+            addr: service.addr.clone(),
             context_token,
             resolutions: Mutex::new(HashMap::new()),
             dialer,
@@ -225,9 +224,9 @@ async fn follow<T, F, Fut>(
         };
         metrics.control_failure(&discovery.addr);
         if has_answer() {
-            info!(%target, what, error = %ended.message(), ?backoff, "destination stream lost; serving the last known answer");
+            info!(%target, what, error = crate::control::status_reason(&ended), ?backoff, "destination stream lost; serving the last known answer");
         } else {
-            warn!(%target, what, error = %ended.message(), ?backoff, "cannot resolve through the destination service; retrying");
+            warn!(%target, what, error = crate::control::status_reason(&ended), ?backoff, "cannot resolve through the destination service; retrying");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use linkerd2_proxy_api::identity::CertifyRequest;
 use linkerd2_proxy_api::identity::identity_client::IdentityClient;
 use tokio::sync::watch;
+use tonic::transport::Channel;
 use tracing::{info, warn};
 use weft_identity::Identity;
 use weft_identity::csr::new_key_and_csr;
@@ -64,9 +65,12 @@ enum CertifyError {
 pub fn spawn(config: IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<CredentialsWatch> {
     let (key, csr) = new_key_and_csr(&config.local_name)?;
     let key_der = key.serialize_der();
+    let channel =
+        crate::control::channel(&config.svc, Some(&config.trust_anchors), CERTIFY_TIMEOUT)?;
     let (tx, rx) = watch::channel(None);
     tokio::spawn(run(
         config,
+        IdentityClient::new(channel),
         csr,
         key_der,
         key.public_key_raw().to_vec(),
@@ -76,8 +80,10 @@ pub fn spawn(config: IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<Cr
     Ok(rx)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     config: IdentityConfig,
+    client: IdentityClient<Channel>,
     csr: Vec<u8>,
     key_der: Vec<u8>,
     public_key: Vec<u8>,
@@ -86,7 +92,7 @@ async fn run(
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match certify(&config, &csr, &public_key).await {
+        match certify(&config, client.clone(), &csr, &public_key).await {
             Ok((leaf_der, chain, valid_until)) => {
                 metrics.identity_refreshed(true, valid_until);
                 let remaining = valid_until
@@ -117,6 +123,7 @@ async fn run(
 
 async fn certify(
     config: &IdentityConfig,
+    mut client: IdentityClient<Channel>,
     csr: &[u8],
     public_key: &[u8],
 ) -> Result<(Vec<u8>, Vec<Vec<u8>>, SystemTime), CertifyError> {
@@ -125,14 +132,7 @@ async fn certify(
         path: config.token_file.display().to_string(),
         source,
     })?;
-    let addr = &config.svc_addr;
     let call = async {
-        let mut client = IdentityClient::connect(format!("http://{addr}"))
-            .await
-            .map_err(|e| CertifyError::Connect {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
         let request = CertifyRequest {
             identity: config.local_name.to_string(),
             token: trim_ascii(token),
@@ -142,7 +142,13 @@ async fn certify(
             .certify(request)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| CertifyError::Refused(format!("{:?}: {}", s.code(), s.message())))
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown => CertifyError::Connect {
+                    addr: config.svc.addr.clone(),
+                    reason: crate::control::status_reason(&s),
+                },
+                _ => CertifyError::Refused(crate::control::status_reason(&s)),
+            })
     };
     let resp = tokio::time::timeout(CERTIFY_TIMEOUT, call)
         .await

@@ -9,12 +9,15 @@
 //! - [`tls`]: mesh TLS, both sides: rustls configurations and peer verification.
 //! - [`transport_header`]: Linkerd's header naming the target port of opaque mesh TLS.
 //! - [`identity`]: the proxy's key and certificate (Certify, renewal).
+//! - [`control`]: gRPC channels to the control plane, TLS when the service's identity is known.
+//! - [`discovery`], [`balance`], [`profile`]: destinations, endpoint choice, routes and retries.
 //! - [`metrics`], [`admin`]: Linkerd-compatible metrics and the admin server.
 //! - [`init`]: iptables capture rules (`weft-proxy init`).
 
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod discovery;
 pub mod drain;

@@ -117,9 +117,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outbound_identities: config.outbound_identities.clone().into(),
         mesh: mesh_tls.clone(),
     });
-    let discovery = match &config.destination_addr {
-        Some(addr) => Some(crate::discovery::Discovery::new(
-            addr,
+    let discovery = match &config.destination {
+        Some(destination) => Some(crate::discovery::Discovery::new(
+            destination,
+            config.identity.as_ref().map(|id| &id.trust_anchors),
             config.destination_context.clone(),
             dialer.clone(),
             metrics.clone(),

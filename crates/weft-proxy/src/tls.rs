@@ -8,21 +8,18 @@
 //! not per connection.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use rustls::ClientConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::ServerName;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
-};
+use rustls::{DistinguishedName, ServerConfig};
 use tokio::io::AsyncWriteExt;
 use tracing::warn;
 use weft_identity::Identity;
-use weft_identity::verify::{TrustAnchors, VerifyError};
+use weft_identity::tls::{IdentityVerifier, certificate_error};
+use weft_identity::verify::TrustAnchors;
 
 use crate::identity::{Credentials, CredentialsWatch};
 use crate::transport_header::{ALPN as TRANSPORT_HEADER_ALPN, TransportHeader};
@@ -32,7 +29,7 @@ pub struct MeshTls {
     creds: CredentialsWatch,
     provider: Arc<CryptoProvider>,
     verifier: Arc<MeshClientVerifier>,
-    server_verifier: Arc<MeshServerVerifier>,
+    server_verifier: Arc<IdentityVerifier>,
     cached: Mutex<Option<(Arc<Credentials>, Arc<ServerConfig>)>>,
     cached_client: Mutex<Option<(Arc<Credentials>, ClientConfigs)>>,
 }
@@ -81,10 +78,7 @@ impl MeshTls {
             anchors: anchors.clone(),
             algorithms,
         });
-        let server_verifier = Arc::new(MeshServerVerifier {
-            anchors,
-            algorithms,
-        });
+        let server_verifier = Arc::new(IdentityVerifier::new(anchors, &provider));
         MeshTls {
             creds,
             provider,
@@ -204,89 +198,7 @@ impl MeshTls {
 }
 
 fn certified_key(creds: &Credentials) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let chain = std::iter::once(creds.leaf_der.clone())
-        .chain(creds.chain.iter().cloned())
-        .map(CertificateDer::from)
-        .collect();
-    (
-        chain,
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(creds.key_der.clone())),
-    )
-}
-
-fn unix(now: UnixTime) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs())
-}
-
-fn certificate_error(e: VerifyError) -> rustls::Error {
-    rustls::Error::InvalidCertificate(match e {
-        VerifyError::Untrusted => CertificateError::UnknownIssuer,
-        VerifyError::OutOfDate => CertificateError::Expired,
-        VerifyError::WrongIdentity { .. } => CertificateError::NotValidForName,
-        VerifyError::Malformed(_) | VerifyError::WrongKey => CertificateError::BadEncoding,
-    })
-}
-
-/// Handshake signatures are checked the same way in both directions: with
-/// the provider's algorithms, against the certificate already verified.
-macro_rules! handshake_signatures {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.algorithms.supported_schemes()
-        }
-    };
-}
-
-/// Accepts a server certificate only for the identity named in the SNI.
-#[derive(Debug)]
-struct MeshServerVerifier {
-    anchors: TrustAnchors,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for MeshServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ServerName::DnsName(name) = server_name else {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ));
-        };
-        let expected: Identity = name
-            .as_ref()
-            .parse()
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
-        self.anchors
-            .verify(end_entity, intermediates, &expected, unix(now))
-            .map(|_| ServerCertVerified::assertion())
-            .map_err(certificate_error)
-    }
-
-    handshake_signatures!();
+    weft_identity::tls::chain_and_key(&creds.leaf_der, &creds.chain, &creds.key_der)
 }
 
 /// Accepts client certificates that chain to the trust anchors.
@@ -308,12 +220,12 @@ impl ClientCertVerifier for MeshClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.anchors
-            .verify_chain(end_entity, intermediates, unix(now))
+            .verify_chain(end_entity, intermediates, weft_identity::tls::unix(now))
             .map(|_| ClientCertVerified::assertion())
             .map_err(certificate_error)
     }
 
-    handshake_signatures!();
+    weft_identity::handshake_signatures!();
 }
 
 /// The client's identity from its verified certificate.

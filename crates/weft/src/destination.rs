@@ -752,7 +752,23 @@ pub struct ServeArgs {
     /// How often the manifests directory is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     poll: Duration,
+    /// The CA directory (`weft identity ca create`): serve TLS with a
+    /// certificate for `--name` issued from it. Without it the service is
+    /// plaintext, for a trusted network only.
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
+    /// The identity this service proves over TLS (proxies name it in
+    /// WEFT_PROXY_DESTINATION_SVC_NAME).
+    #[arg(long, default_value = DESTINATION_SERVICE_NAME)]
+    name: weft_identity::Identity,
 }
+
+/// The destination service's own identity, unless told otherwise.
+pub const DESTINATION_SERVICE_NAME: &str =
+    "destination.weft.serviceaccount.identity.weft.cluster.local";
+
+/// The lifetime of the certificate the service issues itself.
+const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs the destination service over the files store until Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -763,22 +779,54 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the destination service to {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, manifests = %args.manifests.display(), "destination service listening");
+    let serving = match &args.identity_dir {
+        Some(dir) => {
+            let ca = crate::identity::CaSource::load(dir, DEFAULT_LEAF_LIFETIME)?;
+            Some(crate::serving_tls::ServingIdentity::new(
+                args.name.clone(),
+                Arc::new(ca),
+            )?)
+        }
+        None => {
+            tracing::warn!(
+                "serving plaintext (no --identity-dir): keep the destination service on a trusted network"
+            );
+            None
+        }
+    };
+    tracing::info!(addr = %listener.local_addr()?, manifests = %args.manifests.display(), tls = serving.is_some(), name = %args.name, "destination service listening");
     let metrics = DestinationMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let index = Index::start(store.subscribe(), args.cluster_domain, metrics);
     let admin = tokio::spawn(crate::admin::serve(args.admin_listen, Arc::new(registry)));
-    let server = tonic::transport::Server::builder()
-        .add_service(api::destination_server::DestinationServer::new(
-            DestinationService::new(index),
-        ))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-        );
+    let router = tonic::transport::Server::builder().add_service(
+        api::destination_server::DestinationServer::new(DestinationService::new(index)),
+    );
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let server = async move {
+        match serving {
+            Some(serving) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        crate::serving_tls::incoming(listener, serving)?,
+                        shutdown,
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        shutdown,
+                    )
+                    .await
+            }
+        }
+        .map_err(anyhow::Error::from)
+    };
     tokio::select! {
         served = server => served?,
         admin = admin => admin??,

@@ -26,18 +26,38 @@ pub struct QueryArgs {
     /// The destination service.
     #[arg(long, default_value = "127.0.0.1:8086", env = "WEFT_DESTINATION_ADDR")]
     destination: String,
+    /// The CA directory: its trust anchors (`ca.crt`) verify the destination
+    /// service over TLS. Without it the query is plaintext.
+    #[arg(long, env = "WEFT_CA_DIR")]
+    ca_dir: Option<std::path::PathBuf>,
+    /// The identity the destination service proves over TLS.
+    #[arg(long, default_value = crate::destination::DESTINATION_SERVICE_NAME)]
+    destination_name: weft_identity::Identity,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
 }
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn client(addr: &str) -> anyhow::Result<DestinationClient<tonic::transport::Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("{addr:?} is not a host:port"))?
-        .connect_timeout(ANSWER_TIMEOUT);
-    let channel = endpoint
-        .connect()
+async fn client(args: &QueryArgs) -> anyhow::Result<DestinationClient<tonic::transport::Channel>> {
+    let addr = &args.destination;
+    let anchors = match &args.ca_dir {
+        Some(dir) => {
+            let path = dir.join("ca.crt");
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the trust anchors {}", path.display()))?;
+            Some(
+                weft_identity::verify::TrustAnchors::from_pem(&pem)
+                    .with_context(|| format!("trust anchors in {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let service = weft_proxy::control::ControlAddr {
+        addr: addr.clone(),
+        identity: anchors.as_ref().map(|_| args.destination_name.clone()),
+    };
+    let channel = weft_proxy::control::connect(&service, anchors.as_ref(), ANSWER_TIMEOUT)
         .await
         .with_context(|| format!("cannot reach the destination service at {addr}"))?;
     Ok(DestinationClient::new(channel))
@@ -62,18 +82,34 @@ pub async fn run(cmd: DiagnosticsCmd) -> anyhow::Result<()> {
 async fn first<T>(
     stream: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
     what: &str,
+    args: &QueryArgs,
 ) -> anyhow::Result<T> {
-    let mut stream = stream
-        .map_err(|s| {
-            anyhow::anyhow!(
-                "the destination service refused the {what} query: {}",
-                s.message()
-            )
-        })?
-        .into_inner();
+    let failed = |s: tonic::Status| {
+        let reason = weft_proxy::control::status_reason(&s);
+        match s.code() {
+            // The connection failed under the call: name the service, and the
+            // likely cause when the query was plaintext.
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled => {
+                let hint = if args.ca_dir.is_none() {
+                    " (if it serves TLS, pass --ca-dir)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!(
+                    "cannot reach the destination service at {}: {reason}{hint}",
+                    args.destination
+                )
+            }
+            _ => anyhow::anyhow!("the destination service refused the {what} query: {reason}"),
+        }
+    };
+    let mut stream = stream.map_err(failed)?.into_inner();
     match tokio::time::timeout(ANSWER_TIMEOUT, stream.message()).await {
         Err(_) => anyhow::bail!("no answer from the destination service within {ANSWER_TIMEOUT:?}"),
-        Ok(Err(s)) => anyhow::bail!("the {what} stream failed: {}", s.message()),
+        Ok(Err(s)) => Err(failed(s)),
         Ok(Ok(None)) => anyhow::bail!("the destination service closed the {what} stream"),
         Ok(Ok(Some(m))) => Ok(m),
     }
@@ -117,8 +153,8 @@ fn labels(map: &std::collections::HashMap<String, String>) -> String {
 }
 
 async fn endpoints(args: QueryArgs) -> anyhow::Result<()> {
-    let mut client = client(&args.destination).await?;
-    let update = first(client.get(request(&args.target)).await, "endpoints").await?;
+    let mut client = client(&args).await?;
+    let update = first(client.get(request(&args.target)).await, "endpoints", &args).await?;
     let (exists, mut addrs, set_labels) = match update.update {
         Some(api::update::Update::Add(set)) => (true, set.addrs, set.metric_labels),
         Some(api::update::Update::NoEndpoints(n)) => (n.exists, Vec::new(), Default::default()),
@@ -222,8 +258,13 @@ fn response_condition(m: &api::ResponseMatch) -> String {
 }
 
 async fn profile(args: QueryArgs) -> anyhow::Result<()> {
-    let mut client = client(&args.destination).await?;
-    let p = first(client.get_profile(request(&args.target)).await, "profile").await?;
+    let mut client = client(&args).await?;
+    let p = first(
+        client.get_profile(request(&args.target)).await,
+        "profile",
+        &args,
+    )
+    .await?;
     let routes: Vec<_> = p
         .routes
         .iter()

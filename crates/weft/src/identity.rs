@@ -106,7 +106,14 @@ pub struct ServeArgs {
     /// Lifetime of the leaf certificates it signs.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     leaf_lifetime: Duration,
+    /// The identity this service proves over TLS (proxies name it in
+    /// WEFT_PROXY_IDENTITY_SVC_NAME).
+    #[arg(long, default_value = IDENTITY_SERVICE_NAME)]
+    name: Identity,
 }
+
+/// The identity service's own identity, unless told otherwise.
+pub const IDENTITY_SERVICE_NAME: &str = "identity.weft.serviceaccount.identity.weft.cluster.local";
 
 pub fn run(cmd: IdentityCmd) -> anyhow::Result<()> {
     match cmd {
@@ -336,14 +343,14 @@ impl CaSource {
 }
 
 pub struct IdentityService {
-    ca: CaSource,
+    ca: Arc<CaSource>,
     verifier: Box<dyn CredentialVerifier>,
     metrics: IdentityMetrics,
 }
 
 impl IdentityService {
     pub fn new(
-        ca: CaSource,
+        ca: Arc<CaSource>,
         verifier: Box<dyn CredentialVerifier>,
         metrics: IdentityMetrics,
     ) -> Self {
@@ -426,12 +433,13 @@ impl IdentityApi for IdentityService {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let ca = CaSource::load(&args.dir, args.leaf_lifetime)?;
+    let ca = Arc::new(CaSource::load(&args.dir, args.leaf_lifetime)?);
+    let serving = crate::serving_tls::ServingIdentity::new(args.name.clone(), ca.clone())?;
     let verifier = MintedTokens(load_token_key(&args.dir)?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the identity service to {}", args.listen))?;
-    info!(addr = %listener.local_addr()?, leaf_lifetime = ?args.leaf_lifetime, "identity service listening");
+    info!(addr = %listener.local_addr()?, name = %args.name, leaf_lifetime = ?args.leaf_lifetime, "identity service listening (TLS)");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -442,10 +450,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let service = IdentityService::new(ca, Box::new(verifier), metrics);
     let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        );
+        .serve_with_incoming_shutdown(crate::serving_tls::incoming(listener, serving)?, shutdown);
     tokio::select! {
         served = server => served?,
         admin = admin => admin??,

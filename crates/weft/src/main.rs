@@ -7,6 +7,7 @@ mod diagnostics;
 mod identity;
 mod output;
 mod resources;
+mod serving_tls;
 mod show;
 mod store;
 

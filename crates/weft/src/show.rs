@@ -8,9 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use weft_identity::Identity;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -158,10 +157,10 @@ fn key_description(cert: &X509Certificate<'_>) -> String {
 /// trust anchors). The handshake signature is still checked, so the server
 /// proved it holds the certificate's key.
 #[derive(Debug)]
-struct Recorder(
-    Mutex<Vec<Vec<u8>>>,
-    rustls::crypto::WebPkiSupportedAlgorithms,
-);
+struct Recorder {
+    chain: Mutex<Vec<Vec<u8>>>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
 
 impl ServerCertVerifier for Recorder {
     fn verify_server_cert(
@@ -176,40 +175,20 @@ impl ServerCertVerifier for Recorder {
             .chain(intermediates)
             .map(|c| c.to_vec())
             .collect();
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = chain;
+        *self.chain.lock().unwrap_or_else(|e| e.into_inner()) = chain;
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.1)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.1)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.1.supported_schemes()
-    }
+    weft_identity::handshake_signatures!();
 }
 
 /// The certificate chain a proxy's mesh listener presents for `identity`.
 async fn fetch(addr: SocketAddr, identity: Identity) -> anyhow::Result<Vec<Vec<u8>>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let recorder = Arc::new(Recorder(
-        Mutex::default(),
-        provider.signature_verification_algorithms,
-    ));
+    let recorder = Arc::new(Recorder {
+        chain: Mutex::default(),
+        algorithms: provider.signature_verification_algorithms,
+    });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -227,7 +206,7 @@ async fn fetch(addr: SocketAddr, identity: Identity) -> anyhow::Result<Vec<Vec<u
         tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
     )
     .await;
-    let chain = std::mem::take(&mut *recorder.0.lock().unwrap_or_else(|e| e.into_inner()));
+    let chain = std::mem::take(&mut *recorder.chain.lock().unwrap_or_else(|e| e.into_inner()));
     if chain.is_empty() {
         bail!(
             "{addr} presented no certificate for {identity} (is identity on, and is that its name?)"

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 use support::{Ca, WEB, weft};
 
 use linkerd2_proxy_api::identity::CertifyRequest;
-use linkerd2_proxy_api::identity::identity_client::IdentityClient;
 use weft_identity::Identity;
 use weft_identity::csr::new_key_and_csr;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -19,7 +18,7 @@ const DB: &str = "db.demo.serviceaccount.identity.weft.cluster.local";
 async fn certify_signs_a_leaf_for_the_proven_identity() {
     let ca = Ca::create();
     let (server, url) = ca.serve(support::free_port(), "1h");
-    let mut client = IdentityClient::connect(url).await.unwrap();
+    let mut client = ca.client(&url).await;
     let web: Identity = WEB.parse().unwrap();
     let (key, csr) = new_key_and_csr(&web).unwrap();
     let resp = client
@@ -74,7 +73,7 @@ async fn certify_signs_a_leaf_for_the_proven_identity() {
 async fn certify_refuses_with_a_status_that_says_why() {
     let ca = Ca::create();
     let (server, url) = ca.serve(support::free_port(), "1h");
-    let mut client = IdentityClient::connect(url).await.unwrap();
+    let mut client = ca.client(&url).await;
     let web: Identity = WEB.parse().unwrap();
     let csr = new_key_and_csr(&web).unwrap().1;
     let ask = |identity: &str, token: Vec<u8>, csr: Vec<u8>| CertifyRequest {
@@ -176,7 +175,7 @@ fn the_cli_refuses_to_overwrite_a_ca_and_explains_missing_files() {
 async fn issuer_rotation_is_picked_up_without_restarting_the_service() {
     let ca = Ca::create();
     let (_server, url) = ca.serve(support::free_port(), "1h");
-    let mut client = IdentityClient::connect(url).await.unwrap();
+    let mut client = ca.client(&url).await;
     let web: Identity = WEB.parse().unwrap();
     let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
     let anchors = weft_identity::verify::TrustAnchors::from_pem(&anchors).unwrap();

@@ -45,6 +45,10 @@ impl Proxy {
                 "LINKERD2_PROXY_IDENTITY_SVC_ADDR",
                 format!("127.0.0.1:{identity_port}"),
             )
+            .env(
+                "LINKERD2_PROXY_IDENTITY_SVC_NAME",
+                support::IDENTITY_SERVICE,
+            )
             .env("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", name)
             .env("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", &token_file)
             .env("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", anchors)
@@ -769,22 +773,31 @@ async fn http1_between_meshed_proxies_rides_one_http2_connection() {
     let (_identity, _) = ca.serve(identity_port, "1h");
     let (server, _) = web_server(&ca, identity_port).await;
     // Discovery says `web` is the server proxy's inbound address, meshed:
-    // the destination service gives it the `h2` hint.
-    let destination = support::Destination::start(&[
-        ("web.yaml", &support::service_yaml("web", "198.18.100.1")),
-        (
-            "web-0.yaml",
-            &support::workload_yaml("web-0", "web", "127.0.0.1", server.inbound.port()),
-        ),
-    ]);
+    // the destination service gives it the `h2` hint. It is asked over TLS.
+    let destination = support::Destination::start_tls(
+        &[
+            ("web.yaml", &support::service_yaml("web", "198.18.100.1")),
+            (
+                "web-0.yaml",
+                &support::workload_yaml("web-0", "web", "127.0.0.1", server.inbound.port()),
+            ),
+        ],
+        &ca.dir,
+    );
     let client = Proxy::start_as(
         &ca,
         identity_port,
         CLIENT,
-        &[(
-            "WEFT_PROXY_DESTINATION_SVC_ADDR",
-            destination.addr.to_string(),
-        )],
+        &[
+            (
+                "WEFT_PROXY_DESTINATION_SVC_ADDR",
+                destination.addr.to_string(),
+            ),
+            (
+                "WEFT_PROXY_DESTINATION_SVC_NAME",
+                support::DESTINATION_SERVICE.into(),
+            ),
+        ],
     );
     for p in [&server, &client] {
         p.wait_ready();
@@ -900,4 +913,80 @@ async fn http1_between_meshed_proxies_rides_one_http2_connection() {
         bad.contains("l5d-orig-proto must be HTTP/1.1 or HTTP/1.0"),
         "{bad}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_serves_tls_and_proves_its_identity() {
+    let ca = Ca::create();
+    let identity_port = free_port();
+    let (_identity, _) = ca.serve(identity_port, "1h");
+
+    // A proxy that expects another name for the identity service gets no
+    // certificate, and says why.
+    let wrong = Proxy::start_as(
+        &ca,
+        identity_port,
+        WEB,
+        &[("WEFT_PROXY_IDENTITY_SVC_NAME", CLIENT.into())],
+    );
+    wrong.wait_for("failed Certify attempts", Duration::from_secs(10), |p| {
+        p.metric("identity_cert_refresh_total", &[("result", "failure")]) >= 1.0
+    });
+    assert_eq!(http_get(wrong.admin, "/ready").map(|r| r.0), Some(503));
+    let log = std::fs::read_to_string(&wrong.log).unwrap();
+    assert!(log.contains(&format!("TLS with {CLIENT}")), "{log}");
+
+    // Nothing answers a plaintext Certify: tokens never cross in the clear.
+    use linkerd2_proxy_api::identity::identity_client::IdentityClient;
+    let plaintext = async {
+        let mut client =
+            IdentityClient::connect(format!("http://127.0.0.1:{identity_port}")).await?;
+        let request = linkerd2_proxy_api::identity::CertifyRequest::default();
+        client.certify(request).await.map_err(anyhow::Error::from)?;
+        anyhow::Ok(())
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(10), plaintext)
+        .await
+        .expect("a plaintext client is turned away promptly");
+    assert!(refused.is_err(), "plaintext Certify must fail");
+
+    // The destination service serves TLS as its own identity; the CLI checks it.
+    let destination = support::Destination::start_tls(
+        &[
+            ("web.yaml", &support::service_yaml("web", "198.18.100.1")),
+            (
+                "web-0.yaml",
+                &support::workload_yaml("web-0", "web", "198.18.0.10", 8080),
+            ),
+        ],
+        &ca.dir,
+    );
+    let addr = destination.addr.to_string();
+    let ca_dir = ca.dir.to_str().unwrap();
+    let query = [
+        "diagnostics",
+        "endpoints",
+        "web.demo.svc.cluster.local:80",
+        "--destination",
+    ];
+    let shown = support::weft(&[&query[..], &[&addr, "--ca-dir", ca_dir]].concat());
+    let out = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(out.contains("198.18.0.10:8080"), "{out}");
+    for (args, why) in [
+        (vec![addr.as_str()], "cannot reach the destination service"),
+        (
+            vec![addr.as_str(), "--ca-dir", ca_dir, "--destination-name", WEB],
+            "NotValidForName",
+        ),
+    ] {
+        let refused = support::weft(&[&query[..], &args].concat());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{err}");
+        assert!(err.contains(why), "{why}: {err}");
+    }
 }

@@ -175,16 +175,9 @@ impl Endpoint {
     }
 
     fn failed(&self, e: &hyper::Error) -> ProxyError {
-        let mut reason = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            reason.push_str(": ");
-            reason.push_str(&s.to_string());
-            source = s.source();
-        }
         ProxyError::Upstream {
             addr: self.addr,
-            reason,
+            reason: crate::control::error_chain(e),
         }
     }
 

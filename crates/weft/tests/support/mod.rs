@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+/// The identity service's own identity (its default).
+pub const IDENTITY_SERVICE: &str = "identity.weft.serviceaccount.identity.weft.cluster.local";
 pub const WEB: &str = "web.demo.serviceaccount.identity.weft.cluster.local";
 
 pub fn weft(args: &[&str]) -> Output {
@@ -89,7 +91,8 @@ impl Ca {
     }
 
     /// Starts `weft control identity` on `port`, signing leaves for
-    /// `leaf_lifetime`, with its admin server on a free port.
+    /// `leaf_lifetime`, with its admin server on a free port; gives its
+    /// address.
     pub fn serve(&self, port: u16, leaf_lifetime: &str) -> (Server, String) {
         let listen = format!("127.0.0.1:{port}");
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -115,7 +118,27 @@ impl Ca {
             assert!(Instant::now() < deadline, "identity service did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        (Server { child, admin }, format!("http://{listen}"))
+        (Server { child, admin }, listen)
+    }
+
+    /// A Certify client for the service at `addr`, over TLS, checking the
+    /// service's identity against this CA's anchors (as a proxy does).
+    pub async fn client(
+        &self,
+        addr: &str,
+    ) -> linkerd2_proxy_api::identity::identity_client::IdentityClient<tonic::transport::Channel>
+    {
+        let pem = std::fs::read_to_string(self.dir.join("ca.crt")).unwrap();
+        let anchors = weft_identity::verify::TrustAnchors::from_pem(&pem).unwrap();
+        let service = weft_proxy::control::ControlAddr {
+            addr: addr.into(),
+            identity: Some(IDENTITY_SERVICE.parse().unwrap()),
+        };
+        let channel =
+            weft_proxy::control::connect(&service, Some(&anchors), Duration::from_secs(5))
+                .await
+                .unwrap();
+        linkerd2_proxy_api::identity::identity_client::IdentityClient::new(channel)
     }
 }
 
@@ -147,11 +170,25 @@ pub struct Destination {
     pub server: Server,
     pub addr: SocketAddr,
     pub log: PathBuf,
+    /// With a CA directory, the service serves TLS as `destination.weft...`.
+    ca_dir: Option<PathBuf>,
 }
+
+/// The destination service's own identity (its default).
+pub const DESTINATION_SERVICE: &str = "destination.weft.serviceaccount.identity.weft.cluster.local";
 
 impl Destination {
     /// Writes `files` (name, YAML) into a fresh directory and serves it.
     pub fn start(files: &[(&str, &str)]) -> Destination {
+        Self::start_with(files, None)
+    }
+
+    /// The same, serving TLS with a certificate from the CA in `ca_dir`.
+    pub fn start_tls(files: &[(&str, &str)], ca_dir: &std::path::Path) -> Destination {
+        Self::start_with(files, Some(ca_dir.to_path_buf()))
+    }
+
+    fn start_with(files: &[(&str, &str)], ca_dir: Option<PathBuf>) -> Destination {
         let dir = std::env::temp_dir().join(format!(
             "weft-manifests-test-{}-{}",
             std::process::id(),
@@ -164,12 +201,13 @@ impl Destination {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.with_extension("log");
-        let child = Self::spawn(&dir, addr, admin, &log);
+        let child = Self::spawn(&dir, addr, admin, &log, ca_dir.as_deref());
         Destination {
             dir,
             server: Server { child, admin },
             addr,
             log,
+            ca_dir,
         }
     }
 
@@ -178,6 +216,7 @@ impl Destination {
         addr: SocketAddr,
         admin: SocketAddr,
         log: &std::path::Path,
+        ca_dir: Option<&std::path::Path>,
     ) -> Child {
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args([
@@ -186,6 +225,11 @@ impl Destination {
                 "--manifests",
                 dir.to_str().unwrap(),
             ])
+            .args(
+                ca_dir
+                    .iter()
+                    .flat_map(|d| ["--identity-dir".as_ref(), d.as_os_str()]),
+            )
             .args(["--listen", &addr.to_string()])
             .args(["--admin-listen", &admin.to_string()])
             .env("WEFT_LOG", "info")
@@ -218,7 +262,13 @@ impl Destination {
     /// Starts it again on the same address and manifests.
     pub fn restart(&mut self) {
         self.kill();
-        self.server.child = Self::spawn(&self.dir, self.addr, self.server.admin, &self.log);
+        self.server.child = Self::spawn(
+            &self.dir,
+            self.addr,
+            self.server.admin,
+            &self.log,
+            self.ca_dir.as_deref(),
+        );
     }
 
     pub fn write(&self, name: &str, text: &str) {
