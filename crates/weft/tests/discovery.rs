@@ -547,3 +547,83 @@ async fn a_killed_replica_costs_no_request_on_a_retryable_route_and_timeouts_ans
     ];
     assert_eq!(proxy.metric("route_response_total", &timed_out), 1.0);
 }
+
+/// A replica that reads each request's whole body, answers its first POST
+/// 503, and echoes the body of everything else.
+async fn fails_once_then_echoes() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use http_body_util::BodyExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let first = req.method() == http::Method::POST
+                        && seen.fetch_add(1, Ordering::SeqCst) == 0;
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let status = if first { 503 } else { 200 };
+                        let mut resp = http::Response::new(http_body_util::Full::new(body));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, hyper::Error>(resp)
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_of_unknown_length_is_replayed_on_retries() {
+    let (a, task_a) = fails_once_then_echoes().await;
+    let (b, task_b) = fails_once_then_echoes().await;
+    let profile = "apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {name: web.demo.svc.cluster.local, namespace: demo}
+spec:
+  routes:
+  - name: echo
+    condition: {method: POST, pathRegex: /echo}
+    isRetryable: true
+  - name: warm
+    condition: {method: GET, pathRegex: /warmup}
+";
+    let d = Destination::start(&[
+        ("web.yaml", &service()),
+        ("web-0.yaml", &workload("web-0", a)),
+        ("web-1.yaml", &workload("web-1", b)),
+        ("profile.yaml", profile),
+    ]);
+    let proxy = Proxy::start(d.addr);
+    // GETs until the profile has arrived (its `warm` route counts them).
+    let mut client = Client::connect(proxy.outbound).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("route_request_total", &[("rt_route", "warm")]) == 0.0 {
+        assert!(Instant::now() < deadline, "no route metrics");
+        assert_eq!(client.get_path("/warmup").await.unwrap().0, 200);
+    }
+    // The POST meets both replicas' one failure: three attempts, each
+    // sending the chunked body again from the proxy's copy.
+    let via = format!("http://{}", proxy.outbound);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-x", &via])
+        .args(["-H", "transfer-encoding: chunked"])
+        .args(["--data-binary", "replayed, chunked"])
+        .arg(format!("http://{HOST}/echo"))
+        .output()
+        .expect("curl is installed");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "replayed, chunked");
+    let echo = [("rt_route", "echo")];
+    assert_eq!(proxy.metric("route_request_total", &echo), 1.0);
+    assert_eq!(proxy.metric("route_actual_request_total", &echo), 3.0);
+    let success = [("rt_route", "echo"), ("classification", "success")];
+    assert_eq!(proxy.metric("route_response_total", &success), 1.0);
+    task_a.abort();
+    task_b.abort();
+}

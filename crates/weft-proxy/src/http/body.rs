@@ -1,10 +1,13 @@
-//! The response body the proxy returns: the upstream body streamed through
-//! untouched, or empty for responses the proxy makes itself.
+//! Bodies. The response body the proxy returns: the upstream body streamed
+//! through untouched, or empty for responses the proxy makes itself. The
+//! request body it sends: the client's, streamed, or a [`Replay`] of it for
+//! a request that may be retried.
 //!
 //! The upstream variant records `response_total` when the stream ends, because
 //! only then is a gRPC response's outcome known (its `grpc-status` trailer).
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -130,27 +133,12 @@ impl Drop for ProxyBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The request body sent upstream: the client's, streamed; or bytes
-    /// buffered so that a retryable request can be sent again.
-    #[project = RequestBodyProj]
-    #[derive(Debug)]
-    pub enum RequestBody {
-        Streaming { #[pin] body: Incoming },
-        Buffered { data: Option<Bytes> },
-    }
-}
-
-impl RequestBody {
-    pub fn streaming(body: Incoming) -> Self {
-        RequestBody::Streaming { body }
-    }
-
-    pub fn buffered(data: Bytes) -> Self {
-        RequestBody::Buffered {
-            data: (!data.is_empty()).then_some(data),
-        }
-    }
+/// The request body sent upstream: the client's, streamed; or a replayable
+/// copy of it, for a request that may be retried.
+#[derive(Debug)]
+pub enum RequestBody {
+    Streaming(Incoming),
+    Replay(Replay<Incoming>),
 }
 
 impl Body for RequestBody {
@@ -161,27 +149,255 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.project() {
-            RequestBodyProj::Streaming { body } => body.poll_frame(cx),
-            RequestBodyProj::Buffered { data } => {
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
-            }
+        match self.get_mut() {
+            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Replay(body) => body.poll(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Streaming { body } => body.is_end_stream(),
-            RequestBody::Buffered { data } => data.is_none(),
+            RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Replay(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Streaming { body } => body.size_hint(),
-            RequestBody::Buffered { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Replay(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A request body that can be sent again. Frames go upstream as they
+/// arrive, never held back; a copy of the data is kept until it passes the
+/// limit. A later attempt reads the copy first, then whatever the client
+/// has not sent yet. So a small request is replayable, and a streaming call
+/// keeps streaming (it just stops being replayable once it is large).
+///
+/// Each attempt's reader has a generation; starting a new attempt retires
+/// the old reader, so a previous attempt that is still sending cannot take
+/// frames the new one has not copied.
+#[derive(Debug)]
+pub struct Replay<B> {
+    state: Arc<Mutex<ReplayState<B>>>,
+    generation: u64,
+    /// Chunks of the copy this reader has sent.
+    position: usize,
+    trailers_sent: bool,
+}
+
+#[derive(Debug)]
+struct ReplayState<B> {
+    /// The client's body, until it ends.
+    inner: Option<B>,
+    hint: SizeHint,
+    chunks: Vec<Bytes>,
+    copied: usize,
+    limit: usize,
+    /// Data went past the limit (or the client's body failed): no more replays.
+    spent: bool,
+    trailers: Option<HeaderMap>,
+    generation: u64,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Replay<B> {
+    /// Wraps the client's body, keeping up to `limit` bytes for replays.
+    /// The result is the first attempt's body.
+    pub fn new(body: B, limit: usize) -> Self {
+        let ended = body.is_end_stream();
+        let state = ReplayState {
+            hint: body.size_hint(),
+            inner: (!ended).then_some(body),
+            chunks: Vec::new(),
+            copied: 0,
+            limit,
+            spent: false,
+            trailers: None,
+            generation: 1,
+        };
+        Replay {
+            state: Arc::new(Mutex::new(state)),
+            generation: 1,
+            position: 0,
+            trailers_sent: false,
+        }
+    }
+
+    /// A handle for making later attempts' bodies; it reads nothing itself.
+    pub fn handle(&self) -> Replay<B> {
+        Replay {
+            state: self.state.clone(),
+            generation: 0,
+            position: 0,
+            trailers_sent: true,
+        }
+    }
+
+    /// The body for another attempt, from the start; `None` once the body
+    /// is too big to replay. Retires every earlier reader.
+    pub fn again(&self) -> Option<Replay<B>> {
+        let mut state = lock(&self.state);
+        if state.spent {
+            return None;
+        }
+        state.generation += 1;
+        Some(Replay {
+            state: self.state.clone(),
+            generation: state.generation,
+            position: 0,
+            trailers_sent: false,
+        })
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut state = lock(&self.state);
+        if state.generation != self.generation {
+            // Superseded by a newer attempt: this one is over.
+            return Poll::Ready(None);
+        }
+        if let Some(chunk) = state.chunks.get(self.position) {
+            self.position += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+        }
+        let Some(inner) = state.inner.as_mut() else {
+            let trailers = (!self.trailers_sent)
+                .then(|| state.trailers.clone())
+                .flatten();
+            self.trailers_sent = true;
+            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if !state.spent && state.copied + data.len() <= state.limit {
+                        state.copied += data.len();
+                        state.chunks.push(data.clone());
+                        self.position += 1;
+                    } else {
+                        state.spent = true;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        state.trailers = Some(trailers.clone());
+                        self.trailers_sent = true;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            },
+            Some(Err(e)) => {
+                state.spent = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                state.inner = None;
+                Poll::Ready(None)
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = lock(&self.state);
+        state.generation != self.generation
+            || (state.inner.is_none()
+                && self.position >= state.chunks.len()
+                && (self.trailers_sent || state.trailers.is_none()))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        lock(&self.state).hint
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    type Item = Result<Frame<Bytes>, Infallible>;
+    type Frames = Pin<Box<dyn futures_util::Stream<Item = Item> + Send>>;
+    type Client = tokio::sync::mpsc::Sender<Item>;
+
+    /// A client body whose frames the test sends one at a time.
+    fn client() -> (Client, Replay<http_body_util::StreamBody<Frames>>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let frames: Frames = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        (tx, Replay::new(http_body_util::StreamBody::new(frames), 10))
+    }
+
+    async fn next<B: Body<Data = Bytes> + Unpin>(r: &mut Replay<B>) -> Option<Frame<Bytes>>
+    where
+        B::Error: std::fmt::Debug,
+    {
+        std::future::poll_fn(|cx| r.poll(cx))
+            .await
+            .map(|f| f.unwrap())
+    }
+
+    fn data(s: &'static str) -> Result<Frame<Bytes>, Infallible> {
+        Ok(Frame::data(Bytes::from_static(s.as_bytes())))
+    }
+
+    #[tokio::test]
+    async fn frames_pass_through_at_once_and_replay_with_trailers() {
+        let (tx, mut first) = client();
+        tx.send(data("ab")).await.unwrap();
+        // Passed on before the body ends: nothing is held back.
+        assert_eq!(next(&mut first).await.unwrap().into_data().unwrap(), "ab");
+        tx.send(data("cd")).await.unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        tx.send(Ok(Frame::trailers(trailers))).await.unwrap();
+        drop(tx);
+        assert_eq!(next(&mut first).await.unwrap().into_data().unwrap(), "cd");
+        assert!(next(&mut first).await.unwrap().is_trailers());
+        assert!(next(&mut first).await.is_none());
+        assert!(first.is_end_stream());
+
+        // The second attempt gets the same frames; the first is retired.
+        let mut second = first.again().expect("4 bytes are replayable");
+        assert!(next(&mut first).await.is_none(), "superseded");
+        assert_eq!(next(&mut second).await.unwrap().into_data().unwrap(), "ab");
+        assert_eq!(next(&mut second).await.unwrap().into_data().unwrap(), "cd");
+        let t = next(&mut second).await.unwrap().into_trailers().unwrap();
+        assert_eq!(t["grpc-status"], "0");
+        assert!(next(&mut second).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_failed_early_leaves_the_rest_to_the_next() {
+        let (tx, mut first) = client();
+        tx.send(data("ab")).await.unwrap();
+        assert_eq!(next(&mut first).await.unwrap().into_data().unwrap(), "ab");
+        // The first attempt fails before the client sent the rest.
+        let mut second = first.again().unwrap();
+        drop(first);
+        tx.send(data("cd")).await.unwrap();
+        drop(tx);
+        assert_eq!(next(&mut second).await.unwrap().into_data().unwrap(), "ab");
+        assert_eq!(next(&mut second).await.unwrap().into_data().unwrap(), "cd");
+        assert!(next(&mut second).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_streams_on_but_is_not_replayed() {
+        let (tx, mut first) = client();
+        tx.send(data("0123456789")).await.unwrap();
+        tx.send(data("more")).await.unwrap();
+        drop(tx);
+        assert_eq!(
+            next(&mut first).await.unwrap().into_data().unwrap().len(),
+            10
+        );
+        assert_eq!(next(&mut first).await.unwrap().into_data().unwrap(), "more");
+        assert!(next(&mut first).await.is_none());
+        assert!(first.again().is_none());
     }
 }

@@ -7,8 +7,9 @@
 //! connection, marked with `l5d-orig-proto`, and the inbound proxy turns
 //! them back into HTTP/1 for the application (Linkerd's wire format, so
 //! either side may be linkerd2-proxy). Bodies stream in both directions
-//! without being buffered (except small ones kept for a retry); hyper's flow
-//! control bounds what is held in memory.
+//! without being held back (a retryable request keeps a copy of up to
+//! 64 KiB while it streams); hyper's flow control bounds what is held in
+//! memory.
 
 pub mod body;
 pub mod client;
@@ -20,7 +21,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
-use self::body::{ProxyBody, RequestBody, ResponseEnd, grpc_status};
+use self::body::{ProxyBody, Replay, RequestBody, ResponseEnd, grpc_status};
 use self::client::{Endpoint, Lease};
 use self::error::ProxyError;
 use crate::balance::{NoEndpoint, Pick};
@@ -429,7 +429,7 @@ async fn proxy(
     }
     let retryable = route.is_some_and(|r| r.retryable) && !upgrade && !is_connect;
     let prepared = match (retryable, resolution.as_ref()) {
-        (true, Some(resolution)) => buffer_for_replay(req).await?.map(|b| (b, resolution)),
+        (true, Some(resolution)) => Ok((replayable(req), resolution)),
         _ => Err(req),
     };
     let is_failure = |result: &Result<Response<Incoming>, ProxyError>| match result {
@@ -445,7 +445,7 @@ async fn proxy(
             if let Some(m) = route_metrics {
                 m.actual_request_total.inc();
             }
-            let req = req.map(RequestBody::streaming);
+            let req = req.map(RequestBody::Streaming);
             let result = send(conn, &endpoint, req, may_upgrade, deadline).await;
             if let Some(pick) = pick {
                 pick.done(endpoint_failed(&result));
@@ -457,8 +457,9 @@ async fn proxy(
             }
             result
         }
-        Ok(((head, body), resolution)) => loop {
-            let req = head.request(RequestBody::buffered(body.clone()));
+        Ok(((head, mut body), resolution)) => loop {
+            let replay = body.handle();
+            let req = head.request(RequestBody::Replay(body));
             if let Some(m) = route_metrics {
                 m.actual_request_total.inc();
             }
@@ -475,13 +476,17 @@ async fn proxy(
             let timed_out = deadline.is_some_and(|(at, _)| Instant::now() >= at)
                 || matches!(result, Err(ProxyError::ResponseTimeout { .. }));
             let budget = profile.as_ref().map(|p| &p.budget);
-            if !failed
-                || timed_out
-                || attempt >= MAX_ATTEMPTS
-                || !budget.is_some_and(|b| b.withdraw())
-            {
+            if !failed || timed_out || attempt >= MAX_ATTEMPTS {
                 break result;
             }
+            // A body too big to replay ends the retries, before the budget pays.
+            let Some(again) = replay.again() else {
+                break result;
+            };
+            if !budget.is_some_and(|b| b.withdraw()) {
+                break result;
+            }
+            body = again;
             // Another endpoint, chosen afresh; the failed answer is dropped.
             match resolution.balancer.pick_avoiding(endpoint.addr) {
                 Ok(next) => {
@@ -538,9 +543,9 @@ async fn proxy(
 
 /// Attempts per request on a retryable route, the first included.
 const MAX_ATTEMPTS: u32 = 3;
-/// Largest request body kept for replay; bigger or unsized bodies stream
-/// once and are not retried.
-const MAX_REPLAY_BODY: u64 = 64 * 1024;
+/// Largest request body kept for replay; a bigger one streams on but is
+/// not retried.
+const MAX_REPLAY_BODY: usize = 64 * 1024;
 
 /// What a retryable request needs to be sent again.
 struct RequestHead {
@@ -561,31 +566,17 @@ impl RequestHead {
     }
 }
 
-/// Reads a small request body so the request can be replayed; gives the
-/// request back when its body is too big or of unknown size (it then
-/// streams once and is not retried).
-async fn buffer_for_replay(
-    req: Request<Incoming>,
-) -> Result<Result<(RequestHead, Bytes), Request<Incoming>>, ProxyError> {
-    use http_body::Body as _;
-    use http_body_util::BodyExt as _;
-    let body = req.body();
-    if !body.is_end_stream() && body.size_hint().upper().is_none_or(|n| n > MAX_REPLAY_BODY) {
-        return Ok(Err(req));
-    }
+/// Splits a retryable request into what every attempt reuses: the head,
+/// and a body that streams through while keeping a copy for replays.
+fn replayable(req: Request<Incoming>) -> (RequestHead, Replay<Incoming>) {
     let (parts, body) = req.into_parts();
-    let data = body
-        .collect()
-        .await
-        .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?
-        .to_bytes();
     let head = RequestHead {
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
         headers: parts.headers,
     };
-    Ok(Ok((head, data)))
+    (head, Replay::new(body, MAX_REPLAY_BODY))
 }
 
 /// Sends one attempt, within the request's deadline: HTTP/2 on the
