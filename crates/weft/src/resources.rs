@@ -1,7 +1,8 @@
 //! The mesh's resources, shaped like their Kubernetes counterparts so the same
 //! manifests work with the files store now and the Kubernetes store later:
-//! `Service` (core/v1), `ExternalWorkload` (workload.linkerd.io/v1beta1) and
-//! `ServiceProfile` (linkerd.io/v1alpha2).
+//! `Service` (core/v1), `ExternalWorkload` (workload.linkerd.io/v1beta1),
+//! `ServiceProfile` (linkerd.io/v1alpha2) and `Deployment` (apps/v1, the
+//! subset the local mesh runs as processes).
 //!
 //! [`parse_manifests`] reads a multi-document YAML file. Every problem names
 //! the file, the line and what is wrong; one broken document does not hide
@@ -169,6 +170,96 @@ impl ExternalWorkload {
     }
 }
 
+/// A `Deployment` (apps/v1): the part the local mesh (`weft up`) runs, as
+/// replicas of one local program, each a "pod" with its own proxy and the
+/// identity of its service account. On Kubernetes the same manifest runs
+/// the image; locally the container's `command` is run and the image is not
+/// used. Pod fields the local mesh has no use for are accepted and ignored,
+/// so manifests written for a cluster still load.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Deployment {
+    pub metadata: Metadata,
+    pub spec: DeploymentSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSpec {
+    #[serde(default = "one_replica")]
+    pub replicas: u32,
+    pub selector: LabelSelector,
+    pub template: PodTemplate,
+}
+
+fn one_replica() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct PodTemplate {
+    #[serde(default)]
+    pub metadata: TemplateMetadata,
+    pub spec: PodSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct TemplateMetadata {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub service_account_name: Option<String>,
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub name: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub container_port: u16,
+}
+
+/// Replicas one Deployment may ask of the local mesh: each is a network
+/// namespace with two processes.
+pub const MAX_LOCAL_REPLICAS: u32 = 32;
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct ServiceProfile {
     pub metadata: Metadata,
@@ -283,6 +374,7 @@ pub struct Manifests {
     pub services: Vec<Located<Service>>,
     pub workloads: Vec<Located<ExternalWorkload>>,
     pub profiles: Vec<Located<ServiceProfile>>,
+    pub deployments: Vec<Located<Deployment>>,
 }
 
 /// What is wrong with a manifest, and where.
@@ -317,6 +409,7 @@ const KINDS: &[(&str, &[&str])] = &[
         "ServiceProfile",
         &["linkerd.io/v1alpha2", "linkerd.io/v1alpha1"],
     ),
+    ("Deployment", &["apps/v1"]),
 ];
 
 /// Splits YAML text into documents at `---` lines, with each document's
@@ -402,6 +495,14 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
                     line,
                 })
             }),
+            "Deployment" => serde_yaml::from_str::<Deployment>(&doc).map(|r| {
+                let (file, line) = located(start);
+                out.deployments.push(Located {
+                    resource: std::sync::Arc::new(r),
+                    file,
+                    line,
+                })
+            }),
             _ => serde_yaml::from_str::<ServiceProfile>(&doc).map(|r| {
                 let (file, line) = located(start);
                 out.profiles.push(Located {
@@ -472,32 +573,106 @@ fn validate(m: Manifests) -> (Manifests, Vec<ManifestError>) {
             keep(check_profile(&p.resource), &p.file, p.line, what)
         })
         .collect();
+    let deployments = m
+        .deployments
+        .into_iter()
+        .filter(|d| {
+            let what = format!("Deployment {}", d.resource.metadata.key());
+            keep(check_deployment(&d.resource), &d.file, d.line, what)
+        })
+        .collect();
     (
         Manifests {
             services,
             workloads,
             profiles,
+            deployments,
         },
         errors,
     )
 }
 
-fn check_name(meta: &Metadata) -> Result<(), String> {
-    let dns_label = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_deployment(d: &Deployment) -> Result<(), String> {
+    check_name(&d.metadata)?;
+    let spec = &d.spec;
+    if spec.replicas > MAX_LOCAL_REPLICAS {
+        return Err(format!(
+            "spec.replicas {} is more than the local mesh runs ({MAX_LOCAL_REPLICAS})",
+            spec.replicas
+        ));
+    }
+    if spec.selector.match_labels.is_empty() {
+        return Err(
+            "spec.selector.matchLabels is empty: it must select the template's labels".into(),
+        );
+    }
+    for (k, v) in &spec.selector.match_labels {
+        if spec.template.metadata.labels.get(k) != Some(v) {
+            return Err(format!(
+                "spec.selector.matchLabels {k}={v} is not among spec.template.metadata.labels"
+            ));
+        }
+    }
+    if let Some(sa) = &spec.template.spec.service_account_name
+        && !is_dns_label(sa)
+    {
+        return Err(format!(
+            "serviceAccountName {sa:?} is not a DNS label (lowercase letters, digits, '-')"
+        ));
+    }
+    let [container] = spec.template.spec.containers.as_slice() else {
+        return Err(format!(
+            "the local mesh runs one container per pod, not {}",
+            spec.template.spec.containers.len()
+        ));
     };
-    if !dns_label(&meta.namespace) {
+    if container
+        .command
+        .first()
+        .is_none_or(|c| c.trim().is_empty())
+    {
+        return Err(format!(
+            "container {:?} has no command: the local mesh runs a program, not the image",
+            container.name
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for p in &container.ports {
+        if p.container_port == 0 {
+            return Err(format!(
+                "container {:?}: containerPort 0 is not a port",
+                container.name
+            ));
+        }
+        if let Some(name) = &p.name
+            && !names.insert(name)
+        {
+            return Err(format!(
+                "container {:?}: port name {name:?} is used twice",
+                container.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_name(meta: &Metadata) -> Result<(), String> {
+    if !is_dns_label(&meta.namespace) {
         return Err(format!(
             "namespace {:?} is not a DNS label (lowercase letters, digits, '-')",
             meta.namespace
         ));
     }
-    if !dns_label(&meta.name) {
+    if !is_dns_label(&meta.name) {
         return Err(format!(
             "name {:?} is not a DNS label (lowercase letters, digits, '-')",
             meta.name
@@ -740,6 +915,92 @@ spec:
                 "{text}: {errors:?}"
             );
         }
+    }
+
+    const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: emoji, namespace: demo}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: emoji-svc}}
+  template:
+    metadata: {labels: {app: emoji-svc, version: v1}}
+    spec:
+      serviceAccountName: emoji
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: emoji
+        image: example/emoji:v1
+        command: [weft-demo, emoji]
+        env: [{name: LISTEN, value: "0.0.0.0:8080"}]
+        ports: [{name: grpc, containerPort: 8080}]
+"#;
+
+    #[test]
+    fn deployments_read_the_part_the_local_mesh_runs() {
+        let (m, errors) = parse_manifests(Path::new("emoji.yaml"), DEPLOYMENT);
+        assert_eq!(errors, vec![]);
+        let d = &m.deployments[0].resource;
+        assert_eq!(d.spec.replicas, 2);
+        let pod = &d.spec.template.spec;
+        assert_eq!(pod.service_account_name.as_deref(), Some("emoji"));
+        assert_eq!(pod.containers[0].command, ["weft-demo", "emoji"]);
+        assert_eq!(pod.containers[0].env[0].value, "0.0.0.0:8080");
+        assert_eq!(pod.containers[0].ports[0].container_port, 8080);
+
+        for (from, to, want) in [
+            (
+                "replicas: 2",
+                "replicas: 99",
+                "more than the local mesh runs (32)",
+            ),
+            (
+                "matchLabels: {app: emoji-svc}",
+                "matchLabels: {app: other}",
+                "matchLabels app=other is not among spec.template.metadata.labels",
+            ),
+            ("command: [weft-demo, emoji]", "args: [x]", "has no command"),
+            (
+                "serviceAccountName: emoji",
+                "serviceAccountName: Emoji",
+                "serviceAccountName",
+            ),
+            ("containerPort: 8080", "containerPort: 0", "containerPort 0"),
+            (
+                "containerPort: 8080",
+                "containerPort: http",
+                "invalid Deployment",
+            ),
+        ] {
+            let errors = errors_of(&DEPLOYMENT.replace(from, to));
+            assert!(
+                errors.len() == 1 && errors[0].contains(want),
+                "{to}: {errors:?}"
+            );
+        }
+        let two = DEPLOYMENT.replace(
+            "      containers:\n",
+            "      containers:\n      - {name: sidecar, command: [x]}\n",
+        );
+        let errors = errors_of(&two);
+        assert!(
+            errors[0].contains("one container per pod, not 2"),
+            "{errors:?}"
+        );
+    }
+
+    /// The demo mesh's manifests (`weft up examples/emojivoto`) load cleanly.
+    #[test]
+    fn the_demo_manifests_load_without_problems() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/emojivoto");
+        let mut deployments = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let (m, errors) = parse_manifests(&path, &std::fs::read_to_string(&path).unwrap());
+            assert_eq!(errors, vec![], "{}", path.display());
+            deployments += m.deployments.len();
+        }
+        assert_eq!(deployments, 4);
     }
 
     #[test]

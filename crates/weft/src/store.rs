@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::resources::{
-    ExternalWorkload, Key, Located, ManifestError, Manifests, Service, ServiceProfile,
+    Deployment, ExternalWorkload, Key, Located, ManifestError, Manifests, Service, ServiceProfile,
     parse_manifests,
 };
 
@@ -37,6 +37,9 @@ pub struct Snapshot {
     pub workloads: BTreeMap<Key, Arc<ExternalWorkload>>,
     /// Keyed by namespace and the profile's name (the service FQDN).
     pub profiles: BTreeMap<Key, Arc<ServiceProfile>>,
+    /// What the local mesh runs (`weft up`); the destination service does
+    /// not use them.
+    pub deployments: BTreeMap<Key, Arc<Deployment>>,
     /// What is wrong with the manifests right now (the resources above are
     /// the last good state of the files in question).
     pub problems: Vec<ManifestError>,
@@ -107,6 +110,17 @@ impl Snapshot {
                 s.profiles.insert(key, resource);
             }
         }
+        for Located {
+            resource,
+            file,
+            line,
+        } in manifests.deployments
+        {
+            let key = resource.metadata.key();
+            if first("Deployment", key.clone(), &file, line) {
+                s.deployments.insert(key, resource);
+            }
+        }
         for (key, svc) in &s.services {
             if let Some(ip) = svc.spec.cluster_ip {
                 s.by_cluster_ip.insert(ip, key.clone());
@@ -165,6 +179,7 @@ impl Snapshot {
         self.services == other.services
             && self.workloads == other.workloads
             && self.profiles == other.profiles
+            && self.deployments == other.deployments
             && self.problems == other.problems
     }
 }
@@ -318,6 +333,9 @@ impl Loader {
             manifests
                 .profiles
                 .extend(state.last_good.profiles.iter().cloned());
+            manifests
+                .deployments
+                .extend(state.last_good.deployments.iter().cloned());
             problems.extend(state.problems.iter().cloned());
         }
         Snapshot::new(version, manifests, problems)
