@@ -360,6 +360,33 @@ mod humantime_serde_opt {
     }
 }
 
+/// What every kind has: a name for messages, and metadata.
+pub trait Resource: serde::de::DeserializeOwned {
+    const KIND: &'static str;
+    fn metadata(&self) -> &Metadata;
+    /// What types alone cannot check.
+    fn check(&self) -> Result<(), String>;
+}
+
+macro_rules! resource {
+    ($type:ty, $kind:literal, $check:ident) => {
+        impl Resource for $type {
+            const KIND: &'static str = $kind;
+            fn metadata(&self) -> &Metadata {
+                &self.metadata
+            }
+            fn check(&self) -> Result<(), String> {
+                $check(self)
+            }
+        }
+    };
+}
+
+resource!(Service, "Service", check_service);
+resource!(ExternalWorkload, "ExternalWorkload", check_workload);
+resource!(ServiceProfile, "ServiceProfile", check_profile);
+resource!(Deployment, "Deployment", check_deployment);
+
 /// One resource read from a manifest, with where it was found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Located<T> {
@@ -477,40 +504,25 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
             ));
             continue;
         }
-        let located = |line| (file.to_path_buf(), line);
+        fn read<T: Resource>(
+            doc: &str,
+            file: &Path,
+            line: usize,
+            into: &mut Vec<Located<T>>,
+        ) -> Result<(), serde_yaml::Error> {
+            let resource = std::sync::Arc::new(serde_yaml::from_str::<T>(doc)?);
+            into.push(Located {
+                resource,
+                file: file.to_path_buf(),
+                line,
+            });
+            Ok(())
+        }
         let result = match kind.as_str() {
-            "Service" => serde_yaml::from_str::<Service>(&doc).map(|r| {
-                let (file, line) = located(start);
-                out.services.push(Located {
-                    resource: std::sync::Arc::new(r),
-                    file,
-                    line,
-                })
-            }),
-            "ExternalWorkload" => serde_yaml::from_str::<ExternalWorkload>(&doc).map(|r| {
-                let (file, line) = located(start);
-                out.workloads.push(Located {
-                    resource: std::sync::Arc::new(r),
-                    file,
-                    line,
-                })
-            }),
-            "Deployment" => serde_yaml::from_str::<Deployment>(&doc).map(|r| {
-                let (file, line) = located(start);
-                out.deployments.push(Located {
-                    resource: std::sync::Arc::new(r),
-                    file,
-                    line,
-                })
-            }),
-            _ => serde_yaml::from_str::<ServiceProfile>(&doc).map(|r| {
-                let (file, line) = located(start);
-                out.profiles.push(Located {
-                    resource: std::sync::Arc::new(r),
-                    file,
-                    line,
-                })
-            }),
+            "Service" => read(&doc, file, start, &mut out.services),
+            "ExternalWorkload" => read(&doc, file, start, &mut out.workloads),
+            "Deployment" => read(&doc, file, start, &mut out.deployments),
+            _ => read(&doc, file, start, &mut out.profiles),
         };
         if let Err(e) = result {
             errors.push(error(
@@ -537,59 +549,33 @@ fn strip_location(e: &serde_yaml::Error) -> String {
 /// Checks what types alone cannot: names, selectors, regexes, budgets.
 /// Invalid resources are dropped with an error; the rest are kept.
 fn validate(m: Manifests) -> (Manifests, Vec<ManifestError>) {
+    fn checked<T: Resource>(
+        items: Vec<Located<T>>,
+        errors: &mut Vec<ManifestError>,
+    ) -> Vec<Located<T>> {
+        items
+            .into_iter()
+            .filter(|item| match item.resource.check() {
+                Ok(()) => true,
+                Err(reason) => {
+                    errors.push(ManifestError {
+                        file: item.file.display().to_string(),
+                        line: item.line,
+                        reason: format!("{} {}: {reason}", T::KIND, item.resource.metadata().key()),
+                    });
+                    false
+                }
+            })
+            .collect()
+    }
     let mut errors = Vec::new();
-    let mut keep = |ok: Result<(), String>, file: &Path, line: usize, what: String| match ok {
-        Ok(()) => true,
-        Err(reason) => {
-            errors.push(ManifestError {
-                file: file.display().to_string(),
-                line,
-                reason: format!("{what}: {reason}"),
-            });
-            false
-        }
+    let checked = Manifests {
+        services: checked(m.services, &mut errors),
+        workloads: checked(m.workloads, &mut errors),
+        profiles: checked(m.profiles, &mut errors),
+        deployments: checked(m.deployments, &mut errors),
     };
-    let services = m
-        .services
-        .into_iter()
-        .filter(|s| {
-            let what = format!("Service {}", s.resource.metadata.key());
-            keep(check_service(&s.resource), &s.file, s.line, what)
-        })
-        .collect();
-    let workloads = m
-        .workloads
-        .into_iter()
-        .filter(|w| {
-            let what = format!("ExternalWorkload {}", w.resource.metadata.key());
-            keep(check_workload(&w.resource), &w.file, w.line, what)
-        })
-        .collect();
-    let profiles = m
-        .profiles
-        .into_iter()
-        .filter(|p| {
-            let what = format!("ServiceProfile {}", p.resource.metadata.key());
-            keep(check_profile(&p.resource), &p.file, p.line, what)
-        })
-        .collect();
-    let deployments = m
-        .deployments
-        .into_iter()
-        .filter(|d| {
-            let what = format!("Deployment {}", d.resource.metadata.key());
-            keep(check_deployment(&d.resource), &d.file, d.line, what)
-        })
-        .collect();
-    (
-        Manifests {
-            services,
-            workloads,
-            profiles,
-            deployments,
-        },
-        errors,
-    )
+    (checked, errors)
 }
 
 fn is_dns_label(s: &str) -> bool {

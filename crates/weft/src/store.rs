@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::resources::{
-    Deployment, ExternalWorkload, Key, Located, ManifestError, Manifests, Service, ServiceProfile,
-    parse_manifests,
+    Deployment, ExternalWorkload, Key, Located, ManifestError, Manifests, Resource, Service,
+    ServiceProfile, parse_manifests,
 };
 
 /// A source of snapshots. The destination service depends only on this.
@@ -47,6 +47,27 @@ pub struct Snapshot {
     by_workload_ip: HashMap<IpAddr, Key>,
     /// (namespace, label key, label value) → workloads with that label.
     by_label: HashMap<(String, String, String), Vec<Key>>,
+}
+
+/// Resources by key; `first` says whether a definition is the first of its
+/// kind and key (later ones are reported and dropped).
+fn first_of_each<T: Resource>(
+    items: Vec<Located<T>>,
+    first: &mut impl FnMut(&'static str, Key, &Path, usize) -> bool,
+) -> BTreeMap<Key, Arc<T>> {
+    items
+        .into_iter()
+        .filter_map(
+            |Located {
+                 resource,
+                 file,
+                 line,
+             }| {
+                let key = resource.metadata().key();
+                first(T::KIND, key.clone(), &file, line).then_some((key, resource))
+            },
+        )
+        .collect()
 }
 
 impl Snapshot {
@@ -77,50 +98,10 @@ impl Snapshot {
                 true
             }
         };
-        for Located {
-            resource,
-            file,
-            line,
-        } in manifests.services
-        {
-            let key = resource.metadata.key();
-            if first("Service", key.clone(), &file, line) {
-                s.services.insert(key, resource);
-            }
-        }
-        for Located {
-            resource,
-            file,
-            line,
-        } in manifests.workloads
-        {
-            let key = resource.metadata.key();
-            if first("ExternalWorkload", key.clone(), &file, line) {
-                s.workloads.insert(key, resource);
-            }
-        }
-        for Located {
-            resource,
-            file,
-            line,
-        } in manifests.profiles
-        {
-            let key = resource.metadata.key();
-            if first("ServiceProfile", key.clone(), &file, line) {
-                s.profiles.insert(key, resource);
-            }
-        }
-        for Located {
-            resource,
-            file,
-            line,
-        } in manifests.deployments
-        {
-            let key = resource.metadata.key();
-            if first("Deployment", key.clone(), &file, line) {
-                s.deployments.insert(key, resource);
-            }
-        }
+        s.services = first_of_each(manifests.services, &mut first);
+        s.workloads = first_of_each(manifests.workloads, &mut first);
+        s.profiles = first_of_each(manifests.profiles, &mut first);
+        s.deployments = first_of_each(manifests.deployments, &mut first);
         for (key, svc) in &s.services {
             if let Some(ip) = svc.spec.cluster_ip {
                 s.by_cluster_ip.insert(ip, key.clone());
