@@ -17,6 +17,18 @@ pub enum DiagnosticsCmd {
     Endpoints(QueryArgs),
     /// The profile (routes, retries, timeouts, opaqueness) of an authority or IP:port.
     Profile(QueryArgs),
+    /// What the local mesh (`weft up`) runs from a manifests directory:
+    /// services with their cluster IPs, and a pod per replica with its
+    /// address, identity and program.
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The manifests directory.
+    dir: std::path::PathBuf,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -75,7 +87,57 @@ pub async fn run(cmd: DiagnosticsCmd) -> anyhow::Result<()> {
     match cmd {
         DiagnosticsCmd::Endpoints(args) => endpoints(args).await,
         DiagnosticsCmd::Profile(args) => profile(args).await,
+        DiagnosticsCmd::Plan(args) => plan(&args),
     }
+}
+
+fn plan(args: &PlanArgs) -> anyhow::Result<()> {
+    let snapshot = crate::store::load(&args.dir)?;
+    if !snapshot.problems.is_empty() {
+        for p in &snapshot.problems {
+            eprintln!("{p}");
+        }
+        anyhow::bail!(
+            "{} problem(s) in {}; fix them first",
+            snapshot.problems.len(),
+            args.dir.display()
+        );
+    }
+    let plan = crate::plan::plan(&snapshot, &Default::default())?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
+    let services: Vec<Vec<String>> = plan
+        .services
+        .iter()
+        .map(|s| {
+            let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
+            let names = s.host_names(&s.namespace);
+            vec![
+                format!("{}/{}", s.namespace, s.name),
+                s.cluster_ip.to_string(),
+                ports.join(","),
+                names.first().cloned().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(&["SERVICE", "CLUSTER-IP", "PORTS", "DNS NAME"], &services);
+    println!();
+    let pods: Vec<Vec<String>> = plan
+        .pods
+        .iter()
+        .map(|p| {
+            vec![
+                format!("{}/{}", p.namespace, p.name),
+                p.ip.to_string(),
+                p.identity.clone(),
+                p.argv.join(" "),
+            ]
+        })
+        .collect();
+    print_table(&["POD", "IP", "IDENTITY", "COMMAND"], &pods);
+    Ok(())
 }
 
 /// The first message of a stream: the destination service always sends one.

@@ -6,6 +6,7 @@ mod destination;
 mod diagnostics;
 mod identity;
 mod output;
+mod plan;
 mod resources;
 mod serving_tls;
 mod show;

@@ -203,18 +203,7 @@ impl FilesStore {
     /// Loads `dir` now, then watches it every `poll` for as long as the
     /// runtime runs.
     pub fn start(dir: &Path, poll: Duration) -> anyhow::Result<Arc<FilesStore>> {
-        let meta = std::fs::metadata(dir)
-            .with_context(|| format!("reading the manifests directory {}", dir.display()))?;
-        anyhow::ensure!(
-            meta.is_dir(),
-            "{} is not a directory of manifests",
-            dir.display()
-        );
-        let mut loader = Loader {
-            dir: dir.to_path_buf(),
-            files: BTreeMap::new(),
-        };
-        loader.scan();
+        let mut loader = Loader::open(dir)?;
         let snapshot = loader.snapshot(1);
         report(&snapshot);
         let (tx, _) = watch::channel(Arc::new(snapshot));
@@ -239,6 +228,11 @@ impl FilesStore {
     }
 }
 
+/// The manifests in `dir` now, once (for commands that do not watch).
+pub fn load(dir: &Path) -> anyhow::Result<Snapshot> {
+    Ok(Loader::open(dir)?.snapshot(1))
+}
+
 fn report(s: &Snapshot) {
     info!(
         version = s.version,
@@ -254,6 +248,23 @@ fn report(s: &Snapshot) {
 }
 
 impl Loader {
+    /// A loader for `dir`, with every file read once.
+    fn open(dir: &Path) -> anyhow::Result<Loader> {
+        let meta = std::fs::metadata(dir)
+            .with_context(|| format!("reading the manifests directory {}", dir.display()))?;
+        anyhow::ensure!(
+            meta.is_dir(),
+            "{} is not a directory of manifests",
+            dir.display()
+        );
+        let mut loader = Loader {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        };
+        loader.scan();
+        Ok(loader)
+    }
+
     /// Re-reads changed files; true when anything changed.
     fn scan(&mut self) -> bool {
         let mut found = Vec::new();

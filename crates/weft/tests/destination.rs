@@ -365,3 +365,40 @@ fn the_scale_generator_measures_a_small_mesh() {
     assert!(max > 0.0, "{report}");
     assert!(stderr.contains("60 watches answered"), "{stderr}");
 }
+
+/// `weft diagnostics plan`: what the local mesh would run from a directory.
+#[test]
+fn the_plan_of_the_demo_mesh_and_of_a_broken_directory() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/emojivoto");
+    let out = weft(&["diagnostics", "plan", demo, "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["services"].as_array().unwrap().len(), 3);
+    let pods = plan["pods"].as_array().unwrap();
+    assert_eq!(pods.len(), 4);
+    let web = pods.iter().find(|p| p["name"] == "web-0").unwrap();
+    assert_eq!(
+        web["identity"],
+        "web.demo.serviceaccount.identity.weft.cluster.local"
+    );
+
+    let table = weft(&["diagnostics", "plan", demo]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("web-svc.demo.svc.cluster.local"), "{text}");
+
+    let broken = Destination::start(&[(
+        "x.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec: {containers: []}\n",
+    )]);
+    let out = weft(&["diagnostics", "plan", broken.dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("x.yaml:1: Deployment default/x: the local mesh runs one container per pod"),
+        "{err}"
+    );
+}
