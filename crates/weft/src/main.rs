@@ -11,6 +11,7 @@ mod resources;
 mod serving_tls;
 mod show;
 mod store;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,9 @@ enum Cmd {
     /// Ask the control plane what it tells proxies.
     #[command(subcommand)]
     Diagnostics(diagnostics::DiagnosticsCmd),
+    /// Run a whole mesh on this machine from a directory of manifests: the
+    /// control plane, and every Deployment replica as a pod with its proxy.
+    Up(up::UpArgs),
 }
 
 #[derive(Subcommand)]
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(destination::serve(args))
         }
         Cmd::Diagnostics(cmd) => runtime()?.block_on(diagnostics::run(cmd)),
+        Cmd::Up(args) => up::run(args),
     }
 }
 

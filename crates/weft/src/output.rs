@@ -10,15 +10,23 @@ pub enum Output {
 
 /// Prints `rows` under `headers`, each column as wide as its widest cell.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut out = Vec::new();
+    write_table(&mut out, headers, rows);
+    print!("{}", String::from_utf8_lossy(&out));
+}
+
+/// The same table, written into `out`.
+pub fn write_table(out: &mut Vec<u8>, headers: &[&str], rows: &[Vec<String>]) {
+    use std::io::Write as _;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
         let text: Vec<String> = cells.zip(&widths).map(|(c, w)| format!("{c:w$}")).collect();
-        println!("{}", text.join("  ").trim_end());
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
     line(&mut headers.iter().copied());
     for row in rows {

@@ -398,6 +398,22 @@ resource!(ExternalWorkload, "ExternalWorkload", check_workload);
 resource!(ServiceProfile, "ServiceProfile", check_profile);
 resource!(Deployment, "Deployment", check_deployment);
 
+/// `r` as a manifest document, with its `apiVersion` and `kind`.
+pub fn to_manifest<T: Resource + Serialize>(r: &T) -> Result<String, serde_yaml::Error> {
+    let mut value = serde_yaml::to_value(r)?;
+    if let Some(map) = value.as_mapping_mut() {
+        let api_version = KINDS
+            .iter()
+            .find(|(kind, _)| *kind == T::KIND)
+            .and_then(|(_, versions)| versions.first())
+            .copied()
+            .unwrap_or("v1");
+        map.insert("apiVersion".into(), api_version.into());
+        map.insert("kind".into(), T::KIND.into());
+    }
+    serde_yaml::to_string(&value)
+}
+
 /// One resource read from a manifest, with where it was found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Located<T> {
@@ -992,28 +1008,23 @@ spec:
     fn resources_round_trip_through_yaml() {
         fn again<T: Resource + Serialize + Clone>(
             r: &T,
-            api_version: &str,
             pick: fn(Manifests) -> Vec<Located<T>>,
         ) -> T {
-            let mut value = serde_yaml::to_value(r).unwrap();
-            let map = value.as_mapping_mut().unwrap();
-            map.insert("apiVersion".into(), api_version.into());
-            map.insert("kind".into(), T::KIND.into());
-            let text = serde_yaml::to_string(&value).unwrap();
+            let text = to_manifest(r).unwrap();
             let (m, errors) = parse_manifests(Path::new("rendered.yaml"), &text);
             assert_eq!(errors, vec![], "{text}");
             (*pick(m).remove(0).resource).clone()
         }
         let (m, _) = parse_manifests(Path::new("demo.yaml"), GOOD);
         let svc = &*m.services[0].resource;
-        assert_eq!(&again(svc, "v1", |m| m.services), svc);
+        assert_eq!(&again(svc, |m| m.services), svc);
         let w = &*m.workloads[0].resource;
-        assert_eq!(&again(w, "workload.linkerd.io/v1beta1", |m| m.workloads), w);
+        assert_eq!(&again(w, |m| m.workloads), w);
         let p = &*m.profiles[0].resource;
-        assert_eq!(&again(p, "linkerd.io/v1alpha2", |m| m.profiles), p);
+        assert_eq!(&again(p, |m| m.profiles), p);
         let (d, _) = parse_manifests(Path::new("d.yaml"), DEPLOYMENT);
         let d = &*d.deployments[0].resource;
-        assert_eq!(&again(d, "apps/v1", |m| m.deployments), d);
+        assert_eq!(&again(d, |m| m.deployments), d);
     }
 
     /// The demo mesh's manifests (`weft up examples/emojivoto`) load cleanly.

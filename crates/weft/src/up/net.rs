@@ -1,0 +1,159 @@
+//! The local mesh's network: one bridge on the host, and per pod a network
+//! namespace joined to it by a veth pair, with its address, a default route
+//! through the bridge (so cluster IPs route before capture redirects them),
+//! and `/etc/netns/<pod>/hosts` naming every service, which `ip netns exec`
+//! mounts over `/etc/hosts` for the pod's programs.
+//!
+//! Everything a mesh creates carries its name, so a later start can find
+//! and remove what a crashed run left behind.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::plan::{BRIDGE_IP, PlannedService};
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The mesh's network objects, named after the mesh.
+#[derive(Clone, Debug)]
+pub struct Network {
+    mesh: String,
+}
+
+impl Network {
+    /// `mesh` is at most 8 lowercase letters or digits: interface names
+    /// must fit in 15 bytes.
+    pub fn new(mesh: &str) -> anyhow::Result<Network> {
+        if mesh.is_empty()
+            || mesh.len() > 8
+            || !mesh
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            bail!("mesh name {mesh:?}: use 1 to 8 lowercase letters or digits");
+        }
+        Ok(Network { mesh: mesh.into() })
+    }
+
+    pub fn bridge(&self) -> String {
+        format!("wb-{}", self.mesh)
+    }
+
+    /// The network namespace of pod `pod`.
+    pub fn namespace(&self, pod: &str) -> String {
+        format!("weft-{}-{pod}", self.mesh)
+    }
+
+    fn hosts_dir(&self, pod: &str) -> PathBuf {
+        PathBuf::from("/etc/netns").join(self.namespace(pod))
+    }
+
+    /// Creates the bridge with the control plane's address.
+    pub fn create_bridge(&self) -> anyhow::Result<()> {
+        let bridge = self.bridge();
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{BRIDGE_IP}/16"), "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])
+    }
+
+    /// Creates pod `pod`'s namespace (veth `index`) at `addr`, with a hosts
+    /// file for `services`.
+    pub fn create_pod(
+        &self,
+        pod: &str,
+        index: usize,
+        addr: Ipv4Addr,
+        namespace: &str,
+        services: &[PlannedService],
+    ) -> anyhow::Result<()> {
+        let ns = self.namespace(pod);
+        let (host_end, pod_end) = (
+            format!("w{}{index}h", self.mesh),
+            format!("w{}{index}p", self.mesh),
+        );
+        ip(&["netns", "add", &ns])?;
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", &pod_end,
+        ])?;
+        ip(&["link", "set", &host_end, "master", &self.bridge(), "up"])?;
+        ip(&["link", "set", &pod_end, "netns", &ns])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/16"),
+            "dev",
+            &pod_end,
+        ])?;
+        ip(&["-n", &ns, "link", "set", &pod_end, "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &BRIDGE_IP.to_string(),
+        ])?;
+        let dir = self.hosts_dir(pod);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut hosts = format!("127.0.0.1 localhost\n{addr} {pod}\n");
+        for svc in services {
+            hosts.push_str(&format!(
+                "{} {}\n",
+                svc.cluster_ip,
+                svc.host_names(namespace).join(" ")
+            ));
+        }
+        std::fs::write(dir.join("hosts"), hosts)
+            .with_context(|| format!("writing {}/hosts", dir.display()))
+    }
+
+    /// Removes pod `pod`'s namespace (its veth goes with it) and hosts file.
+    pub fn delete_pod(&self, pod: &str) {
+        let _ = ip(&["netns", "del", &self.namespace(pod)]);
+        let _ = std::fs::remove_dir_all(self.hosts_dir(pod));
+    }
+
+    /// Removes everything this mesh's name marks: namespaces, their hosts
+    /// files and the bridge. Used at the end, and at start after a crash.
+    /// Returns how many namespaces it removed.
+    pub fn delete_all(&self) -> usize {
+        let prefix = format!("weft-{}-", self.mesh);
+        let mut removed = 0;
+        for dir in ["/run/netns", "/etc/netns"] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pod) = name.strip_prefix(&prefix) {
+                    if dir == "/run/netns" {
+                        removed += 1;
+                    }
+                    self.delete_pod(pod);
+                }
+            }
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+        removed
+    }
+}

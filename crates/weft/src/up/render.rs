@@ -1,0 +1,87 @@
+//! The cluster state the destination service reads while the local mesh
+//! runs: the user's Services with their cluster IPs filled in, their
+//! ServiceProfiles, and one ExternalWorkload per pod (its address, identity,
+//! labels, ports, and whether it is ready). Written into one file, replaced
+//! atomically, so the files store never sees half of it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::plan::Plan;
+use crate::resources::{
+    Condition, ExternalWorkload, ExternalWorkloadSpec, MeshTls, Metadata, WorkloadIp, WorkloadPort,
+    WorkloadStatus, to_manifest,
+};
+use crate::store::Snapshot;
+
+/// Renders the cluster state for `plan`; `ready` says which pods (by
+/// namespace/name) are ready.
+pub fn cluster_state(
+    snapshot: &Snapshot,
+    plan: &Plan,
+    ready: &BTreeMap<(String, String), bool>,
+) -> anyhow::Result<String> {
+    let mut docs = Vec::new();
+    for planned in &plan.services {
+        let key = crate::resources::Key {
+            namespace: planned.namespace.clone(),
+            name: planned.name.clone(),
+        };
+        if let Some(svc) = snapshot.services.get(&key) {
+            let mut svc = (**svc).clone();
+            svc.spec.cluster_ip = Some(planned.cluster_ip);
+            docs.push(to_manifest(&svc)?);
+        }
+    }
+    for profile in snapshot.profiles.values() {
+        docs.push(to_manifest(&**profile)?);
+    }
+    for pod in &plan.pods {
+        let is_ready = ready
+            .get(&(pod.namespace.clone(), pod.name.clone()))
+            .copied()
+            .unwrap_or(false);
+        let workload = ExternalWorkload {
+            metadata: Metadata {
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                labels: pod.labels.clone(),
+                annotations: BTreeMap::new(),
+            },
+            spec: ExternalWorkloadSpec {
+                mesh_tls: Some(MeshTls {
+                    identity: pod.identity.clone(),
+                    server_name: None,
+                }),
+                ports: pod
+                    .ports
+                    .iter()
+                    .map(|(name, port)| WorkloadPort {
+                        name: name.clone(),
+                        port: *port,
+                        protocol: None,
+                    })
+                    .collect(),
+                workload_ips: vec![WorkloadIp { ip: pod.ip.into() }],
+            },
+            status: Some(WorkloadStatus {
+                conditions: vec![Condition {
+                    kind: "Ready".into(),
+                    status: if is_ready { "True" } else { "False" }.into(),
+                }],
+            }),
+        };
+        docs.push(to_manifest(&workload)?);
+    }
+    Ok(docs.join("---\n"))
+}
+
+/// Replaces `dir/cluster.yaml` with `text` (write, then rename).
+pub fn write(dir: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(".cluster.yaml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join("cluster.yaml"))
+        .with_context(|| format!("replacing {}/cluster.yaml", dir.display()))
+}

@@ -1,0 +1,300 @@
+//! `weft up examples/emojivoto`: the demo mesh in network namespaces, as a
+//! user runs it. Every workload becomes ready and meshed, traffic crosses
+//! mTLS with the right identities, a killed program is restarted, and
+//! stopping (or starting again after a crash) leaves no namespace, bridge
+//! or process behind. Needs root; skipped with the reason otherwise.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A mesh name of its own, so a user's mesh is never touched.
+const MESH: &str = "wtest";
+
+fn can_run() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    let probe = Command::new("ip")
+        .args(["netns", "add", "weft-probe-up"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {
+            let _ = Command::new("ip")
+                .args(["netns", "del", "weft-probe-up"])
+                .output();
+            None
+        }
+        Ok(out) => Some(format!(
+            "cannot create network namespaces: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("no ip command: {e}")),
+    }
+}
+
+/// A running `weft up`; its stdout lines arrive on `lines`.
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Up {
+    fn start(state: &std::path::Path) -> Up {
+        let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/emojivoto");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["up", demo, "--name", MESH, "--state-root"])
+            .arg(state)
+            .env("WEFT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Up {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a status table shows every line of `want` (each a
+    /// workload's row as printed).
+    fn wait_for(&mut self, what: &str, within: Duration, done: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + within;
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "{what} within {within:?}; output:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: SIGTERM to the child we started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "weft up did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last status table printed: workload → (ready, restarts).
+fn last_table(lines: &[String]) -> Vec<(String, String, String)> {
+    let start = lines
+        .iter()
+        .rposition(|l| l.starts_with("WORKLOAD"))
+        .map_or(lines.len(), |i| i + 1);
+    lines[start..]
+        .iter()
+        .take_while(|l| l.starts_with("demo/"))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (
+                cols[0].to_string(),
+                cols[1].to_string(),
+                cols[3].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn all_ready(lines: &[String]) -> bool {
+    let table = last_table(lines);
+    table.len() == 4 && table.iter().all(|(_, ready, _)| ready == "1/1")
+}
+
+fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("weft-{MESH}-")) {
+                found.push(format!("namespace {name}"));
+            }
+        }
+    }
+    if Command::new("ip")
+        .args(["link", "show", &format!("wb-{MESH}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        found.push("bridge".into());
+    }
+    found.extend(
+        mesh_processes()
+            .into_iter()
+            .map(|pid| format!("process {pid}")),
+    );
+    found
+}
+
+/// Processes started for this mesh (they carry WEFT_MESH in their environment).
+fn mesh_processes() -> Vec<u32> {
+    let marker = format!("WEFT_MESH={MESH}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+        })
+        .collect()
+}
+
+/// The pid of pod `pod`'s program (not its proxy).
+fn program_of(pod: &str) -> Option<u32> {
+    let marker = format!("POD_NAME={pod}");
+    mesh_processes().into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+    })
+}
+
+fn metric(ip: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let admin: std::net::SocketAddr = format!("{ip}:4191").parse().unwrap();
+    support::admin_metric(admin, name, labels)
+}
+
+#[test]
+fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
+    if let Some(why) = can_run() {
+        println!("skipped: {why}");
+        return;
+    }
+    let state = std::env::temp_dir().join(format!("weft-up-test-{}", std::process::id()));
+    let mut up = Up::start(&state);
+    up.wait_for("every workload ready", Duration::from_secs(60), all_ready);
+
+    // The bot's votes reach web over mTLS, proving both identities.
+    let plan = support::weft(&[
+        "diagnostics",
+        "plan",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/emojivoto"),
+        "-o",
+        "json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let ip_of = |pod: &str| {
+        plan["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod)
+            .unwrap()["ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (web, voting) = (ip_of("web-0"), ip_of("voting-0"));
+    let from_bot = [
+        ("direction", "inbound"),
+        ("tls", "true"),
+        (
+            "client_id",
+            "vote-bot.demo.serviceaccount.identity.weft.cluster.local",
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&web, "request_total", &from_bot) < 10.0 {
+        assert!(
+            Instant::now() < deadline,
+            "votes never reached web over mTLS"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let from_web = [
+        ("direction", "inbound"),
+        ("tls", "true"),
+        (
+            "client_id",
+            "web.demo.serviceaccount.identity.weft.cluster.local",
+        ),
+    ];
+    assert!(metric(&voting, "request_total", &from_web) > 0.0);
+    // Plaintext is nowhere: every inbound request at web came over mTLS.
+    assert_eq!(
+        metric(
+            &web,
+            "request_total",
+            &[("direction", "inbound"), ("tls", "no_identity")]
+        ),
+        0.0
+    );
+
+    // A killed program is restarted and the workload is ready again.
+    let pid = program_of("voting-0").expect("voting-0 runs");
+    // SAFETY: SIGKILL to a process of this test's mesh.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    up.wait_for(
+        "voting restarted and ready",
+        Duration::from_secs(30),
+        |lines| {
+            last_table(lines)
+                .iter()
+                .any(|(w, ready, restarts)| w == "demo/voting" && ready == "1/1" && restarts == "1")
+        },
+    );
+
+    // A crash of weft up itself leaves pods behind; the next start removes them.
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    assert!(!leftovers().is_empty(), "a crash leaves pods behind");
+    let mut again = Up::start(&state);
+    again.wait_for("the leftovers removed", Duration::from_secs(30), |lines| {
+        lines
+            .iter()
+            .any(|l| l.contains("removed what an earlier run of this mesh left behind"))
+    });
+    again.wait_for(
+        "every workload ready again",
+        Duration::from_secs(60),
+        all_ready,
+    );
+    again.stop();
+    assert!(
+        again
+            .seen
+            .iter()
+            .any(|l| l.starts_with("stopped: 4 pod namespaces removed")),
+        "{}",
+        again.seen.join("\n")
+    );
+    assert_eq!(leftovers(), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&state);
+}
