@@ -409,6 +409,24 @@ async fn supervise(
         mesh.pods.len(),
         mesh.state.join("logs").display()
     );
+    let pods: Vec<Vec<String>> = mesh
+        .pods
+        .iter()
+        .map(|r| {
+            let ports: Vec<String> = r.pod.ports.iter().map(|(_, p)| p.to_string()).collect();
+            vec![
+                format!("{}/{}", r.pod.namespace, r.pod.name),
+                r.pod.ip.to_string(),
+                ports.join(","),
+                r.pod.identity.clone(),
+            ]
+        })
+        .collect();
+    crate::output::print_table(&["POD", "IP", "PORTS", "IDENTITY"], &pods);
+    println!(
+        "control plane: identity {BRIDGE_IP}:{IDENTITY_PORT}, destination {BRIDGE_IP}:{DESTINATION_PORT} (TLS; CA in {})\n",
+        mesh.state.join("ca").display()
+    );
     let mut shown = String::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let shutdown = shutdown_signal();
