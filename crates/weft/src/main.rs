@@ -10,6 +10,7 @@ mod plan;
 mod resources;
 mod serving_tls;
 mod show;
+mod stat;
 mod store;
 mod up;
 
@@ -42,6 +43,9 @@ enum Cmd {
     /// Run a whole mesh on this machine from a directory of manifests: the
     /// control plane, and every Deployment replica as a pod with its proxy.
     Up(up::UpArgs),
+    /// Per workload of a running local mesh: success rate, requests per
+    /// second, latency, connections and the share of mTLS, from its proxies.
+    Stat(stat::StatArgs),
 }
 
 #[derive(Subcommand)]
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Diagnostics(cmd) => runtime()?.block_on(diagnostics::run(cmd)),
         Cmd::Up(args) => up::run(args),
+        Cmd::Stat(args) => stat::run(args),
     }
 }
 

@@ -257,6 +257,46 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
         0.0
     );
 
+    // weft stat: every workload meshed, all its mesh traffic over mTLS,
+    // emoji always succeeding and the others failing only on doughnuts.
+    let stat = support::weft(&[
+        "stat",
+        "--mesh",
+        MESH,
+        "--state-root",
+        state.to_str().unwrap(),
+        "--window",
+        "3s",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        stat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stat.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&stat.stdout).unwrap();
+    let stats = stats.as_array().unwrap();
+    assert_eq!(stats.len(), 4, "{stats:?}");
+    for s in stats {
+        assert_eq!(s["meshed"], true, "{s}");
+        assert_eq!(s["tls_percent"], 100.0, "{s}");
+        assert!(s["rps"].as_f64().unwrap() > 1.0, "{s}");
+        assert!(s["latency_ms_p99"].as_f64().unwrap() > 0.0, "{s}");
+        let rate = s["success_rate"].as_f64().unwrap();
+        if s["name"] == "emoji" {
+            assert_eq!(rate, 1.0, "{s}");
+        } else {
+            assert!((0.5..=1.0).contains(&rate), "{s}");
+        }
+    }
+    let failed_votes = [("direction", "inbound"), ("classification", "failure")];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&voting, "response_total", &failed_votes) == 0.0 {
+        assert!(Instant::now() < deadline, "no doughnut vote ever failed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // A killed program is restarted and the workload is ready again.
     let pid = program_of("voting-0").expect("voting-0 runs");
     // SAFETY: SIGKILL to a process of this test's mesh.

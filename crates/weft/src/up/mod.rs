@@ -15,6 +15,8 @@ mod net;
 mod procs;
 mod render;
 
+pub use render::WORKLOAD_LABEL;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

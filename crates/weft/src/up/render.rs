@@ -16,6 +16,9 @@ use crate::resources::{
 };
 use crate::store::Snapshot;
 
+/// Names the Deployment a pod belongs to (for `weft stat`).
+pub const WORKLOAD_LABEL: &str = "weft.io/workload";
+
 /// Renders the cluster state for `plan`; `ready` says which pods (by
 /// namespace/name) are ready.
 pub fn cluster_state(
@@ -43,11 +46,13 @@ pub fn cluster_state(
             .get(&(pod.namespace.clone(), pod.name.clone()))
             .copied()
             .unwrap_or(false);
+        let mut labels = pod.labels.clone();
+        labels.insert(WORKLOAD_LABEL.into(), pod.deployment.clone());
         let workload = ExternalWorkload {
             metadata: Metadata {
                 name: pod.name.clone(),
                 namespace: pod.namespace.clone(),
-                labels: pod.labels.clone(),
+                labels,
                 annotations: BTreeMap::new(),
             },
             spec: ExternalWorkloadSpec {

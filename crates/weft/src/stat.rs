@@ -1,0 +1,454 @@
+//! `weft stat`: per workload (or service) of a running local mesh, what its proxies'
+//! metrics say. Success rate, requests per second and latency come from
+//! inbound requests (what the workload served), or from outbound ones for a
+//! workload that serves nothing (a client such as the vote bot). All are
+//! computed over a window between two scrapes. The mTLS share counts every
+//! connection the proxies opened or accepted. The data comes from the
+//! proxies directly; the Prometheus-backed viz stack can take this over
+//! behind the same output.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::output::{Output, print_table};
+
+#[derive(Args)]
+pub struct StatArgs {
+    /// `workload` (the only kind for now), or a workload's name.
+    #[arg(default_value = "workload")]
+    kind_or_name: String,
+    /// One workload, by name.
+    name: Option<String>,
+    /// The mesh (as given to `weft up --name`).
+    #[arg(long, default_value = "weft")]
+    mesh: String,
+    #[arg(long, default_value = "/run/weft")]
+    state_root: PathBuf,
+    /// Time between the two scrapes that rates are computed over.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+/// One line of Prometheus text: name, labels, value.
+#[derive(Debug, PartialEq)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses the exposition text; lines it cannot read are skipped.
+fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let mut parsed = Vec::new();
+            let mut rest = labels;
+            while let Some((key, after)) = rest.split_once("=\"") {
+                let end = after.find('"')?;
+                parsed.push((
+                    key.trim_start_matches(',').to_string(),
+                    after[..end].to_string(),
+                ));
+                rest = &after[end + 1..];
+            }
+            Some(Sample {
+                name: name.to_string(),
+                labels: parsed,
+                value,
+            })
+        })
+        .collect()
+}
+
+fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .with_context(|| format!("reading {path} from {addr}"))?;
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    Ok((code, body.to_string()))
+}
+
+/// The counters `weft stat` reads, summed over a workload's proxies.
+#[derive(Clone, Debug, Default)]
+struct Totals {
+    /// By direction: success, failure.
+    responses: BTreeMap<String, (f64, f64)>,
+    /// By direction: latency histogram buckets (upper bound, count).
+    latency: BTreeMap<String, BTreeMap<u64, f64>>,
+    tcp_open: f64,
+    tcp_tls: f64,
+    tcp_open_now: f64,
+}
+
+fn mesh_facing(s: &Sample) -> bool {
+    matches!(
+        (s.label("direction"), s.label("peer")),
+        (Some("inbound"), Some("src")) | (Some("outbound"), Some("dst"))
+    )
+}
+
+fn bucket_key(le: &str) -> u64 {
+    if le == "+Inf" {
+        u64::MAX
+    } else {
+        (le.parse::<f64>().unwrap_or(f64::MAX) * 1000.0) as u64
+    }
+}
+
+impl Totals {
+    fn add(&mut self, samples: &[Sample]) {
+        for s in samples {
+            let direction = s.label("direction").unwrap_or_default().to_string();
+            match s.name.as_str() {
+                "response_total" => {
+                    let entry = self.responses.entry(direction).or_default();
+                    match s.label("classification") {
+                        Some("success") => entry.0 += s.value,
+                        Some("failure") => entry.1 += s.value,
+                        _ => {}
+                    }
+                }
+                "response_latency_ms_bucket" => {
+                    if let Some(le) = s.label("le") {
+                        *self
+                            .latency
+                            .entry(direction)
+                            .or_default()
+                            .entry(bucket_key(le))
+                            .or_default() += s.value;
+                    }
+                }
+                // Only the mesh-facing side of each connection: what it
+                // accepted from the network (inbound) and what it opened to
+                // the network (outbound); the legs to and from the local
+                // program are never mesh traffic.
+                "tcp_open_total" if mesh_facing(s) => {
+                    self.tcp_open += s.value;
+                    if s.label("tls") == Some("true") {
+                        self.tcp_tls += s.value;
+                    }
+                }
+                "tcp_open_connections" if mesh_facing(s) => self.tcp_open_now += s.value,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The `q` quantile (0..1) of a cumulative histogram, in milliseconds,
+/// interpolated within its bucket.
+fn quantile(buckets: &BTreeMap<u64, f64>, q: f64) -> Option<f64> {
+    let total = buckets
+        .get(&u64::MAX)
+        .copied()
+        .or_else(|| buckets.values().last().copied())?;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (&le, &count) in buckets {
+        let upper = if le == u64::MAX {
+            lower
+        } else {
+            le as f64 / 1000.0
+        };
+        if count >= rank {
+            let within = count - below;
+            let fraction = if within > 0.0 {
+                (rank - below) / within
+            } else {
+                1.0
+            };
+            return Some(lower + (upper - lower) * fraction);
+        }
+        (lower, below) = (upper, count);
+    }
+    Some(lower)
+}
+
+#[derive(Debug, Serialize)]
+struct WorkloadStat {
+    name: String,
+    namespace: String,
+    pods: usize,
+    ready: usize,
+    meshed: bool,
+    /// Whose requests the rates describe: `inbound`, or `outbound` for a
+    /// workload that serves nothing.
+    direction: String,
+    success_rate: Option<f64>,
+    rps: f64,
+    latency_ms_p50: Option<f64>,
+    latency_ms_p95: Option<f64>,
+    latency_ms_p99: Option<f64>,
+    tcp_connections: f64,
+    tls_percent: Option<f64>,
+}
+
+fn workload_stat(
+    name: &str,
+    namespace: &str,
+    pods: usize,
+    ready: usize,
+    before: &Totals,
+    after: &Totals,
+    window: Duration,
+) -> WorkloadStat {
+    let delta = |dir: &str| {
+        let (s1, f1) = after.responses.get(dir).copied().unwrap_or_default();
+        let (s0, f0) = before.responses.get(dir).copied().unwrap_or_default();
+        (s1 - s0, f1 - f0)
+    };
+    let direction = if delta("inbound").0 + delta("inbound").1 > 0.0 {
+        "inbound"
+    } else {
+        "outbound"
+    };
+    let (ok, failed) = delta(direction);
+    let total = ok + failed;
+    let mut latency = after.latency.get(direction).cloned().unwrap_or_default();
+    if let Some(earlier) = before.latency.get(direction) {
+        for (le, count) in latency.iter_mut() {
+            *count -= earlier.get(le).copied().unwrap_or_default();
+        }
+    }
+    let round = |v: f64| (v * 1000.0).round() / 1000.0;
+    WorkloadStat {
+        name: name.into(),
+        namespace: namespace.into(),
+        pods,
+        ready,
+        meshed: pods > 0 && ready == pods,
+        direction: direction.into(),
+        success_rate: (total > 0.0).then(|| round(ok / total)),
+        rps: round(total / window.as_secs_f64()),
+        latency_ms_p50: quantile(&latency, 0.5).map(round),
+        latency_ms_p95: quantile(&latency, 0.95).map(round),
+        latency_ms_p99: quantile(&latency, 0.99).map(round),
+        tcp_connections: after.tcp_open_now,
+        tls_percent: (after.tcp_open > 0.0).then(|| round(100.0 * after.tcp_tls / after.tcp_open)),
+    }
+}
+
+/// A pod of the running mesh: its workload, the services selecting it,
+/// and its proxy's admin address.
+#[derive(Clone)]
+struct MeshPod {
+    workload: String,
+    services: Vec<String>,
+    namespace: String,
+    admin: SocketAddr,
+}
+
+fn running_pods(args: &StatArgs) -> anyhow::Result<Vec<MeshPod>> {
+    let file = args
+        .state_root
+        .join(&args.mesh)
+        .join("cluster/cluster.yaml");
+    let text = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "no mesh {:?} is running here (cannot read {}); start one with weft up",
+            args.mesh,
+            file.display()
+        )
+    })?;
+    let (manifests, errors) = crate::resources::parse_manifests(&file, &text);
+    if let Some(e) = errors.first() {
+        bail!("the mesh's cluster state is unreadable: {e}");
+    }
+    Ok(manifests
+        .workloads
+        .iter()
+        .filter_map(|w| {
+            let w = &w.resource;
+            let workload = w.metadata.labels.get(crate::up::WORKLOAD_LABEL)?.clone();
+            let ip: IpAddr = w.spec.workload_ips.first()?.ip;
+            let services = manifests
+                .services
+                .iter()
+                .map(|s| &s.resource)
+                .filter(|s| {
+                    s.metadata.namespace == w.metadata.namespace
+                        && !s.spec.selector.is_empty()
+                        && s.spec
+                            .selector
+                            .iter()
+                            .all(|(k, v)| w.metadata.labels.get(k) == Some(v))
+                })
+                .map(|s| s.metadata.name.clone())
+                .collect();
+            Some(MeshPod {
+                workload,
+                services,
+                namespace: w.metadata.namespace.clone(),
+                admin: SocketAddr::new(ip, 4191),
+            })
+        })
+        .collect())
+}
+
+pub fn run(args: StatArgs) -> anyhow::Result<()> {
+    let (by_service, wanted) = match (args.kind_or_name.as_str(), &args.name) {
+        ("workload" | "workloads" | "deploy" | "deployment", name) => (false, name.clone()),
+        ("service" | "services" | "svc", name) => (true, name.clone()),
+        (name, None) => (false, Some(name.to_string())),
+        (kind, Some(_)) => bail!("unknown kind {kind:?}: use workload or service"),
+    };
+    let kind = if by_service { "service" } else { "workload" };
+    // A pod counts once per group it is in: its workload, or each service
+    // that selects it.
+    let pods: Vec<(String, MeshPod)> = running_pods(&args)?
+        .into_iter()
+        .flat_map(|p| {
+            let groups = if by_service {
+                p.services.clone()
+            } else {
+                vec![p.workload.clone()]
+            };
+            groups.into_iter().map(move |g| (g, p.clone()))
+        })
+        .filter(|(group, _)| wanted.as_ref().is_none_or(|w| w == group))
+        .collect();
+    if pods.is_empty() {
+        bail!(
+            "no {kind} {} in mesh {:?}",
+            wanted.as_deref().unwrap_or("at all"),
+            args.mesh
+        );
+    }
+    let scrape = |pod: &MeshPod| -> Option<Vec<Sample>> {
+        get(pod.admin, "/metrics")
+            .ok()
+            .map(|(_, body)| parse(&body))
+    };
+    let first: Vec<Option<Vec<Sample>>> = pods.iter().map(|(_, p)| scrape(p)).collect();
+    std::thread::sleep(args.window);
+    let mut groups: BTreeMap<(String, String), (usize, usize, Totals, Totals)> = BTreeMap::new();
+    for ((group, pod), before) in pods.iter().zip(first) {
+        let ready = get(pod.admin, "/ready").is_ok_and(|(code, _)| code == 200);
+        let after = scrape(pod);
+        let entry = groups
+            .entry((pod.namespace.clone(), group.clone()))
+            .or_default();
+        entry.0 += 1;
+        if let (Some(before), Some(after)) = (before, after) {
+            entry.1 += usize::from(ready);
+            entry.2.add(&before);
+            entry.3.add(&after);
+        }
+    }
+    let stats: Vec<WorkloadStat> = groups
+        .iter()
+        .map(|((ns, name), (pods, ready, before, after))| {
+            workload_stat(name, ns, *pods, *ready, before, after, args.window)
+        })
+        .collect();
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&json!(stats))?);
+        return Ok(());
+    }
+    let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
+    let rows: Vec<Vec<String>> = stats
+        .iter()
+        .map(|s| {
+            vec![
+                format!("{}/{}", s.namespace, s.name),
+                format!("{}/{}", s.ready, s.pods),
+                if s.meshed { "yes" } else { "no" }.into(),
+                s.success_rate
+                    .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
+                format!("{:.1}", s.rps),
+                opt(s.latency_ms_p50, "ms"),
+                opt(s.latency_ms_p95, "ms"),
+                opt(s.latency_ms_p99, "ms"),
+                format!("{}", s.tcp_connections),
+                opt(s.tls_percent, "%"),
+            ]
+        })
+        .collect();
+    let first_column = kind.to_uppercase();
+    print_table(
+        &[
+            &first_column,
+            "READY",
+            "MESHED",
+            "SUCCESS",
+            "RPS",
+            "P50",
+            "P95",
+            "P99",
+            "TCP",
+            "MTLS",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_exposition_format() {
+        let text = "# HELP x\nrequest_total{direction=\"inbound\",authority=\"a,b\",tls=\"true\"} 7\nprocess_open_fds 12\nbroken line\n";
+        let samples = parse(text);
+        assert_eq!(samples.len(), 2);
+        assert_eq!(samples[0].label("authority"), Some("a,b"));
+        assert_eq!(samples[0].label("tls"), Some("true"));
+        assert_eq!(samples[0].value, 7.0);
+        assert_eq!(samples[1].name, "process_open_fds");
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let buckets = BTreeMap::from([
+            (1000, 50.0),
+            (10_000, 90.0),
+            (100_000, 100.0),
+            (u64::MAX, 100.0),
+        ]);
+        assert_eq!(quantile(&buckets, 0.5), Some(1.0));
+        let p95 = quantile(&buckets, 0.95).unwrap();
+        assert!((p95 - 55.0).abs() < 1e-9, "{p95}");
+        assert_eq!(quantile(&BTreeMap::new(), 0.5), None);
+    }
+}
