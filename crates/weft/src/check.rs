@@ -1,9 +1,10 @@
 //! `weft check`: is the mesh healthy? Each check prints a line with a tick, a
 //! warning sign or a cross, and a hint when something needs doing.
 //!
-//! This first part checks the CA's files: trust anchors and issuer (validity,
-//! remaining lifetime, chain, key types). Control-plane and proxy checks join
-//! it as those parts land.
+//! With `--ca-dir` it checks a CA's files: trust anchors and issuer
+//! (validity, remaining lifetime, chain, key types). Without it, it checks
+//! the running local mesh: its CA, both control-plane services, and every
+//! proxy (ready, with a current certificate, talking to the control plane).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -21,9 +22,15 @@ const WARN_BEFORE: Duration = Duration::from_secs(60 * 86_400);
 
 #[derive(Args)]
 pub struct CheckArgs {
-    /// The CA directory (as written by `weft identity ca create`).
-    #[arg(long, default_value = "weft-ca")]
-    ca_dir: PathBuf,
+    /// Check only this CA directory (as written by `weft identity ca
+    /// create`) instead of the running mesh.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// The running mesh (as given to `weft up --name`).
+    #[arg(long, default_value = "weft")]
+    mesh: String,
+    #[arg(long, default_value = "/run/weft")]
+    state_root: PathBuf,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
 }
@@ -234,8 +241,125 @@ fn ca_checks(dir: &Path, now: SystemTime) -> Vec<Check> {
     checks
 }
 
+/// The control plane of a mesh started by `weft up` (its admin servers).
+fn control_plane_checks(logs: &Path) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for (name, port) in [("identity service", 9990), ("destination service", 9996)] {
+        let admin = std::net::SocketAddr::from((crate::plan::BRIDGE_IP, port));
+        let log = logs.join(format!(
+            "control-{}.log",
+            name.split(' ').next().unwrap_or(name)
+        ));
+        let hint = format!("see {}", log.display());
+        checks.push(match crate::mesh::get(admin, "/ready") {
+            Ok((200, _)) => Check::new(name, Status::Ok, format!("ready ({admin})"), None),
+            Ok((code, body)) => Check::new(
+                name,
+                Status::Fail,
+                format!("not ready ({code}): {}", body.trim()),
+                Some(&hint),
+            ),
+            Err(e) => Check::new(name, Status::Fail, format!("{e:#}"), Some(&hint)),
+        });
+    }
+    if let Ok((200, text)) = crate::mesh::get(
+        std::net::SocketAddr::from((crate::plan::BRIDGE_IP, 9996)),
+        "/metrics",
+    ) {
+        let problems: f64 = crate::mesh::parse(&text)
+            .iter()
+            .filter(|s| s.name == "store_manifest_problems")
+            .map(|s| s.value)
+            .sum();
+        if problems > 0.0 {
+            checks.push(Check::new(
+                "cluster state",
+                Status::Warn,
+                format!("{problems} manifest problem(s)"),
+                Some("see the destination service's log"),
+            ));
+        }
+    }
+    checks
+}
+
+/// One check per proxy: ready, certificate current, talking to the control
+/// plane.
+fn proxy_checks(pods: &[crate::mesh::MeshPod], logs: &Path, now: SystemTime) -> Vec<Check> {
+    let now_s = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    pods.iter()
+        .map(|pod| {
+            let name = format!("proxy {}/{}", pod.namespace, pod.name);
+            let log = logs.join(format!("{}.proxy.log", pod.name));
+            let hint = format!("see {}", log.display());
+            let ready = crate::mesh::get(pod.admin, "/ready");
+            let metrics = crate::mesh::get(pod.admin, "/metrics")
+                .map(|(_, text)| crate::mesh::parse(&text))
+                .unwrap_or_default();
+            let sum = |name: &str, label: Option<(&str, &str)>| -> f64 {
+                metrics
+                    .iter()
+                    .filter(|s| s.name == name)
+                    .filter(|s| label.is_none_or(|(k, v)| s.label(k) == Some(v)))
+                    .map(|s| s.value)
+                    .sum()
+            };
+            let expires = sum("identity_cert_expiration_timestamp_seconds", None);
+            let certified = sum("identity_cert_refresh_total", Some(("result", "ok")));
+            let streams = sum("control_streams_active", None);
+            let asked = sum("control_request_total", None);
+            match ready {
+                Err(e) => Check::new(&name, Status::Fail, format!("{e:#}"), Some(&hint)),
+                Ok((code, body)) if code != 200 => Check::new(
+                    &name,
+                    Status::Fail,
+                    format!("not ready ({code}): {}", body.trim()),
+                    Some(&hint),
+                ),
+                Ok(_) if certified < 1.0 || expires <= now_s => Check::new(
+                    &name,
+                    Status::Fail,
+                    "no current certificate from the identity service".into(),
+                    Some(&hint),
+                ),
+                Ok(_) if asked > 0.0 && streams < 1.0 => Check::new(
+                    &name,
+                    Status::Fail,
+                    "not connected to the destination service".into(),
+                    Some(&hint),
+                ),
+                Ok(_) => Check::new(
+                    &name,
+                    Status::Ok,
+                    format!(
+                        "ready, certificate valid {}h more, {} destination stream(s)",
+                        ((expires - now_s) / 3600.0).floor(),
+                        streams.max(0.0) as u64
+                    ),
+                    None,
+                ),
+            }
+        })
+        .collect()
+}
+
 pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
-    let checks = ca_checks(&args.ca_dir, SystemTime::now());
+    let now = SystemTime::now();
+    let checks = match &args.ca_dir {
+        Some(dir) => ca_checks(dir, now),
+        None => {
+            let state = args.state_root.join(&args.mesh);
+            let pods = crate::mesh::running_pods(&args.state_root, &args.mesh)?;
+            let logs = state.join("logs");
+            let mut checks = control_plane_checks(&logs);
+            checks.extend(ca_checks(&state.join("ca"), now));
+            checks.extend(proxy_checks(&pods, &logs, now));
+            checks
+        }
+    };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
         Output::Table => {

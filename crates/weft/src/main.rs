@@ -5,6 +5,7 @@ mod check;
 mod destination;
 mod diagnostics;
 mod identity;
+mod mesh;
 mod output;
 mod plan;
 mod resources;

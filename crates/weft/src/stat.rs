@@ -8,16 +8,15 @@
 //! behind the same output.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::mesh::{MeshPod, Sample, get, parse};
 use crate::output::{Output, print_table};
 
 #[derive(Args)]
@@ -37,72 +36,6 @@ pub struct StatArgs {
     window: Duration,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
-}
-
-/// One line of Prometheus text: name, labels, value.
-#[derive(Debug, PartialEq)]
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-}
-
-impl Sample {
-    fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses the exposition text; lines it cannot read are skipped.
-fn parse(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let value = value.parse().ok()?;
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let mut parsed = Vec::new();
-            let mut rest = labels;
-            while let Some((key, after)) = rest.split_once("=\"") {
-                let end = after.find('"')?;
-                parsed.push((
-                    key.trim_start_matches(',').to_string(),
-                    after[..end].to_string(),
-                ));
-                rest = &after[end + 1..];
-            }
-            Some(Sample {
-                name: name.to_string(),
-                labels: parsed,
-                value,
-            })
-        })
-        .collect()
-}
-
-fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)
-        .with_context(|| format!("reading {path} from {addr}"))?;
-    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    Ok((code, body.to_string()))
 }
 
 /// The counters `weft stat` reads, summed over a workload's proxies.
@@ -268,63 +201,6 @@ fn workload_stat(
     }
 }
 
-/// A pod of the running mesh: its workload, the services selecting it,
-/// and its proxy's admin address.
-#[derive(Clone)]
-struct MeshPod {
-    workload: String,
-    services: Vec<String>,
-    namespace: String,
-    admin: SocketAddr,
-}
-
-fn running_pods(args: &StatArgs) -> anyhow::Result<Vec<MeshPod>> {
-    let file = args
-        .state_root
-        .join(&args.mesh)
-        .join("cluster/cluster.yaml");
-    let text = std::fs::read_to_string(&file).with_context(|| {
-        format!(
-            "no mesh {:?} is running here (cannot read {}); start one with weft up",
-            args.mesh,
-            file.display()
-        )
-    })?;
-    let (manifests, errors) = crate::resources::parse_manifests(&file, &text);
-    if let Some(e) = errors.first() {
-        bail!("the mesh's cluster state is unreadable: {e}");
-    }
-    Ok(manifests
-        .workloads
-        .iter()
-        .filter_map(|w| {
-            let w = &w.resource;
-            let workload = w.metadata.labels.get(crate::up::WORKLOAD_LABEL)?.clone();
-            let ip: IpAddr = w.spec.workload_ips.first()?.ip;
-            let services = manifests
-                .services
-                .iter()
-                .map(|s| &s.resource)
-                .filter(|s| {
-                    s.metadata.namespace == w.metadata.namespace
-                        && !s.spec.selector.is_empty()
-                        && s.spec
-                            .selector
-                            .iter()
-                            .all(|(k, v)| w.metadata.labels.get(k) == Some(v))
-                })
-                .map(|s| s.metadata.name.clone())
-                .collect();
-            Some(MeshPod {
-                workload,
-                services,
-                namespace: w.metadata.namespace.clone(),
-                admin: SocketAddr::new(ip, 4191),
-            })
-        })
-        .collect())
-}
-
 pub fn run(args: StatArgs) -> anyhow::Result<()> {
     let (by_service, wanted) = match (args.kind_or_name.as_str(), &args.name) {
         ("workload" | "workloads" | "deploy" | "deployment", name) => (false, name.clone()),
@@ -335,7 +211,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
     let kind = if by_service { "service" } else { "workload" };
     // A pod counts once per group it is in: its workload, or each service
     // that selects it.
-    let pods: Vec<(String, MeshPod)> = running_pods(&args)?
+    let pods: Vec<(String, MeshPod)> = crate::mesh::running_pods(&args.state_root, &args.mesh)?
         .into_iter()
         .flat_map(|p| {
             let groups = if by_service {

@@ -257,6 +257,31 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
         0.0
     );
 
+    // weft check: control plane, CA and every proxy pass.
+    let state_root = state.to_str().unwrap();
+    let check = support::weft(&["check", "--mesh", MESH, "--state-root", state_root]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for line in [
+        "✔ identity service",
+        "✔ destination service",
+        "✔ issuer chain",
+        "✔ proxy demo/web-0",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let none = support::weft(&["check", "--mesh", "nosuch", "--state-root", state_root]);
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("no mesh \"nosuch\" is running here"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+
     // weft stat: every workload meshed, all its mesh traffic over mTLS,
     // emoji always succeeding and the others failing only on doughnuts.
     let stat = support::weft(&[
@@ -264,7 +289,7 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
         "--mesh",
         MESH,
         "--state-root",
-        state.to_str().unwrap(),
+        state_root,
         "--window",
         "3s",
         "-o",

@@ -18,8 +18,8 @@ mod render;
 pub use render::WORKLOAD_LABEL;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -386,18 +386,7 @@ async fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()
 
 /// Whether a proxy answers `/ready` with 200 (blocking, short timeouts).
 fn proxy_ready(ip: Ipv4Addr) -> bool {
-    let addr = SocketAddr::from((ip, 4191));
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"GET /ready HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+    crate::mesh::get(SocketAddr::from((ip, 4191)), "/ready").is_ok_and(|(code, _)| code == 200)
 }
 
 async fn supervise(

@@ -1,0 +1,133 @@
+//! A running local mesh as other commands see it (`weft stat`, `weft
+//! check`): its pods, from the cluster state `weft up` renders, and what
+//! their proxies' admin servers say.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// One line of Prometheus text: name, labels, value.
+#[derive(Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses the exposition text; lines it cannot read are skipped.
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let mut parsed = Vec::new();
+            let mut rest = labels;
+            while let Some((key, after)) = rest.split_once("=\"") {
+                let end = after.find('"')?;
+                parsed.push((
+                    key.trim_start_matches(',').to_string(),
+                    after[..end].to_string(),
+                ));
+                rest = &after[end + 1..];
+            }
+            Some(Sample {
+                name: name.to_string(),
+                labels: parsed,
+                value,
+            })
+        })
+        .collect()
+}
+
+/// A GET to a proxy's (or control plane's) admin server: status and body.
+pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .with_context(|| format!("reading {path} from {addr}"))?;
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    Ok((code, body.to_string()))
+}
+
+/// A pod of the running mesh: its workload, the services selecting it,
+/// and its proxy's admin address.
+#[derive(Clone)]
+pub struct MeshPod {
+    pub name: String,
+    pub workload: String,
+    pub services: Vec<String>,
+    pub namespace: String,
+    pub admin: SocketAddr,
+}
+
+/// The pods of mesh `mesh` under `state_root`.
+pub fn running_pods(state_root: &Path, mesh: &str) -> anyhow::Result<Vec<MeshPod>> {
+    let file = state_root.join(mesh).join("cluster/cluster.yaml");
+    let text = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "no mesh {mesh:?} is running here (cannot read {}); start one with weft up",
+            file.display()
+        )
+    })?;
+    let (manifests, errors) = crate::resources::parse_manifests(&file, &text);
+    if let Some(e) = errors.first() {
+        bail!("the mesh's cluster state is unreadable: {e}");
+    }
+    Ok(manifests
+        .workloads
+        .iter()
+        .filter_map(|w| {
+            let w = &w.resource;
+            let workload = w.metadata.labels.get(crate::up::WORKLOAD_LABEL)?.clone();
+            let ip: IpAddr = w.spec.workload_ips.first()?.ip;
+            let services = manifests
+                .services
+                .iter()
+                .map(|s| &s.resource)
+                .filter(|s| {
+                    s.metadata.namespace == w.metadata.namespace
+                        && !s.spec.selector.is_empty()
+                        && s.spec
+                            .selector
+                            .iter()
+                            .all(|(k, v)| w.metadata.labels.get(k) == Some(v))
+                })
+                .map(|s| s.metadata.name.clone())
+                .collect();
+            Some(MeshPod {
+                name: w.metadata.name.clone(),
+                workload,
+                services,
+                namespace: w.metadata.namespace.clone(),
+                admin: SocketAddr::new(ip, 4191),
+            })
+        })
+        .collect())
+}
