@@ -47,6 +47,10 @@ enum Cmd {
     /// Per workload of a running local mesh: success rate, requests per
     /// second, latency, connections and the share of mTLS, from its proxies.
     Stat(stat::StatArgs),
+    /// Change a running mesh's replicas of a workload (a Deployment).
+    Scale(up::ScaleArgs),
+    /// Restart every pod of a workload in a running mesh.
+    Restart(up::RestartArgs),
 }
 
 #[derive(Subcommand)]
@@ -82,6 +86,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Diagnostics(cmd) => runtime()?.block_on(diagnostics::run(cmd)),
         Cmd::Up(args) => up::run(args),
         Cmd::Stat(args) => stat::run(args),
+        Cmd::Scale(args) => up::scale(args),
+        Cmd::Restart(args) => up::restart(args),
     }
 }
 

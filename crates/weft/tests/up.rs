@@ -322,6 +322,56 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // weft scale and weft restart against the running mesh.
+    let mesh_args = ["--mesh", MESH, "--state-root", state_root];
+    let ask = |args: &[&str]| {
+        let out = support::weft(&[args, &mesh_args[..]].concat());
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let row = |workload: &'static str, ready: &'static str, restarts: Option<&'static str>| {
+        move |lines: &[String]| {
+            last_table(lines).iter().any(|(w, r, n)| {
+                w == workload && r == ready && restarts.is_none_or(|want| n == want)
+            })
+        }
+    };
+    let (ok, said) = ask(&["scale", "web", "3"]);
+    assert!(
+        ok && said.contains("demo/web scaled to 3 (2 started, 0 stopped)"),
+        "{said}"
+    );
+    up.wait_for(
+        "web at 3/3",
+        Duration::from_secs(30),
+        row("demo/web", "3/3", None),
+    );
+    let (ok, said) = ask(&["scale", "demo/web", "1"]);
+    assert!(ok && said.contains("(0 started, 2 stopped)"), "{said}");
+    up.wait_for(
+        "web back at 1/1",
+        Duration::from_secs(30),
+        row("demo/web", "1/1", None),
+    );
+    let (ok, said) = ask(&["restart", "emoji"]);
+    assert!(
+        ok && said.contains("demo/emoji: 1 pod(s) restarted"),
+        "{said}"
+    );
+    up.wait_for(
+        "emoji restarted and ready",
+        Duration::from_secs(30),
+        row("demo/emoji", "1/1", Some("2")),
+    );
+    let (ok, said) = ask(&["scale", "nope", "2"]);
+    assert!(!ok && said.contains("no workload \"nope\""), "{said}");
+
     // A killed program is restarted and the workload is ready again.
     let pid = program_of("voting-0").expect("voting-0 runs");
     // SAFETY: SIGKILL to a process of this test's mesh.

@@ -11,10 +11,12 @@
 //! directory it watches. Ctrl-C stops everything and removes what it made;
 //! a start after a crash removes what the crashed run left.
 
+mod control;
 mod net;
 mod procs;
 mod render;
 
+pub use control::{RestartArgs, ScaleArgs, restart, scale};
 pub use render::WORKLOAD_LABEL;
 
 use std::collections::BTreeMap;
@@ -82,6 +84,24 @@ struct Mesh {
     state: PathBuf,
     control: Vec<Supervised>,
     pods: Vec<RunningPod>,
+    /// What it runs: the manifests, and the plan made from them (with any
+    /// `weft scale` overrides).
+    manifests: PathBuf,
+    snapshot: crate::store::Snapshot,
+    plan: crate::plan::Plan,
+    replicas: BTreeMap<crate::resources::Key, u32>,
+    /// Set once the control plane runs: what every pod needs.
+    pod_env: Option<PodEnv>,
+    /// veth numbers are never reused within a run.
+    next_index: usize,
+}
+
+/// What starting a pod needs besides the pod itself.
+struct PodEnv {
+    weft: String,
+    proxy_bin: PathBuf,
+    ca: PathBuf,
+    anchors: String,
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -118,10 +138,15 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         state: state.clone(),
         control: Vec::new(),
         pods: Vec::new(),
+        manifests: args.dir.clone(),
+        snapshot,
+        plan,
+        replicas: BTreeMap::new(),
+        pod_env: None,
+        next_index: 0,
     };
-    let result = start(&mut mesh, &args.dir, &snapshot, &plan).await;
-    let outcome = match result {
-        Ok(()) => supervise(&mut mesh, &snapshot, &plan).await,
+    let outcome = match start(&mut mesh).await {
+        Ok(()) => supervise(&mut mesh).await,
         Err(e) => Err(e),
     };
     teardown(&mut mesh);
@@ -156,12 +181,7 @@ fn base_env(mesh: &str) -> Vec<(String, String)> {
     ]
 }
 
-async fn start(
-    mesh: &mut Mesh,
-    manifests: &Path,
-    snapshot: &crate::store::Snapshot,
-    plan: &crate::plan::Plan,
-) -> anyhow::Result<()> {
+async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
     let weft = weft_exe()?;
     let weft = weft
         .to_str()
@@ -175,7 +195,7 @@ async fn start(
         std::fs::read_to_string(ca.join("ca.crt")).context("reading the trust anchors")?;
     render::write(
         &state.join("cluster"),
-        &render::cluster_state(snapshot, plan, &BTreeMap::new())?,
+        &render::cluster_state(&mesh.snapshot, &mesh.plan, &BTreeMap::new())?,
     )?;
     mesh.net.create_bridge()?;
     info!(bridge = %mesh.net.bridge(), addr = %BRIDGE_IP, "network ready");
@@ -228,129 +248,168 @@ async fn start(
     }
     info!("control plane up");
 
-    let proxy_bin = procs::resolve_program("weft-proxy", manifests)?;
-    let workloads: Vec<&String> = {
-        let mut names: Vec<&String> = plan.pods.iter().map(|p| &p.deployment).collect();
-        names.dedup();
-        names
-    };
-    for (index, pod) in plan.pods.iter().enumerate() {
-        let ns = mesh.net.namespace(&pod.name);
-        mesh.net
-            .create_pod(&pod.name, index, pod.ip, &pod.namespace, &plan.services)?;
-        run_command(&[
+    mesh.pod_env = Some(PodEnv {
+        weft: weft.to_string(),
+        proxy_bin: procs::resolve_program("weft-proxy", &mesh.manifests)?,
+        ca,
+        anchors,
+    });
+    for pod in mesh.plan.pods.clone() {
+        let running = start_pod(mesh, &pod)?;
+        mesh.pods.push(running);
+    }
+    Ok(())
+}
+
+/// The uid a workload's programs run as: fixed by its place among the
+/// Deployments, so scaling never changes it.
+fn workload_uid(mesh: &Mesh, namespace: &str, deployment: &str) -> u32 {
+    let index = mesh
+        .snapshot
+        .deployments
+        .keys()
+        .position(|k| k.namespace == namespace && k.name == deployment)
+        .unwrap_or_default();
+    APP_UID_BASE + index as u32
+}
+
+/// Starts one pod: its namespace, capture rules, token, proxy and program.
+fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
+    let env = mesh
+        .pod_env
+        .as_ref()
+        .context("the control plane is not up")?;
+    let (weft, ca) = (env.weft.as_str(), &env.ca);
+    let ns = mesh.net.namespace(&pod.name);
+    let index = mesh.next_index;
+    mesh.next_index += 1;
+    mesh.net.create_pod(
+        &pod.name,
+        index,
+        pod.ip,
+        &pod.namespace,
+        &mesh.plan.services,
+    )?;
+    run_command(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        path(&env.proxy_bin)?,
+        "init",
+        "--proxy-uid",
+        &PROXY_UID.to_string(),
+        "--ipv6",
+        "false",
+        "--skip-inbound-ports",
+        "4190,4191",
+    ])?;
+    let pod_dir = mesh.state.join("pods").join(&pod.name);
+    std::fs::create_dir_all(&pod_dir)?;
+    let token = run_command(&[
+        weft,
+        "identity",
+        "token",
+        "--dir",
+        path(ca)?,
+        "--identity",
+        &pod.identity,
+    ])?;
+    let token_file = pod_dir.join("token");
+    write_private(&token_file, token.trim(), PROXY_UID)?;
+
+    let in_pod = |uid: u32, program: &str| -> Vec<String> {
+        let uid = uid.to_string();
+        [
             "ip",
             "netns",
             "exec",
             &ns,
-            path(&proxy_bin)?,
-            "init",
-            "--proxy-uid",
-            &PROXY_UID.to_string(),
-            "--ipv6",
-            "false",
-            "--skip-inbound-ports",
-            "4190,4191",
-        ])?;
-        let pod_dir = state.join("pods").join(&pod.name);
-        std::fs::create_dir_all(&pod_dir)?;
-        let token = run_command(&[
-            weft,
-            "identity",
-            "token",
-            "--dir",
-            path(&ca)?,
-            "--identity",
-            &pod.identity,
-        ])?;
-        let token_file = pod_dir.join("token");
-        write_private(&token_file, token.trim(), PROXY_UID)?;
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+            "--",
+            program,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let logs = mesh.state.join("logs");
+    let mut proxy_env = base_env(&mesh.name);
+    proxy_env.extend([
+        ("WEFT_PROXY_LOG".into(), "warn,weft_proxy=info".into()),
+        (
+            "WEFT_PROXY_IDENTITY_SVC_ADDR".into(),
+            format!("{BRIDGE_IP}:{IDENTITY_PORT}"),
+        ),
+        (
+            "WEFT_PROXY_IDENTITY_SVC_NAME".into(),
+            crate::identity::IDENTITY_SERVICE_NAME.into(),
+        ),
+        (
+            "WEFT_PROXY_IDENTITY_LOCAL_NAME".into(),
+            pod.identity.clone(),
+        ),
+        (
+            "WEFT_PROXY_IDENTITY_TOKEN_FILE".into(),
+            path(&token_file)?.into(),
+        ),
+        (
+            "WEFT_PROXY_IDENTITY_TRUST_ANCHORS".into(),
+            env.anchors.clone(),
+        ),
+        (
+            "WEFT_PROXY_DESTINATION_SVC_ADDR".into(),
+            format!("{BRIDGE_IP}:{DESTINATION_PORT}"),
+        ),
+        (
+            "WEFT_PROXY_DESTINATION_SVC_NAME".into(),
+            crate::destination::DESTINATION_SERVICE_NAME.into(),
+        ),
+    ]);
+    let proxy = Supervised::start(Spec {
+        name: format!("{}/{} proxy", pod.namespace, pod.name),
+        argv: in_pod(PROXY_UID, path(&env.proxy_bin)?),
+        env: proxy_env,
+        log: logs.join(format!("{}.proxy.log", pod.name)),
+    })?;
 
-        let in_pod = |uid: u32, program: &str| -> Vec<String> {
-            let uid = uid.to_string();
-            [
-                "ip",
-                "netns",
-                "exec",
-                &ns,
-                "setpriv",
-                "--reuid",
-                &uid,
-                "--regid",
-                &uid,
-                "--clear-groups",
-                "--",
-                program,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-        };
-        let mut proxy_env = base_env(&mesh.name);
-        proxy_env.extend([
-            ("WEFT_PROXY_LOG".into(), "warn,weft_proxy=info".into()),
-            (
-                "WEFT_PROXY_IDENTITY_SVC_ADDR".into(),
-                format!("{BRIDGE_IP}:{IDENTITY_PORT}"),
-            ),
-            (
-                "WEFT_PROXY_IDENTITY_SVC_NAME".into(),
-                crate::identity::IDENTITY_SERVICE_NAME.into(),
-            ),
-            (
-                "WEFT_PROXY_IDENTITY_LOCAL_NAME".into(),
-                pod.identity.clone(),
-            ),
-            (
-                "WEFT_PROXY_IDENTITY_TOKEN_FILE".into(),
-                path(&token_file)?.into(),
-            ),
-            ("WEFT_PROXY_IDENTITY_TRUST_ANCHORS".into(), anchors.clone()),
-            (
-                "WEFT_PROXY_DESTINATION_SVC_ADDR".into(),
-                format!("{BRIDGE_IP}:{DESTINATION_PORT}"),
-            ),
-            (
-                "WEFT_PROXY_DESTINATION_SVC_NAME".into(),
-                crate::destination::DESTINATION_SERVICE_NAME.into(),
-            ),
-        ]);
-        let proxy = Supervised::start(Spec {
-            name: format!("{}/{} proxy", pod.namespace, pod.name),
-            argv: in_pod(PROXY_UID, path(&proxy_bin)?),
-            env: proxy_env,
-            log: logs.join(format!("{}.proxy.log", pod.name)),
-        })?;
+    let program = pod.argv.first().context("a pod without a command")?;
+    let program = procs::resolve_program(program, &mesh.manifests)?;
+    let uid = workload_uid(mesh, &pod.namespace, &pod.deployment);
+    let mut argv = in_pod(uid, path(&program)?);
+    argv.extend(pod.argv.iter().skip(1).cloned());
+    let mut app_env = base_env(&mesh.name);
+    app_env.extend([
+        ("POD_NAME".into(), pod.name.clone()),
+        ("POD_NAMESPACE".into(), pod.namespace.clone()),
+        ("POD_IP".into(), pod.ip.to_string()),
+    ]);
+    app_env.extend(pod.env.iter().cloned());
+    let app = Supervised::start(Spec {
+        name: format!("{}/{}", pod.namespace, pod.name),
+        argv,
+        env: app_env,
+        log: logs.join(format!("{}.log", pod.name)),
+    })?;
+    Ok(RunningPod {
+        pod: pod.clone(),
+        proxy,
+        app,
+        ready: false,
+    })
+}
 
-        let program = pod.argv.first().context("a pod without a command")?;
-        let program = procs::resolve_program(program, manifests)?;
-        let workload_index = workloads
-            .iter()
-            .position(|w| **w == pod.deployment)
-            .unwrap_or_default() as u32;
-        let mut argv = in_pod(APP_UID_BASE + workload_index, path(&program)?);
-        argv.extend(pod.argv.iter().skip(1).cloned());
-        let mut env = base_env(&mesh.name);
-        env.extend([
-            ("POD_NAME".into(), pod.name.clone()),
-            ("POD_NAMESPACE".into(), pod.namespace.clone()),
-            ("POD_IP".into(), pod.ip.to_string()),
-        ]);
-        env.extend(pod.env.iter().cloned());
-        let app = Supervised::start(Spec {
-            name: format!("{}/{}", pod.namespace, pod.name),
-            argv,
-            env,
-            log: logs.join(format!("{}.log", pod.name)),
-        })?;
-        mesh.pods.push(RunningPod {
-            pod: pod.clone(),
-            proxy,
-            app,
-            ready: false,
-        });
-    }
-    Ok(())
+/// Stops one pod's processes and removes its namespace.
+fn stop_pod(mesh: &Mesh, mut running: RunningPod) {
+    procs::stop_all(&mut [&mut running.app]);
+    procs::stop_all(&mut [&mut running.proxy]);
+    mesh.net.delete_pod(&running.pod.name);
+    let _ = std::fs::remove_dir_all(mesh.state.join("pods").join(&running.pod.name));
 }
 
 fn path(p: &Path) -> anyhow::Result<&str> {
@@ -389,35 +448,22 @@ fn proxy_ready(ip: Ipv4Addr) -> bool {
     crate::mesh::get(SocketAddr::from((ip, 4191)), "/ready").is_ok_and(|(code, _)| code == 200)
 }
 
-async fn supervise(
-    mesh: &mut Mesh,
-    snapshot: &crate::store::Snapshot,
-    plan: &crate::plan::Plan,
-) -> anyhow::Result<()> {
+async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
     println!(
         "mesh {:?} is starting: {} pods; logs in {}",
         mesh.name,
         mesh.pods.len(),
         mesh.state.join("logs").display()
     );
-    let pods: Vec<Vec<String>> = mesh
-        .pods
-        .iter()
-        .map(|r| {
-            let ports: Vec<String> = r.pod.ports.iter().map(|(_, p)| p.to_string()).collect();
-            vec![
-                format!("{}/{}", r.pod.namespace, r.pod.name),
-                r.pod.ip.to_string(),
-                ports.join(","),
-                r.pod.identity.clone(),
-            ]
-        })
-        .collect();
-    crate::output::print_table(&["POD", "IP", "PORTS", "IDENTITY"], &pods);
+    print_pods(mesh);
     println!(
         "control plane: identity {BRIDGE_IP}:{IDENTITY_PORT}, destination {BRIDGE_IP}:{DESTINATION_PORT} (TLS; CA in {})\n",
         mesh.state.join("ca").display()
     );
+    let socket = control::socket(mesh.state.parent().unwrap_or(&mesh.state), &mesh.name);
+    let _ = std::fs::remove_file(&socket);
+    let requests = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
     let mut shown = String::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let shutdown = shutdown_signal();
@@ -425,6 +471,11 @@ async fn supervise(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            accepted = requests.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    serve_request(mesh, stream).await;
+                }
+            }
             _ = &mut shutdown => return Ok(()),
         }
         for p in &mut mesh.control {
@@ -445,25 +496,148 @@ async fn supervise(
             }
         }
         if readiness_changed {
-            let ready: BTreeMap<(String, String), bool> = mesh
-                .pods
-                .iter()
-                .map(|r| ((r.pod.namespace.clone(), r.pod.name.clone()), r.ready))
-                .collect();
-            match render::cluster_state(snapshot, plan, &ready) {
-                Ok(text) => {
-                    if let Err(e) = render::write(&mesh.state.join("cluster"), &text) {
-                        warn!(error = format!("{e:#}"), "cannot update the cluster state");
-                    }
-                }
-                Err(e) => warn!(error = %e, "cannot render the cluster state"),
-            }
+            publish(mesh);
         }
         let table = status_table(mesh);
         if table != shown {
             print!("{table}");
             let _ = std::io::stdout().flush();
             shown = table;
+        }
+    }
+}
+
+fn print_pods(mesh: &Mesh) {
+    let pods: Vec<Vec<String>> = mesh
+        .pods
+        .iter()
+        .map(|r| {
+            let ports: Vec<String> = r.pod.ports.iter().map(|(_, p)| p.to_string()).collect();
+            vec![
+                format!("{}/{}", r.pod.namespace, r.pod.name),
+                r.pod.ip.to_string(),
+                ports.join(","),
+                r.pod.identity.clone(),
+            ]
+        })
+        .collect();
+    crate::output::print_table(&["POD", "IP", "PORTS", "IDENTITY"], &pods);
+}
+
+/// Writes the cluster state with every pod's readiness.
+fn publish(mesh: &Mesh) {
+    let ready: BTreeMap<(String, String), bool> = mesh
+        .pods
+        .iter()
+        .map(|r| ((r.pod.namespace.clone(), r.pod.name.clone()), r.ready))
+        .collect();
+    match render::cluster_state(&mesh.snapshot, &mesh.plan, &ready) {
+        Ok(text) => {
+            if let Err(e) = render::write(&mesh.state.join("cluster"), &text) {
+                warn!(error = format!("{e:#}"), "cannot update the cluster state");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot render the cluster state"),
+    }
+}
+
+/// Answers one `weft scale` or `weft restart`.
+async fn serve_request(mesh: &mut Mesh, stream: tokio::net::UnixStream) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read_line(&mut line)).await;
+    let reply = match read {
+        Ok(Ok(_)) => match control::Request::parse(&line) {
+            Ok(request) => match apply(mesh, request) {
+                Ok(done) => format!("ok: {done}\n"),
+                Err(e) => format!("error: {e:#}\n"),
+            },
+            Err(e) => format!("error: {e}\n"),
+        },
+        _ => return,
+    };
+    let _ = stream.get_mut().write_all(reply.as_bytes()).await;
+}
+
+/// The Deployment `workload` names (`name` or `namespace/name`).
+fn find_workload(mesh: &Mesh, workload: &str) -> anyhow::Result<crate::resources::Key> {
+    let matches: Vec<&crate::resources::Key> = mesh
+        .snapshot
+        .deployments
+        .keys()
+        .filter(|k| k.name == workload || format!("{}/{}", k.namespace, k.name) == workload)
+        .collect();
+    match matches.as_slice() {
+        [key] => Ok((*key).clone()),
+        [] => {
+            let known: Vec<String> = mesh
+                .snapshot
+                .deployments
+                .keys()
+                .map(|k| k.to_string())
+                .collect();
+            bail!("no workload {workload:?} (known: {})", known.join(", "))
+        }
+        _ => bail!("{workload:?} is in several namespaces: say namespace/name"),
+    }
+}
+
+fn apply(mesh: &mut Mesh, request: control::Request) -> anyhow::Result<String> {
+    match request {
+        control::Request::Scale { workload, replicas } => {
+            anyhow::ensure!(
+                replicas <= crate::resources::MAX_LOCAL_REPLICAS,
+                "at most {} replicas",
+                crate::resources::MAX_LOCAL_REPLICAS
+            );
+            let key = find_workload(mesh, &workload)?;
+            let mut overrides = mesh.replicas.clone();
+            overrides.insert(key.clone(), replicas);
+            let plan = crate::plan::plan(&mesh.snapshot, &overrides)?;
+            let wanted = |p: &Pod| (p.namespace.clone(), p.name.clone());
+            let keep: std::collections::BTreeSet<_> = plan.pods.iter().map(wanted).collect();
+            let (gone, kept): (Vec<RunningPod>, Vec<RunningPod>) = std::mem::take(&mut mesh.pods)
+                .into_iter()
+                .partition(|r| !keep.contains(&wanted(&r.pod)));
+            mesh.pods = kept;
+            mesh.replicas = overrides;
+            mesh.plan = plan;
+            let removed = gone.len();
+            for running in gone {
+                stop_pod(mesh, running);
+            }
+            let have: std::collections::BTreeSet<_> =
+                mesh.pods.iter().map(|r| wanted(&r.pod)).collect();
+            let mut added = 0;
+            for pod in mesh.plan.pods.clone() {
+                if !have.contains(&wanted(&pod)) {
+                    let running = start_pod(mesh, &pod)?;
+                    mesh.pods.push(running);
+                    added += 1;
+                }
+            }
+            mesh.pods.sort_by_key(|r| wanted(&r.pod));
+            publish(mesh);
+            Ok(format!(
+                "{key} scaled to {replicas} ({added} started, {removed} stopped)"
+            ))
+        }
+        control::Request::Restart { workload } => {
+            let key = find_workload(mesh, &workload)?;
+            let mut restarted = 0;
+            for running in mesh
+                .pods
+                .iter_mut()
+                .filter(|r| r.pod.namespace == key.namespace && r.pod.deployment == key.name)
+            {
+                running.app.restart()?;
+                running.proxy.restart()?;
+                running.ready = false;
+                restarted += 1;
+            }
+            publish(mesh);
+            Ok(format!("{key}: {restarted} pod(s) restarted"))
         }
     }
 }
@@ -516,6 +690,7 @@ fn teardown(mesh: &mut Mesh) {
     let removed = mesh.net.delete_all();
     let _ = std::fs::remove_dir_all(mesh.state.join("cluster"));
     let _ = std::fs::remove_dir_all(mesh.state.join("pods"));
+    let _ = std::fs::remove_file(mesh.state.join("control.sock"));
     println!(
         "stopped: {removed} pod namespaces removed; logs kept in {}",
         mesh.state.join("logs").display()
@@ -530,7 +705,7 @@ fn kill_strays(name: &str) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
-    let mut killed = 0;
+    let mut killed = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -548,10 +723,19 @@ fn kill_strays(name: &str) -> usize {
         if environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
             // SAFETY: kill(2) on a pid read from /proc; at worst it is gone.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            killed += 1;
+            killed.push(pid);
         }
     }
-    killed
+    // Their namespaces go away only once they are gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while killed
+        .iter()
+        .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed.len()
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

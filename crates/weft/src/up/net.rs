@@ -153,6 +153,28 @@ impl Network {
                 }
             }
         }
+        // A namespace outlives its name while a process is still inside,
+        // and its veth with it: delete the host ends too (each takes its
+        // peer along).
+        let prefix = format!("w{}", self.mesh);
+        if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Some(name) = line
+                    .split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n))
+                else {
+                    continue;
+                };
+                let numbered = name
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix('h'))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                if numbered {
+                    let _ = ip(&["link", "del", name]);
+                }
+            }
+        }
         let _ = ip(&["link", "del", &self.bridge()]);
         removed
     }

@@ -118,6 +118,17 @@ impl Supervised {
         false
     }
 
+    /// Stops the process (SIGTERM, then SIGKILL) and starts it again now:
+    /// `weft restart`.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        stop_all(&mut [self]);
+        self.child = Some(spawn(&self.spec)?);
+        self.started = Instant::now();
+        self.restarts += 1;
+        self.backoff = BACKOFF_MIN;
+        Ok(())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
