@@ -26,11 +26,8 @@ pub struct CheckArgs {
     /// create`) instead of the running mesh.
     #[arg(long)]
     ca_dir: Option<PathBuf>,
-    /// The running mesh (as given to `weft up --name`).
-    #[arg(long, default_value = "weft")]
-    mesh: String,
-    #[arg(long, default_value = "/run/weft")]
-    state_root: PathBuf,
+    #[command(flatten)]
+    mesh: crate::mesh::MeshArgs,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
 }
@@ -242,10 +239,10 @@ fn ca_checks(dir: &Path, now: SystemTime) -> Vec<Check> {
 }
 
 /// The control plane of a mesh started by `weft up` (its admin servers).
-fn control_plane_checks(logs: &Path) -> Vec<Check> {
+fn control_plane_checks(control_ip: std::net::Ipv4Addr, logs: &Path) -> Vec<Check> {
     let mut checks = Vec::new();
     for (name, port) in [("identity service", 9990), ("destination service", 9996)] {
-        let admin = std::net::SocketAddr::from((crate::plan::BRIDGE_IP, port));
+        let admin = std::net::SocketAddr::from((control_ip, port));
         let log = logs.join(format!(
             "control-{}.log",
             name.split(' ').next().unwrap_or(name)
@@ -262,10 +259,9 @@ fn control_plane_checks(logs: &Path) -> Vec<Check> {
             Err(e) => Check::new(name, Status::Fail, format!("{e:#}"), Some(&hint)),
         });
     }
-    if let Ok((200, text)) = crate::mesh::get(
-        std::net::SocketAddr::from((crate::plan::BRIDGE_IP, 9996)),
-        "/metrics",
-    ) {
+    if let Ok((200, text)) =
+        crate::mesh::get(std::net::SocketAddr::from((control_ip, 9996)), "/metrics")
+    {
         let problems: f64 = crate::mesh::parse(&text)
             .iter()
             .filter(|s| s.name == "store_manifest_problems")
@@ -351,10 +347,10 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
     let checks = match &args.ca_dir {
         Some(dir) => ca_checks(dir, now),
         None => {
-            let state = args.state_root.join(&args.mesh);
-            let pods = crate::mesh::running_pods(&args.state_root, &args.mesh)?;
+            let state = args.mesh.state();
+            let pods = crate::mesh::running_pods(&state)?;
             let logs = state.join("logs");
-            let mut checks = control_plane_checks(&logs);
+            let mut checks = control_plane_checks(crate::mesh::control_ip(&state), &logs);
             checks.extend(ca_checks(&state.join("ca"), now));
             checks.extend(proxy_checks(&pods, &logs, now));
             checks

@@ -3,11 +3,51 @@
 //! their proxies' admin servers say.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+/// Which mesh a command is about, and where meshes keep their state.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MeshArgs {
+    /// The mesh's name (1-8 lowercase letters or digits): `weft up` names
+    /// everything it makes after it, and the other commands find it by it.
+    #[arg(long, default_value = "weft")]
+    pub mesh: String,
+    /// Where meshes keep their state (default: /run/weft for root, else
+    /// $XDG_RUNTIME_DIR/weft, else /tmp/weft-<uid>).
+    #[arg(long)]
+    pub state_root: Option<PathBuf>,
+}
+
+impl MeshArgs {
+    /// This mesh's state directory.
+    pub fn state(&self) -> PathBuf {
+        let root = self.state_root.clone().unwrap_or_else(|| {
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            if uid == 0 {
+                PathBuf::from("/run/weft")
+            } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+                PathBuf::from(dir).join("weft")
+            } else {
+                PathBuf::from(format!("/tmp/weft-{uid}"))
+            }
+        });
+        root.join(&self.mesh)
+    }
+}
+
+/// Where a running mesh's control plane listens: the bridge in namespace
+/// mode, a loopback address in rootless mode (the `mode` file says which).
+pub fn control_ip(state: &Path) -> Ipv4Addr {
+    match std::fs::read_to_string(state.join("mode")) {
+        Ok(mode) if mode.trim() == "rootless" => crate::plan::ROOTLESS_CONTROL_IP,
+        _ => crate::plan::BRIDGE_IP,
+    }
+}
 
 /// One line of Prometheus text: name, labels, value.
 #[derive(Debug, PartialEq)]
@@ -87,9 +127,13 @@ pub struct MeshPod {
     pub admin: SocketAddr,
 }
 
-/// The pods of mesh `mesh` under `state_root`.
-pub fn running_pods(state_root: &Path, mesh: &str) -> anyhow::Result<Vec<MeshPod>> {
-    let file = state_root.join(mesh).join("cluster/cluster.yaml");
+/// The pods of the mesh whose state is in `state`.
+pub fn running_pods(state: &Path) -> anyhow::Result<Vec<MeshPod>> {
+    let file = state.join("cluster/cluster.yaml");
+    let mesh = state
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let text = std::fs::read_to_string(&file).with_context(|| {
         format!(
             "no mesh {mesh:?} is running here (cannot read {}); start one with weft up",

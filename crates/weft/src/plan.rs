@@ -19,6 +19,17 @@ use crate::store::Snapshot;
 
 /// The host side of every pod's veth: the control plane listens here.
 pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Rootless mode: the control plane's loopback address.
+pub const ROOTLESS_CONTROL_IP: Ipv4Addr = Ipv4Addr::new(127, 18, 0, 1);
+
+/// Rootless mode has no namespaces: pod 198.18.a.b becomes two loopback
+/// addresses, 127.18.a.b where its proxy listens (what other pods reach)
+/// and 127.19.a.b where its program listens (behind its proxy).
+pub fn rootless_addrs(pod_ip: Ipv4Addr) -> (Ipv4Addr, Ipv4Addr) {
+    let [_, _, a, b] = pod_ip.octets();
+    (Ipv4Addr::new(127, 18, a, b), Ipv4Addr::new(127, 19, a, b))
+}
+
 /// The mesh's control namespace and trust domain, in every identity.
 const CONTROL_NAMESPACE: &str = "weft";
 const TRUST_DOMAIN: &str = "cluster.local";
@@ -242,7 +253,10 @@ mod tests {
         );
         assert_eq!(web.argv, ["weft-demo", "web"]);
         assert_eq!(web.ports, [(Some("http".to_string()), 8080)]);
-        assert!(web.env.contains(&("LISTEN".into(), "0.0.0.0:8080".into())));
+        assert!(
+            web.env
+                .contains(&("LISTEN".into(), "$(POD_IP):8080".into()))
+        );
         let ips: BTreeSet<Ipv4Addr> = plan.pods.iter().map(|p| p.ip).collect();
         assert_eq!(ips.len(), 4, "distinct addresses");
         assert!(

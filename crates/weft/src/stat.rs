@@ -8,7 +8,6 @@
 //! behind the same output.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -26,11 +25,8 @@ pub struct StatArgs {
     kind_or_name: String,
     /// One workload, by name.
     name: Option<String>,
-    /// The mesh (as given to `weft up --name`).
-    #[arg(long, default_value = "weft")]
-    mesh: String,
-    #[arg(long, default_value = "/run/weft")]
-    state_root: PathBuf,
+    #[command(flatten)]
+    mesh: crate::mesh::MeshArgs,
     /// Time between the two scrapes that rates are computed over.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     window: Duration,
@@ -211,7 +207,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
     let kind = if by_service { "service" } else { "workload" };
     // A pod counts once per group it is in: its workload, or each service
     // that selects it.
-    let pods: Vec<(String, MeshPod)> = crate::mesh::running_pods(&args.state_root, &args.mesh)?
+    let pods: Vec<(String, MeshPod)> = crate::mesh::running_pods(&args.mesh.state())?
         .into_iter()
         .flat_map(|p| {
             let groups = if by_service {
@@ -227,7 +223,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
         bail!(
             "no {kind} {} in mesh {:?}",
             wanted.as_deref().unwrap_or("at all"),
-            args.mesh
+            args.mesh.mesh
         );
     }
     let scrape = |pod: &MeshPod| -> Option<Vec<Sample>> {

@@ -46,10 +46,15 @@ struct Up {
 
 impl Up {
     fn start(state: &std::path::Path) -> Up {
+        Self::start_as(state, MESH, &[])
+    }
+
+    fn start_as(state: &std::path::Path, mesh: &str, extra: &[&str]) -> Up {
         let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/emojivoto");
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["up", demo, "--name", MESH, "--state-root"])
+            .args(["up", demo, "--mesh", mesh, "--state-root"])
             .arg(state)
+            .args(extra)
             .env("WEFT_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -156,16 +161,16 @@ fn leftovers() -> Vec<String> {
         found.push("bridge".into());
     }
     found.extend(
-        mesh_processes()
+        mesh_processes(MESH)
             .into_iter()
             .map(|pid| format!("process {pid}")),
     );
     found
 }
 
-/// Processes started for this mesh (they carry WEFT_MESH in their environment).
-fn mesh_processes() -> Vec<u32> {
-    let marker = format!("WEFT_MESH={MESH}");
+/// Processes started for `mesh` (they carry WEFT_MESH in their environment).
+fn mesh_processes(mesh: &str) -> Vec<u32> {
+    let marker = format!("WEFT_MESH={mesh}");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -180,7 +185,7 @@ fn mesh_processes() -> Vec<u32> {
 /// The pid of pod `pod`'s program (not its proxy).
 fn program_of(pod: &str) -> Option<u32> {
     let marker = format!("POD_NAME={pod}");
-    mesh_processes().into_iter().find(|pid| {
+    mesh_processes(MESH).into_iter().find(|pid| {
         std::fs::read(format!("/proc/{pid}/environ"))
             .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
     })
@@ -411,5 +416,66 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
         again.seen.join("\n")
     );
     assert_eq!(leftovers(), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The same manifests without namespaces: loopback addresses, proxies in
+/// explicit-proxy mode, programs told `http_proxy`. Runs as any user.
+#[test]
+fn the_demo_mesh_runs_rootless_on_loopback() {
+    const ROOTLESS: &str = "wrl";
+    let state = std::env::temp_dir().join(format!("weft-up-rootless-{}", std::process::id()));
+    let mut up = Up::start_as(&state, ROOTLESS, &["--rootless"]);
+    up.wait_for("the mode said", Duration::from_secs(10), |lines| {
+        lines.iter().any(|l| {
+            l.starts_with("mode: rootless on loopback") && l.contains("--rootless was given")
+        })
+    });
+    up.wait_for("every workload ready", Duration::from_secs(60), all_ready);
+    let mesh_args = ["--mesh", ROOTLESS, "--state-root", state.to_str().unwrap()];
+    let check = support::weft(&[&["check"][..], &mesh_args].concat());
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        out.contains("✔ identity service       ready (127.18.0.1:9990)"),
+        "{out}"
+    );
+
+    // Traffic flows by service name through every proxy, all over mTLS.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let stat =
+            support::weft(&[&["stat", "--window", "2s", "-o", "json"][..], &mesh_args].concat());
+        assert!(
+            stat.status.success(),
+            "{}",
+            String::from_utf8_lossy(&stat.stderr)
+        );
+        let stats: serde_json::Value = serde_json::from_slice(&stat.stdout).unwrap();
+        let busy = stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["rps"].as_f64() > Some(1.0));
+        if busy || Instant::now() > deadline {
+            break stats;
+        }
+    };
+    for s in stats.as_array().unwrap() {
+        assert_eq!(s["meshed"], true, "{s}");
+        assert_eq!(s["tls_percent"], 100.0, "{s}");
+        assert!(s["rps"].as_f64().unwrap() > 1.0, "{s}");
+    }
+    up.stop();
+    assert!(
+        up.seen.iter().any(|l| l.starts_with("stopped: 4 pods;")),
+        "{}",
+        up.seen.join("\n")
+    );
+    assert_eq!(mesh_processes(ROOTLESS), Vec::<u32>::new());
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -5,14 +5,15 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 
-/// The socket of mesh `mesh` under `state_root`.
-pub fn socket(state_root: &Path, mesh: &str) -> PathBuf {
-    state_root.join(mesh).join("control.sock")
+/// The socket of the mesh whose state is in `state`.
+pub fn socket(state: &Path) -> PathBuf {
+    state.join("control.sock")
 }
 
 /// A request to a running mesh.
@@ -51,21 +52,12 @@ impl Request {
 }
 
 #[derive(Args)]
-pub struct MeshArgs {
-    /// The running mesh (as given to `weft up --name`).
-    #[arg(long, default_value = "weft")]
-    mesh: String,
-    #[arg(long, default_value = "/run/weft")]
-    state_root: PathBuf,
-}
-
-#[derive(Args)]
 pub struct ScaleArgs {
     /// The Deployment, as `name` or `namespace/name`.
     workload: String,
     replicas: u32,
     #[command(flatten)]
-    mesh: MeshArgs,
+    mesh: crate::mesh::MeshArgs,
 }
 
 #[derive(Args)]
@@ -73,11 +65,11 @@ pub struct RestartArgs {
     /// The Deployment, as `name` or `namespace/name`.
     workload: String,
     #[command(flatten)]
-    mesh: MeshArgs,
+    mesh: crate::mesh::MeshArgs,
 }
 
-fn ask(mesh: &MeshArgs, request: Request) -> anyhow::Result<()> {
-    let path = socket(&mesh.state_root, &mesh.mesh);
+fn ask(mesh: &crate::mesh::MeshArgs, request: Request) -> anyhow::Result<()> {
+    let path = socket(&mesh.state());
     let mut stream = UnixStream::connect(&path).with_context(|| {
         format!(
             "no mesh {:?} is running here (cannot reach {}; is weft up running, and are you root?)",

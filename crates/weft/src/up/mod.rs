@@ -46,28 +46,48 @@ const MESH_ENV: &str = "WEFT_MESH";
 pub struct UpArgs {
     /// The manifests: Services, Deployments, ServiceProfiles.
     dir: PathBuf,
-    /// Names this mesh's namespaces, bridge and state (1-8 lowercase
-    /// letters or digits), so two meshes can run side by side.
-    #[arg(long, default_value = "weft")]
-    name: String,
-    /// Where state (CA, cluster state, logs) is kept.
-    #[arg(long, default_value = "/run/weft")]
-    state_root: PathBuf,
+    #[command(flatten)]
+    mesh: crate::mesh::MeshArgs,
+    /// Run on loopback addresses with the proxies in explicit-proxy mode,
+    /// even where network namespaces are available.
+    #[arg(long)]
+    rootless: bool,
+}
+
+/// Why the mesh runs rootless, or `None` for network namespaces.
+fn rootless_reason(asked: bool) -> Option<String> {
+    if asked {
+        return Some("--rootless was given".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root (network namespaces need root)".into());
+    }
+    let probe = "weft-probe";
+    match run_command(&["ip", "netns", "add", probe]) {
+        Ok(_) => {
+            let _ = run_command(&["ip", "netns", "del", probe]);
+            None
+        }
+        Err(e) => Some(format!("cannot create network namespaces: {e:#}")),
+    }
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "weft up runs each pod in a network namespace, which needs root: run it with sudo \
-             (a rootless mode on loopback is planned but not built yet)"
-        );
+    let rootless = rootless_reason(args.rootless);
+    match &rootless {
+        None => {
+            println!("mode: network namespaces (a pod per replica, traffic captured by iptables)")
+        }
+        Some(why) => println!(
+            "mode: rootless on loopback, proxies in explicit-proxy mode (http_proxy), because {why}"
+        ),
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(up(args))
+        .block_on(up(args, rootless.is_some()))
 }
 
 /// One pod while it runs.
@@ -79,6 +99,9 @@ struct RunningPod {
 }
 
 struct Mesh {
+    /// Loopback addresses and explicit-proxy mode instead of namespaces.
+    rootless: bool,
+    control_ip: Ipv4Addr,
     name: String,
     net: Network,
     state: PathBuf,
@@ -104,11 +127,12 @@ struct PodEnv {
     anchors: String,
 }
 
-async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let net = Network::new(&args.name)?;
-    let state = args.state_root.join(&args.name);
-    let strays = kill_strays(&args.name);
-    let stale = net.delete_all();
+async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
+    let name = args.mesh.mesh.clone();
+    let net = Network::new(&name)?;
+    let state = args.mesh.state();
+    let strays = kill_strays(&name);
+    let stale = if rootless { 0 } else { net.delete_all() };
     if strays + stale > 0 {
         info!(
             processes = strays,
@@ -127,13 +151,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             args.dir.display()
         );
     }
-    let plan = crate::plan::plan(&snapshot, &BTreeMap::new())?;
+    let plan = plan_for(&snapshot, &BTreeMap::new(), rootless)?;
     for dir in ["ca", "cluster", "logs", "pods"] {
         std::fs::create_dir_all(state.join(dir))
             .with_context(|| format!("creating {}", state.join(dir).display()))?;
     }
+    let mode = if rootless { "rootless" } else { "namespaces" };
+    std::fs::write(state.join("mode"), mode).context("writing the mesh's mode")?;
     let mut mesh = Mesh {
-        name: args.name.clone(),
+        rootless,
+        control_ip: if rootless {
+            crate::plan::ROOTLESS_CONTROL_IP
+        } else {
+            BRIDGE_IP
+        },
+        name,
         net,
         state: state.clone(),
         control: Vec::new(),
@@ -151,6 +183,54 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     teardown(&mut mesh);
     outcome
+}
+
+/// The plan, with pod addresses on loopback in rootless mode.
+fn plan_for(
+    snapshot: &crate::store::Snapshot,
+    replicas: &BTreeMap<crate::resources::Key, u32>,
+    rootless: bool,
+) -> anyhow::Result<crate::plan::Plan> {
+    let mut plan = crate::plan::plan(snapshot, replicas)?;
+    if rootless {
+        for pod in &mut plan.pods {
+            pod.ip = crate::plan::rootless_addrs(pod.ip).0;
+        }
+    }
+    Ok(plan)
+}
+
+/// Expands Kubernetes-style `$(NAME)` references in an environment value
+/// from the variables before it; unknown names stay as written, and
+/// `$$(` gives a literal `$(`.
+fn expand(value: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find("$") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$$(") {
+            out.push_str("$(");
+            rest = after;
+        } else if let Some((name, after)) = tail
+            .strip_prefix("$(")
+            .and_then(|t| t.split_once(')'))
+            .filter(|(name, _)| env.iter().any(|(k, _)| k == name))
+        {
+            let v = env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone());
+            out.push_str(&v.unwrap_or_default());
+            rest = after;
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn weft_exe() -> anyhow::Result<PathBuf> {
@@ -197,8 +277,11 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
         &state.join("cluster"),
         &render::cluster_state(&mesh.snapshot, &mesh.plan, &BTreeMap::new())?,
     )?;
-    mesh.net.create_bridge()?;
-    info!(bridge = %mesh.net.bridge(), addr = %BRIDGE_IP, "network ready");
+    if !mesh.rootless {
+        mesh.net.create_bridge()?;
+        info!(bridge = %mesh.net.bridge(), addr = %BRIDGE_IP, "network ready");
+    }
+    let control_ip = mesh.control_ip;
 
     let logs = state.join("logs");
     let control = [
@@ -211,9 +294,9 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
                 "--dir".into(),
                 path(&ca)?.into(),
                 "--listen".into(),
-                format!("{BRIDGE_IP}:{IDENTITY_PORT}"),
+                format!("{control_ip}:{IDENTITY_PORT}"),
                 "--admin-listen".into(),
-                format!("{BRIDGE_IP}:9990"),
+                format!("{control_ip}:9990"),
             ],
         ),
         (
@@ -227,9 +310,9 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
                 "--identity-dir".into(),
                 path(&ca)?.into(),
                 "--listen".into(),
-                format!("{BRIDGE_IP}:{DESTINATION_PORT}"),
+                format!("{control_ip}:{DESTINATION_PORT}"),
                 "--admin-listen".into(),
-                format!("{BRIDGE_IP}:9996"),
+                format!("{control_ip}:9996"),
             ],
         ),
     ];
@@ -244,7 +327,11 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
         })?);
     }
     for port in [IDENTITY_PORT, DESTINATION_PORT] {
-        wait_listening(SocketAddr::from((BRIDGE_IP, port)), Duration::from_secs(10)).await?;
+        wait_listening(
+            SocketAddr::from((control_ip, port)),
+            Duration::from_secs(10),
+        )
+        .await?;
     }
     info!("control plane up");
 
@@ -273,7 +360,8 @@ fn workload_uid(mesh: &Mesh, namespace: &str, deployment: &str) -> u32 {
     APP_UID_BASE + index as u32
 }
 
-/// Starts one pod: its namespace, capture rules, token, proxy and program.
+/// Starts one pod: its namespace and capture rules (namespace mode), its
+/// token, its proxy and its program.
 fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
     let env = mesh
         .pod_env
@@ -281,29 +369,31 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         .context("the control plane is not up")?;
     let (weft, ca) = (env.weft.as_str(), &env.ca);
     let ns = mesh.net.namespace(&pod.name);
-    let index = mesh.next_index;
-    mesh.next_index += 1;
-    mesh.net.create_pod(
-        &pod.name,
-        index,
-        pod.ip,
-        &pod.namespace,
-        &mesh.plan.services,
-    )?;
-    run_command(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns,
-        path(&env.proxy_bin)?,
-        "init",
-        "--proxy-uid",
-        &PROXY_UID.to_string(),
-        "--ipv6",
-        "false",
-        "--skip-inbound-ports",
-        "4190,4191",
-    ])?;
+    if !mesh.rootless {
+        let index = mesh.next_index;
+        mesh.next_index += 1;
+        mesh.net.create_pod(
+            &pod.name,
+            index,
+            pod.ip,
+            &pod.namespace,
+            &mesh.plan.services,
+        )?;
+        run_command(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            path(&env.proxy_bin)?,
+            "init",
+            "--proxy-uid",
+            &PROXY_UID.to_string(),
+            "--ipv6",
+            "false",
+            "--skip-inbound-ports",
+            "4190,4191",
+        ])?;
+    }
     let pod_dir = mesh.state.join("pods").join(&pod.name);
     std::fs::create_dir_all(&pod_dir)?;
     let token = run_command(&[
@@ -316,9 +406,20 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         &pod.identity,
     ])?;
     let token_file = pod_dir.join("token");
-    write_private(&token_file, token.trim(), PROXY_UID)?;
+    // SAFETY: geteuid has no preconditions.
+    let owner = if mesh.rootless {
+        unsafe { libc::geteuid() }
+    } else {
+        PROXY_UID
+    };
+    write_private(&token_file, token.trim(), owner)?;
 
-    let in_pod = |uid: u32, program: &str| -> Vec<String> {
+    // Namespace mode: inside the pod's namespace, as the given uid.
+    // Rootless: as this user, on the pod's loopback addresses.
+    let launch = |uid: u32, program: &str| -> Vec<String> {
+        if mesh.rootless {
+            return vec![program.to_string()];
+        }
         let uid = uid.to_string();
         [
             "ip",
@@ -338,13 +439,14 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         .map(|s| s.to_string())
         .collect()
     };
+    let control_ip = mesh.control_ip;
     let logs = mesh.state.join("logs");
     let mut proxy_env = base_env(&mesh.name);
     proxy_env.extend([
         ("WEFT_PROXY_LOG".into(), "warn,weft_proxy=info".into()),
         (
             "WEFT_PROXY_IDENTITY_SVC_ADDR".into(),
-            format!("{BRIDGE_IP}:{IDENTITY_PORT}"),
+            format!("{control_ip}:{IDENTITY_PORT}"),
         ),
         (
             "WEFT_PROXY_IDENTITY_SVC_NAME".into(),
@@ -364,16 +466,50 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         ),
         (
             "WEFT_PROXY_DESTINATION_SVC_ADDR".into(),
-            format!("{BRIDGE_IP}:{DESTINATION_PORT}"),
+            format!("{control_ip}:{DESTINATION_PORT}"),
         ),
         (
             "WEFT_PROXY_DESTINATION_SVC_NAME".into(),
             crate::destination::DESTINATION_SERVICE_NAME.into(),
         ),
     ]);
+    let mut app_env = base_env(&mesh.name);
+    let app_ip = if mesh.rootless {
+        // Other pods reach this one at pod.ip (its proxy's inbound
+        // listener on the first port), which forwards to the program on
+        // its own address; the program sends through its proxy.
+        let [_, _, a, b] = pod.ip.octets();
+        let app_ip = Ipv4Addr::new(127, 19, a, b);
+        let port = pod.ports.first().map_or(4143, |(_, p)| *p);
+        if pod.ports.len() > 1 {
+            warn!(pod = %pod.name, "rootless mode serves only the first port of a pod");
+        }
+        proxy_env.extend([
+            (
+                "WEFT_PROXY_INBOUND_LISTEN_ADDR".into(),
+                format!("{}:{port}", pod.ip),
+            ),
+            (
+                "WEFT_PROXY_INBOUND_FORWARD_ADDR".into(),
+                format!("{app_ip}:{port}"),
+            ),
+            (
+                "WEFT_PROXY_OUTBOUND_LISTEN_ADDR".into(),
+                format!("{}:4140", pod.ip),
+            ),
+            (
+                "WEFT_PROXY_ADMIN_LISTEN_ADDR".into(),
+                format!("{}:4191", pod.ip),
+            ),
+        ]);
+        app_env.push(("http_proxy".into(), format!("http://{}:4140", pod.ip)));
+        app_ip
+    } else {
+        pod.ip
+    };
     let proxy = Supervised::start(Spec {
         name: format!("{}/{} proxy", pod.namespace, pod.name),
-        argv: in_pod(PROXY_UID, path(&env.proxy_bin)?),
+        argv: launch(PROXY_UID, path(&env.proxy_bin)?),
         env: proxy_env,
         log: logs.join(format!("{}.proxy.log", pod.name)),
     })?;
@@ -381,15 +517,17 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
     let program = pod.argv.first().context("a pod without a command")?;
     let program = procs::resolve_program(program, &mesh.manifests)?;
     let uid = workload_uid(mesh, &pod.namespace, &pod.deployment);
-    let mut argv = in_pod(uid, path(&program)?);
+    let mut argv = launch(uid, path(&program)?);
     argv.extend(pod.argv.iter().skip(1).cloned());
-    let mut app_env = base_env(&mesh.name);
     app_env.extend([
         ("POD_NAME".into(), pod.name.clone()),
         ("POD_NAMESPACE".into(), pod.namespace.clone()),
-        ("POD_IP".into(), pod.ip.to_string()),
+        ("POD_IP".into(), app_ip.to_string()),
     ]);
-    app_env.extend(pod.env.iter().cloned());
+    for (name, value) in &pod.env {
+        let value = expand(value, &app_env);
+        app_env.push((name.clone(), value));
+    }
     let app = Supervised::start(Spec {
         name: format!("{}/{}", pod.namespace, pod.name),
         argv,
@@ -457,10 +595,11 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
     );
     print_pods(mesh);
     println!(
-        "control plane: identity {BRIDGE_IP}:{IDENTITY_PORT}, destination {BRIDGE_IP}:{DESTINATION_PORT} (TLS; CA in {})\n",
-        mesh.state.join("ca").display()
+        "control plane: identity {ip}:{IDENTITY_PORT}, destination {ip}:{DESTINATION_PORT} (TLS; CA in {})\n",
+        mesh.state.join("ca").display(),
+        ip = mesh.control_ip,
     );
-    let socket = control::socket(mesh.state.parent().unwrap_or(&mesh.state), &mesh.name);
+    let socket = control::socket(&mesh.state);
     let _ = std::fs::remove_file(&socket);
     let requests = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("listening on {}", socket.display()))?;
@@ -594,7 +733,7 @@ fn apply(mesh: &mut Mesh, request: control::Request) -> anyhow::Result<String> {
             let key = find_workload(mesh, &workload)?;
             let mut overrides = mesh.replicas.clone();
             overrides.insert(key.clone(), replicas);
-            let plan = crate::plan::plan(&mesh.snapshot, &overrides)?;
+            let plan = plan_for(&mesh.snapshot, &overrides, mesh.rootless)?;
             let wanted = |p: &Pod| (p.namespace.clone(), p.name.clone());
             let keep: std::collections::BTreeSet<_> = plan.pods.iter().map(wanted).collect();
             let (gone, kept): (Vec<RunningPod>, Vec<RunningPod>) = std::mem::take(&mut mesh.pods)
@@ -687,12 +826,21 @@ fn teardown(mesh: &mut Mesh) {
     let mut control: Vec<&mut Supervised> = mesh.control.iter_mut().collect();
     procs::stop_all(&mut control);
     kill_strays(&mesh.name);
-    let removed = mesh.net.delete_all();
+    let removed = if mesh.rootless {
+        mesh.pods.len()
+    } else {
+        mesh.net.delete_all()
+    };
     let _ = std::fs::remove_dir_all(mesh.state.join("cluster"));
     let _ = std::fs::remove_dir_all(mesh.state.join("pods"));
     let _ = std::fs::remove_file(mesh.state.join("control.sock"));
+    let what = if mesh.rootless {
+        "pods"
+    } else {
+        "pod namespaces removed"
+    };
     println!(
-        "stopped: {removed} pod namespaces removed; logs kept in {}",
+        "stopped: {removed} {what}; logs kept in {}",
         mesh.state.join("logs").display()
     );
 }
@@ -751,5 +899,25 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn environment_references_expand_like_kubernetes() {
+        let env = vec![
+            ("POD_IP".to_string(), "198.18.3.4".to_string()),
+            ("PORT".to_string(), "8080".to_string()),
+        ];
+        assert_eq!(expand("$(POD_IP):$(PORT)", &env), "198.18.3.4:8080");
+        assert_eq!(
+            expand("$(NOPE) and $$(POD_IP)", &env),
+            "$(NOPE) and $(POD_IP)"
+        );
+        assert_eq!(expand("cost $5", &env), "cost $5");
+        assert_eq!(expand("$(POD_IP", &env), "$(POD_IP");
     }
 }
