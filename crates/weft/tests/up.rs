@@ -479,3 +479,36 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
     assert_eq!(mesh_processes(ROOTLESS), Vec::<u32>::new());
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// A broken manifest stops `weft up` before it starts anything, naming the
+/// file, the line and the reason.
+#[test]
+fn a_broken_manifest_is_refused_before_anything_starts() {
+    let dir = std::env::temp_dir().join(format!("weft-up-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("web.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 99\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, command: [weft-demo, web]}]}\n",
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let out = support::weft(&[
+        "up",
+        dir.to_str().unwrap(),
+        "--rootless",
+        "--mesh",
+        "wbad",
+        "--state-root",
+        state.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("web.yaml:1: Deployment default/web: spec.replicas 99 is more than the local mesh runs (32)"),
+        "{err}"
+    );
+    assert!(err.contains("1 problem(s)"), "{err}");
+    assert!(!state.join("wbad/cluster").exists(), "nothing was started");
+    assert_eq!(mesh_processes("wbad"), Vec::<u32>::new());
+    let _ = std::fs::remove_dir_all(&dir);
+}
