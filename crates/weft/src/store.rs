@@ -29,7 +29,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The resources at one version, with indexes.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Increases by one with every published change.
     pub version: u64,

@@ -51,8 +51,14 @@ impl Up {
 
     fn start_as(state: &std::path::Path, mesh: &str, extra: &[&str]) -> Up {
         let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/emojivoto");
+        Self::start_in(std::path::Path::new(demo), state, mesh, extra)
+    }
+
+    fn start_in(dir: &std::path::Path, state: &std::path::Path, mesh: &str, extra: &[&str]) -> Up {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["up", demo, "--mesh", mesh, "--state-root"])
+            .arg("up")
+            .arg(dir)
+            .args(["--mesh", mesh, "--state-root"])
             .arg(state)
             .args(extra)
             .env("WEFT_LOG", "info")
@@ -425,7 +431,18 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
 fn the_demo_mesh_runs_rootless_on_loopback() {
     const ROOTLESS: &str = "wrl";
     let state = std::env::temp_dir().join(format!("weft-up-rootless-{}", std::process::id()));
-    let mut up = Up::start_as(&state, ROOTLESS, &["--rootless"]);
+    // A copy of the demo's manifests, edited while the mesh runs.
+    let manifests = state.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let demo = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/emojivoto"
+    ));
+    for entry in std::fs::read_dir(demo).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, manifests.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut up = Up::start_in(&manifests, &state, ROOTLESS, &["--rootless"]);
     up.wait_for("the mode said", Duration::from_secs(10), |lines| {
         lines.iter().any(|l| {
             l.starts_with("mode: rootless on loopback") && l.contains("--rootless was given")
@@ -470,9 +487,26 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
         assert_eq!(s["tls_percent"], 100.0, "{s}");
         assert!(s["rps"].as_f64().unwrap() > 1.0, "{s}");
     }
+
+    // Editing the manifests changes the running mesh: two web replicas.
+    let web = manifests.join("web.yaml");
+    let text = std::fs::read_to_string(&web).unwrap();
+    let tmp = manifests.join(".web.yaml.tmp");
+    std::fs::write(&tmp, text.replacen("replicas: 1", "replicas: 2", 1)).unwrap();
+    std::fs::rename(&tmp, &web).unwrap();
+    up.wait_for("the edit applied", Duration::from_secs(20), |lines| {
+        lines
+            .iter()
+            .any(|l| l.starts_with("manifests changed: 1 pod(s) started, 0 stopped"))
+    });
+    up.wait_for("web at 2/2", Duration::from_secs(30), |lines| {
+        last_table(lines)
+            .iter()
+            .any(|(w, ready, _)| w == "demo/web" && ready == "2/2")
+    });
     up.stop();
     assert!(
-        up.seen.iter().any(|l| l.starts_with("stopped: 4 pods;")),
+        up.seen.iter().any(|l| l.starts_with("stopped: 5 pods;")),
         "{}",
         up.seen.join("\n")
     );

@@ -603,6 +603,13 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let requests = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("listening on {}", socket.display()))?;
+    // Edits to the manifests apply while the mesh runs.
+    let store = crate::store::FilesStore::start(&mesh.manifests, Duration::from_millis(500))?;
+    let mut edits = {
+        use crate::store::Store as _;
+        store.subscribe()
+    };
+    edits.mark_unchanged();
     let mut shown = String::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let shutdown = shutdown_signal();
@@ -613,6 +620,15 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
             accepted = requests.accept() => {
                 if let Ok((stream, _)) = accepted {
                     serve_request(mesh, stream).await;
+                }
+            }
+            changed = edits.changed() => {
+                if changed.is_ok() {
+                    let snapshot = (**edits.borrow_and_update()).clone();
+                    match apply_manifests(mesh, snapshot) {
+                        Ok(done) => println!("{done}"),
+                        Err(e) => warn!(error = format!("{e:#}"), "cannot apply the edited manifests"),
+                    }
                 }
             }
             _ = &mut shutdown => return Ok(()),
@@ -699,6 +715,79 @@ async fn serve_request(mesh: &mut Mesh, stream: tokio::net::UnixStream) {
     let _ = stream.get_mut().write_all(reply.as_bytes()).await;
 }
 
+/// Brings the running pods to `plan`: starts new pods, stops removed ones,
+/// replaces pods whose spec changed, refreshes every hosts file when the
+/// services changed, and publishes the cluster state. Returns (started,
+/// stopped, replaced).
+fn reconcile(mesh: &mut Mesh, plan: crate::plan::Plan) -> anyhow::Result<(usize, usize, usize)> {
+    let key = |p: &Pod| (p.namespace.clone(), p.name.clone());
+    let services_changed = plan.services != mesh.plan.services;
+    let wanted: BTreeMap<(String, String), Pod> =
+        plan.pods.iter().map(|p| (key(p), p.clone())).collect();
+    let (keep, stop): (Vec<RunningPod>, Vec<RunningPod>) = std::mem::take(&mut mesh.pods)
+        .into_iter()
+        .partition(|r| wanted.get(&key(&r.pod)) == Some(&r.pod));
+    let replaced = stop
+        .iter()
+        .filter(|r| wanted.contains_key(&key(&r.pod)))
+        .count();
+    let stopped = stop.len() - replaced;
+    mesh.pods = keep;
+    mesh.plan = plan;
+    for running in stop {
+        stop_pod(mesh, running);
+    }
+    let running: std::collections::BTreeSet<_> = mesh.pods.iter().map(|r| key(&r.pod)).collect();
+    let mut started = 0;
+    for pod in mesh.plan.pods.clone() {
+        if !running.contains(&key(&pod)) {
+            let new = start_pod(mesh, &pod)?;
+            mesh.pods.push(new);
+            started += 1;
+        }
+    }
+    mesh.pods.sort_by_key(|r| key(&r.pod));
+    if services_changed && !mesh.rootless {
+        for r in &mesh.pods {
+            if let Err(e) =
+                mesh.net
+                    .write_hosts(&r.pod.name, r.pod.ip, &r.pod.namespace, &mesh.plan.services)
+            {
+                warn!(pod = %r.pod.name, error = format!("{e:#}"), "cannot update the hosts file");
+            }
+        }
+    }
+    publish(mesh);
+    Ok((started - replaced, stopped, replaced))
+}
+
+/// Applies edited manifests: new services and profiles, new or removed
+/// Deployments, changed replica counts (which replace any `weft scale`),
+/// changed pod specs.
+fn apply_manifests(mesh: &mut Mesh, snapshot: crate::store::Snapshot) -> anyhow::Result<String> {
+    for p in &snapshot.problems {
+        warn!("manifest problem (its last good version keeps running): {p}");
+    }
+    let edited: Vec<crate::resources::Key> = mesh
+        .replicas
+        .keys()
+        .filter(|k| {
+            snapshot.deployments.get(*k).map(|d| d.spec.replicas)
+                != mesh.snapshot.deployments.get(*k).map(|d| d.spec.replicas)
+        })
+        .cloned()
+        .collect();
+    for k in edited {
+        mesh.replicas.remove(&k);
+    }
+    let plan = plan_for(&snapshot, &mesh.replicas, mesh.rootless)?;
+    mesh.snapshot = snapshot;
+    let (started, stopped, replaced) = reconcile(mesh, plan)?;
+    Ok(format!(
+        "manifests changed: {started} pod(s) started, {stopped} stopped, {replaced} replaced"
+    ))
+}
+
 /// The Deployment `workload` names (`name` or `namespace/name`).
 fn find_workload(mesh: &Mesh, workload: &str) -> anyhow::Result<crate::resources::Key> {
     let matches: Vec<&crate::resources::Key> = mesh
@@ -734,30 +823,8 @@ fn apply(mesh: &mut Mesh, request: control::Request) -> anyhow::Result<String> {
             let mut overrides = mesh.replicas.clone();
             overrides.insert(key.clone(), replicas);
             let plan = plan_for(&mesh.snapshot, &overrides, mesh.rootless)?;
-            let wanted = |p: &Pod| (p.namespace.clone(), p.name.clone());
-            let keep: std::collections::BTreeSet<_> = plan.pods.iter().map(wanted).collect();
-            let (gone, kept): (Vec<RunningPod>, Vec<RunningPod>) = std::mem::take(&mut mesh.pods)
-                .into_iter()
-                .partition(|r| !keep.contains(&wanted(&r.pod)));
-            mesh.pods = kept;
             mesh.replicas = overrides;
-            mesh.plan = plan;
-            let removed = gone.len();
-            for running in gone {
-                stop_pod(mesh, running);
-            }
-            let have: std::collections::BTreeSet<_> =
-                mesh.pods.iter().map(|r| wanted(&r.pod)).collect();
-            let mut added = 0;
-            for pod in mesh.plan.pods.clone() {
-                if !have.contains(&wanted(&pod)) {
-                    let running = start_pod(mesh, &pod)?;
-                    mesh.pods.push(running);
-                    added += 1;
-                }
-            }
-            mesh.pods.sort_by_key(|r| wanted(&r.pod));
-            publish(mesh);
+            let (added, removed, _) = reconcile(mesh, plan)?;
             Ok(format!(
                 "{key} scaled to {replicas} ({added} started, {removed} stopped)"
             ))

@@ -113,6 +113,19 @@ impl Network {
             "via",
             &BRIDGE_IP.to_string(),
         ])?;
+        self.write_hosts(pod, addr, namespace, services)
+    }
+
+    /// Writes pod `pod`'s hosts file: itself and every service. Written in
+    /// place, so programs already running (which see it bind-mounted over
+    /// `/etc/hosts`) see new services too.
+    pub fn write_hosts(
+        &self,
+        pod: &str,
+        addr: Ipv4Addr,
+        namespace: &str,
+        services: &[PlannedService],
+    ) -> anyhow::Result<()> {
         let dir = self.hosts_dir(pod);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut hosts = format!("127.0.0.1 localhost\n{addr} {pod}\n");
