@@ -59,15 +59,21 @@ fn describe(u: &api::Update) -> String {
 
 const UPDATE_WITHIN: Duration = Duration::from_secs(1);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_follows_manifest_edits_within_a_second() {
-    let d = Destination::start(&[
+/// The destination service over the web Service and one workload,
+/// web-0 at 198.18.1.1:8080.
+fn web_with_one_workload() -> Destination {
+    Destination::start(&[
         ("web.yaml", &service_yaml("web", "198.18.100.1")),
         (
             "web-0.yaml",
             &workload_yaml("web-0", "web", "198.18.1.1", 8080),
         ),
-    ]);
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_follows_manifest_edits_within_a_second() {
+    let d = web_with_one_workload();
     let mut c = client(&d).await;
     let mut by_name = c.get(get(WEB)).await.unwrap().into_inner();
     let mut by_ip = c.get(get("198.18.100.1:80")).await.unwrap().into_inner();
@@ -184,13 +190,7 @@ async fn a_broken_manifest_is_reported_and_the_last_good_state_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_watchers_share_one_index_entry_and_all_see_the_change() {
-    let d = Destination::start(&[
-        ("web.yaml", &service_yaml("web", "198.18.100.1")),
-        (
-            "web-0.yaml",
-            &workload_yaml("web-0", "web", "198.18.1.1", 8080),
-        ),
-    ]);
+    let d = web_with_one_workload();
     let c = client(&d).await;
     const WATCHERS: usize = 500;
     let mut streams = Vec::with_capacity(WATCHERS);
@@ -280,13 +280,7 @@ async fn run_weft(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diagnostics_show_what_proxies_are_told() {
-    let d = Destination::start(&[
-        ("web.yaml", &service_yaml("web", "198.18.100.1")),
-        (
-            "web-0.yaml",
-            &workload_yaml("web-0", "web", "198.18.1.1", 8080),
-        ),
-    ]);
+    let d = web_with_one_workload();
     let addr = d.addr.to_string();
     let out = run_weft(&["diagnostics", "endpoints", WEB, "--destination", &addr]).await;
     let text = String::from_utf8_lossy(&out.stdout);
