@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::lock;
+
 /// Consecutive failures that eject an endpoint (Linkerd's default).
 pub const EJECT_AFTER: u32 = 7;
 const EJECT_MIN: Duration = Duration::from_secs(1);
@@ -32,10 +34,6 @@ const DECAY: Duration = Duration::from_secs(10);
 const DEFAULT_RTT_NS: f64 = 1_000_000.0;
 /// The least latency a failure counts as.
 const FAILURE_MIN_NS: f64 = 10_000_000.0;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The load and health of one endpoint, kept across endpoint-set updates.
 #[derive(Debug)]

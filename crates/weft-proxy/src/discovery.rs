@@ -23,6 +23,7 @@ use weft_identity::verify::TrustAnchors;
 
 use crate::balance::Balancer;
 use crate::control::ControlAddr;
+use crate::lock;
 use crate::metrics::{DstLabels, Metrics};
 use crate::profile::Profile;
 use crate::tcp::{Dialer, MeshEndpoint};
@@ -31,10 +32,6 @@ use crate::tcp::{Dialer, MeshEndpoint};
 const IDLE_EXPIRY: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What the destination service says about a target.
 #[derive(Clone, Debug, PartialEq, Eq)]

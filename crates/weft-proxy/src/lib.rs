@@ -32,3 +32,10 @@ pub mod proxy;
 pub mod tcp;
 pub mod tls;
 pub mod transport_header;
+
+/// Locks a mutex, carrying on past a poisoned one: every lock in the proxy
+/// guards state that stays consistent even if a holder panicked (caches,
+/// counters, pools), and one panicking task must not take the proxy down.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

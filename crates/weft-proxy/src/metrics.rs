@@ -659,7 +659,7 @@ impl HttpConnMetrics {
         target_addr: SocketAddr,
         endpoint: impl FnOnce() -> (Option<weft_identity::Identity>, DstLabels),
     ) -> Arc<AuthorityMetrics> {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = crate::lock(&self.recent);
         if let Some(m) = recent
             .iter()
             .find(|m| m.target == target_addr && m.labels.authority == authority)
@@ -714,7 +714,7 @@ pub struct StatusMetrics {
 
 impl AuthorityMetrics {
     pub fn status(&self, code: u16) -> StatusMetrics {
-        let mut statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let mut statuses = crate::lock(&self.statuses);
         if let Some(s) = statuses.iter().find(|s| s.code == code) {
             return s.clone();
         }
@@ -784,7 +784,7 @@ pub struct RouteStatus {
 
 impl RouteMetrics {
     pub fn status(&self, code: u16, failure: bool) -> RouteStatus {
-        let mut statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let mut statuses = crate::lock(&self.statuses);
         if let Some((_, _, s)) = statuses
             .iter()
             .find(|(c, f, _)| *c == code && *f == failure)

@@ -97,7 +97,7 @@ impl MeshTls {
     /// The server configuration for the current certificate.
     pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
         let creds = self.creds.borrow().clone()?;
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = crate::lock(&self.cached);
         if let Some((c, config)) = cached.as_ref()
             && Arc::ptr_eq(c, &creds)
         {
@@ -130,7 +130,7 @@ impl MeshTls {
             .borrow()
             .clone()
             .ok_or(MeshConnectError::NoCertificate)?;
-        let mut cached = self.cached_client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = crate::lock(&self.cached_client);
         if let Some((c, config)) = cached.as_ref()
             && Arc::ptr_eq(c, &creds)
         {

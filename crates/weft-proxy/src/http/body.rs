@@ -16,6 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::lock;
+
 /// How a response will be classified once it ends.
 #[derive(Debug)]
 pub struct ResponseEnd {
@@ -310,10 +312,6 @@ impl<B: Body<Data = Bytes> + Unpin> Replay<B> {
     fn size_hint(&self) -> SizeHint {
         lock(&self.state).hint
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

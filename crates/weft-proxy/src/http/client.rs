@@ -29,6 +29,7 @@ use tracing::debug;
 
 use super::body::RequestBody;
 use super::error::ProxyError;
+use crate::lock;
 use crate::metrics::Direction;
 use crate::tcp::{Dialer, EndpointIo};
 
@@ -37,10 +38,6 @@ type Http2Sender = http2::SendRequest<RequestBody>;
 
 /// Endpoints unused for this long are dropped from the map.
 const ENDPOINT_EXPIRY: Duration = Duration::from_secs(600);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Connections to one endpoint in one direction.
 #[derive(Debug)]
