@@ -22,11 +22,12 @@ use crate::drain::ShutdownTrigger;
 use crate::metrics::Metrics;
 use crate::proxy::Readiness;
 
+/// `shutdown` is `None` when `/shutdown` is disabled (the default).
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     readiness: Readiness,
-    shutdown: ShutdownTrigger,
+    shutdown: Option<ShutdownTrigger>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -69,7 +70,7 @@ fn route(
     peer: SocketAddr,
     metrics: &Metrics,
     readiness: &Readiness,
-    shutdown: &ShutdownTrigger,
+    shutdown: &Option<ShutdownTrigger>,
 ) -> Response<Full<Bytes>> {
     let method = req.method();
     match (req.uri().path(), method) {
@@ -89,9 +90,18 @@ fn route(
             format!("not ready: {}\n", readiness.reason()),
         ),
         ("/live", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "live\n"),
+        ("/shutdown", &Method::POST) if shutdown.is_none() => {
+            warn!(%peer, "refused /shutdown: the endpoint is disabled");
+            text(
+                StatusCode::NOT_FOUND,
+                "the shutdown endpoint is disabled (WEFT_PROXY_SHUTDOWN_ENDPOINT_ENABLED=true enables it for loopback clients)\n",
+            )
+        }
         ("/shutdown", &Method::POST) if peer.ip().is_loopback() => {
             info!(%peer, "shutdown requested through the admin server");
-            shutdown.trigger();
+            if let Some(trigger) = shutdown {
+                trigger.trigger();
+            }
             text(StatusCode::OK, "shutdown\n")
         }
         ("/shutdown", &Method::POST) => {

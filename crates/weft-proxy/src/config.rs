@@ -48,9 +48,9 @@ settings! {
     OUTBOUND_OPAQUE_PORTS = "WEFT_PROXY_OUTBOUND_OPAQUE_PORTS", ["LINKERD2_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION"],
         "25,587,3306,4444,5432,6379,9300,11211", "Outbound target ports proxied as opaque TCP without protocol detection.";
     INBOUND_DETECT_TIMEOUT = "WEFT_PROXY_INBOUND_DETECT_TIMEOUT", ["LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT"],
-        "1s", "How long inbound protocol detection waits for the client's first bytes before treating the connection as opaque (server-speaks-first protocols).";
+        "1s", "How long inbound protocol detection waits for the client's first bytes. A client that sends nothing by then is closed (list server-speaks-first ports in WEFT_PROXY_INBOUND_OPAQUE_PORTS); bytes that look like HTTP/1 are served as HTTP/1 whether or not the request is complete.";
     OUTBOUND_DETECT_TIMEOUT = "WEFT_PROXY_OUTBOUND_DETECT_TIMEOUT", ["LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT"],
-        "1s", "The same for outbound connections.";
+        "1s", "The same for outbound connections, except that a client that sends nothing is proxied as opaque TCP (a server-speaks-first protocol).";
     INBOUND_CONNECT_TIMEOUT = "WEFT_PROXY_INBOUND_CONNECT_TIMEOUT", ["LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT"],
         "1s", "Connect timeout towards the local workload.";
     OUTBOUND_CONNECT_TIMEOUT = "WEFT_PROXY_OUTBOUND_CONNECT_TIMEOUT", ["LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT"],
@@ -62,7 +62,11 @@ settings! {
     HTTP_POOL_IDLE_TIMEOUT = "WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", ["LINKERD2_PROXY_OUTBOUND_HTTP1_CONNECTION_POOL_IDLE_TIMEOUT"],
         "10s", "Idle keep-alive connections to an endpoint are closed after this long.";
     HTTP_HEADER_READ_TIMEOUT = "WEFT_PROXY_HTTP_HEADER_READ_TIMEOUT", [],
-        "30s", "A client must send a complete HTTP/1 request head within this time, or the connection is closed.";
+        "30s", "A client must send a complete HTTP/1 request head within this time of its first byte, or it gets 408 and the connection is closed.";
+    HTTP_MAX_HEAD_SIZE = "WEFT_PROXY_HTTP_MAX_HEAD_SIZE", [],
+        "16384", "Largest HTTP/1 request head (request line and header fields) or trailer section in bytes, from 1024 to 1048576; a larger one gets 431.";
+    SHUTDOWN_ENDPOINT_ENABLED = "WEFT_PROXY_SHUTDOWN_ENDPOINT_ENABLED", ["LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED"],
+        "false", "Whether the admin server's POST /shutdown works (from loopback clients only). Off by default: any process in the pod could stop the proxy.";
     SHUTDOWN_GRACE_PERIOD = "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", ["LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD"],
         "30s", "On SIGTERM or /shutdown, how long in-flight requests and connections may take to finish.";
     WORKER_THREADS = "WEFT_PROXY_WORKER_THREADS", ["LINKERD2_PROXY_CORES"],
@@ -89,6 +93,12 @@ settings! {
         "", "Context token sent with every destination lookup (e.g. the workload's namespace).";
     DISCOVERY_TIMEOUT = "WEFT_PROXY_DISCOVERY_TIMEOUT", [],
         "3s", "How long a new target waits for the destination service's first answer; after that an IP target is forwarded as addressed and a name gets 503.";
+    INBOUND_METRICS_AUTHORITY_LABELS = "WEFT_PROXY_INBOUND_METRICS_AUTHORITY_LABELS", ["LINKERD2_PROXY_INBOUND_METRICS_AUTHORITY_LABELS"],
+        "", "unsafe: label inbound HTTP metrics with the authority the client sent (its Host header). Unset: inbound metrics carry no authority, so clients cannot choose label values.";
+    METRICS_MAX_SERIES = "WEFT_PROXY_METRICS_MAX_SERIES", [],
+        "2000", "Most label sets one metric family keeps; further ones are counted in one series labelled overflow=\"true\".";
+    METRICS_IDLE_TIMEOUT = "WEFT_PROXY_METRICS_IDLE_TIMEOUT", [],
+        "10m", "A series that nothing has used for this long is dropped from the exposition (and counts again from zero if it comes back).";
     LOG = "WEFT_PROXY_LOG", ["LINKERD2_PROXY_LOG"],
         "warn,weft_proxy=info", "Log filter (tracing-subscriber EnvFilter syntax).";
     LOG_FORMAT = "WEFT_PROXY_LOG_FORMAT", ["LINKERD2_PROXY_LOG_FORMAT"],
@@ -196,6 +206,8 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     pub http_pool_idle_timeout: Duration,
     pub http_header_read_timeout: Duration,
+    pub http_max_head_size: usize,
+    pub shutdown_endpoint_enabled: bool,
     pub shutdown_grace_period: Duration,
     pub worker_threads: usize,
     pub identity: Option<IdentityConfig>,
@@ -204,6 +216,9 @@ pub struct Config {
     pub destination_suffixes: Vec<String>,
     pub destination_context: String,
     pub discovery_timeout: Duration,
+    pub inbound_metrics_authority: bool,
+    pub metrics_max_series: usize,
+    pub metrics_idle_timeout: Duration,
     pub log_filter: String,
     pub log_format: LogFormat,
 }
@@ -242,6 +257,14 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 }
 
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "true" => Ok(true),
+        "false" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.trim()
         .parse()
@@ -271,6 +294,27 @@ impl Config {
             tcp_idle_timeout: r.parse(&TCP_IDLE_TIMEOUT, parse_duration)?,
             http_pool_idle_timeout: r.parse(&HTTP_POOL_IDLE_TIMEOUT, parse_duration)?,
             http_header_read_timeout: r.parse(&HTTP_HEADER_READ_TIMEOUT, parse_duration)?,
+            http_max_head_size: r.parse(&HTTP_MAX_HEAD_SIZE, |v| {
+                match v.trim().parse::<usize>() {
+                    Ok(n) if (1024..=1 << 20).contains(&n) => Ok(n),
+                    _ => Err("expected a number of bytes from 1024 to 1048576".into()),
+                }
+            })?,
+            shutdown_endpoint_enabled: r.parse(&SHUTDOWN_ENDPOINT_ENABLED, parse_bool)?,
+            inbound_metrics_authority: r.parse(&INBOUND_METRICS_AUTHORITY_LABELS, |v| {
+                match v.trim() {
+                    "" => Ok(false),
+                    "unsafe" => Ok(true),
+                    _ => Err("expected unsafe, or unset".into()),
+                }
+            })?,
+            metrics_max_series: r.parse(&METRICS_MAX_SERIES, |v| {
+                match v.trim().parse::<usize>() {
+                    Ok(n) if (10..=1_000_000).contains(&n) => Ok(n),
+                    _ => Err("expected a number of series from 10 to 1000000".into()),
+                }
+            })?,
+            metrics_idle_timeout: r.parse(&METRICS_IDLE_TIMEOUT, parse_duration)?,
             shutdown_grace_period: r.parse(&SHUTDOWN_GRACE_PERIOD, parse_duration)?,
             worker_threads: r.parse(&WORKER_THREADS, |v| match v.trim().parse::<usize>() {
                 Ok(n) if (1..=64).contains(&n) => Ok(n),

@@ -2,9 +2,17 @@
 //!
 //! The bytes read here are not lost: they are handed back as the prefix of a
 //! [`PrefixedIo`], which replays them before reading from the socket again. The
-//! peek buffer and the wait are both bounded, so a client that sends nothing (a
-//! server-speaks-first protocol such as SMTP or MySQL) or sends an endless line is
-//! proxied as opaque TCP after the timeout instead of hanging.
+//! peek buffer and the wait are both bounded.
+//!
+//! Whatever merely *looks* like HTTP/1 is served as HTTP/1, even when it is not
+//! valid or not finished when detection gives up (a slow client, a request line
+//! longer than the buffer, a bare LF, a bad method): the strict HTTP/1 reader
+//! then answers it (400, 408, 414, 505). Passing such bytes on as opaque TCP
+//! would let a client put any header, `l5d-client-id` included, in front of
+//! the application. Only bytes that are not HTTP at all become
+//! [`Protocol::Opaque`]; a client that sends nothing is [`Protocol::Nothing`],
+//! which the caller decides about (outbound: a server-speaks-first protocol;
+//! inbound: closed unless the port is opaque by configuration).
 
 use std::io;
 use std::pin::Pin;
@@ -14,8 +22,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-/// At most this many bytes are read before deciding. An HTTP/1 request line
-/// longer than this is treated as opaque, like one that is not HTTP at all.
+/// At most this many bytes are read before deciding.
 pub const PEEK_CAPACITY: usize = 8 * 1024;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -27,6 +34,8 @@ pub enum Protocol {
     /// A TLS ClientHello; the prefix holds its whole first record.
     Tls,
     Opaque,
+    /// No bytes before the timeout or the client's end of stream.
+    Nothing,
 }
 
 impl Protocol {
@@ -36,6 +45,7 @@ impl Protocol {
             Protocol::Http2 => "h2",
             Protocol::Tls => "tls",
             Protocol::Opaque => "opaque",
+            Protocol::Nothing => "nothing",
         }
     }
 }
@@ -62,13 +72,57 @@ fn classify(buf: &[u8]) -> Verdict {
         return Verdict::Known(Protocol::Http2);
     }
     let h2_possible = buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf);
-    match buf.windows(2).position(|w| w == b"\r\n") {
-        Some(end) if is_http1_request_line(&buf[..end]) => Verdict::Known(Protocol::Http1),
-        Some(_) if !h2_possible => Verdict::Known(Protocol::Opaque),
-        _ if buf.len() >= PEEK_CAPACITY => Verdict::Known(Protocol::Opaque),
-        _ if !h2_possible && !could_be_http1(buf) => Verdict::Known(Protocol::Opaque),
-        _ => Verdict::NeedMore,
+    if h2_possible {
+        return Verdict::NeedMore;
     }
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            let line = &buf[..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if is_http1_request_line(line) {
+                Verdict::Known(Protocol::Http1)
+            } else {
+                Verdict::Known(undecided(buf))
+            }
+        }
+        None if buf.len() >= PEEK_CAPACITY => Verdict::Known(undecided(buf)),
+        None if !could_be_http1(buf) && !looks_like_http1(buf) => Verdict::Known(Protocol::Opaque),
+        None => Verdict::NeedMore,
+    }
+}
+
+/// What bytes that did not make a valid request line are: HTTP/1 if they look
+/// like it (the strict reader will answer them), else opaque.
+fn undecided(buf: &[u8]) -> Protocol {
+    if buf.is_empty() {
+        Protocol::Nothing
+    } else if looks_like_http1(buf) {
+        Protocol::Http1
+    } else {
+        Protocol::Opaque
+    }
+}
+
+/// Methods whose name starts a line that is taken for HTTP/1 whatever follows.
+const KNOWN_METHODS: [&[u8]; 9] = [
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
+];
+
+/// Whether the first line (so far) reads as an attempt at HTTP/1: it names an
+/// HTTP version, starts with a known method and a space, or is still a prefix
+/// of one (a client that sent `GE` and paused).
+fn looks_like_http1(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+    if line.windows(6).any(|w| w == b" HTTP/") {
+        return true;
+    }
+    let complete = line.len() < buf.len();
+    KNOWN_METHODS
+        .iter()
+        .any(|method| match line.strip_prefix(*method) {
+            Some(rest) => rest.first() == Some(&b' ') || (rest.is_empty() && !complete),
+            None => !complete && method.starts_with(line),
+        })
 }
 
 /// `METHOD SP request-target SP HTTP/1.x` (RFC 9112 section 3).
@@ -109,9 +163,9 @@ pub async fn detect<I: AsyncRead + Unpin>(
         }
         let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
         let protocol = match read {
-            Err(_elapsed) => Protocol::Opaque,
+            Err(_elapsed) => undecided(&buf),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(0)) => Protocol::Opaque,
+            Ok(Ok(0)) => undecided(&buf),
             Ok(Ok(_)) => match classify(&buf) {
                 Verdict::Known(p) => p,
                 Verdict::NeedMore => continue,
@@ -264,10 +318,32 @@ mod tests {
         assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Verdict::NeedMore);
         assert_eq!(classify(b"\x16\x03\x01\x00\x01\x01"), Verdict::Known(Tls));
         assert_eq!(classify(b"\x16\x01"), Verdict::Known(Opaque));
-        assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Verdict::Known(Opaque));
         assert_eq!(classify(b"hello world\r\n"), Verdict::Known(Opaque));
         assert_eq!(classify(b"G\x00T"), Verdict::Known(Opaque));
         assert_eq!(classify(&[b'A'; PEEK_CAPACITY]), Verdict::Known(Opaque));
+        assert_eq!(classify(b"\x00\x01binary"), Verdict::Known(Opaque));
+        // What looks like HTTP/1 is HTTP/1, valid or not: the strict reader
+        // answers it, and it never reaches the application as opaque bytes.
+        assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Verdict::Known(Http1));
+        assert_eq!(classify(b"G@T / HTTP/1.1\r\n"), Verdict::Known(Http1));
+        assert_eq!(classify(b"GET / HTTP/1.1\n"), Verdict::Known(Http1));
+        assert_eq!(classify(b"GET /\r\n"), Verdict::Known(Http1));
+        let mut long = b"GET /".to_vec();
+        long.resize(PEEK_CAPACITY, b'a');
+        assert_eq!(classify(&long), Verdict::Known(Http1));
+    }
+
+    #[test]
+    fn undecided_bytes_that_look_like_http1_are_http1() {
+        use Protocol::*;
+        assert_eq!(undecided(b""), Nothing);
+        assert_eq!(undecided(b"G"), Http1);
+        assert_eq!(undecided(b"GET"), Http1);
+        assert_eq!(undecided(b"POST /x"), Http1);
+        assert_eq!(undecided(b"get /"), Opaque);
+        assert_eq!(undecided(b"GETX"), Opaque);
+        assert_eq!(undecided(b"\x16\x03\x01"), Opaque);
+        assert_eq!(undecided(b"hello"), Opaque);
     }
 
     #[tokio::test]
@@ -295,6 +371,14 @@ mod tests {
         let (proto, prefix) = detect(&mut server, Duration::from_millis(50))
             .await
             .unwrap();
-        assert_eq!((proto, prefix.len()), (Protocol::Opaque, 0));
+        assert_eq!((proto, prefix.len()), (Protocol::Nothing, 0));
+
+        // A client that starts a request and pauses is still HTTP/1.
+        let (mut slow, mut server) = tokio::io::duplex(1024);
+        slow.write_all(b"GET").await.unwrap();
+        let (proto, prefix) = detect(&mut server, Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!((proto, &prefix[..]), (Protocol::Http1, &b"GET"[..]));
     }
 }

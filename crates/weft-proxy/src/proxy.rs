@@ -98,7 +98,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "listening"
     );
 
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(
+        crate::metrics::SeriesLimits {
+            max_series: config.metrics_max_series,
+            idle_timeout: config.metrics_idle_timeout,
+        },
+        config.inbound_metrics_authority,
+    );
     let identity = match config.identity.clone() {
         Some(identity) => Some(crate::identity::spawn(identity, metrics.clone())?),
         None => None,
@@ -158,12 +164,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admin_listener,
         shared.metrics.clone(),
         readiness.clone(),
-        shutdown,
+        // The trigger itself stays here: a dropped one would read as a request.
+        shared
+            .config
+            .shutdown_endpoint_enabled
+            .then(|| shutdown.clone()),
     ));
     readiness.set(true);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let _shutdown = shutdown;
     let why = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = tokio::signal::ctrl_c() => "SIGINT",
@@ -466,10 +477,21 @@ impl Conn {
                     Ok(()) => {}
                 }
             }
-            (Protocol::Tls | Protocol::Opaque, Some(target)) => {
+            // Inbound, a client that says nothing is not passed to the
+            // application: opaque is a port's configuration, never a fallback
+            // (server-speaks-first ports belong in WEFT_PROXY_INBOUND_OPAQUE_PORTS).
+            (Protocol::Nothing, _) if self.direction == Direction::Inbound => {
+                self.shared
+                    .metrics
+                    .tcp_accept_error(self.direction, "detect_timeout");
+                debug!(
+                    "closed: the client sent nothing before the detect timeout and the port is not opaque"
+                )
+            }
+            (Protocol::Tls | Protocol::Opaque | Protocol::Nothing, Some(target)) => {
                 forward_opaque(&self.shared, self.direction, io, client_conn, target).await
             }
-            (Protocol::Tls | Protocol::Opaque, None) => {
+            (Protocol::Tls | Protocol::Opaque | Protocol::Nothing, None) => {
                 info!(
                     "explicit-proxy client did not speak HTTP; closing (set http_proxy only for HTTP clients)"
                 )

@@ -134,6 +134,8 @@ impl PodProxy {
             .arg(env!("CARGO_BIN_EXE_weft-proxy"))
             .env_clear()
             .env("WEFT_PROXY_LOG", "info,weft_proxy=debug")
+            // Enabled, to show it still refuses clients that are not loopback.
+            .env("WEFT_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "true")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

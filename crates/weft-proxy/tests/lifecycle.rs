@@ -43,8 +43,31 @@ async fn admin_endpoints() {
 }
 
 #[tokio::test]
+async fn shutdown_is_off_unless_enabled() {
+    // Any process in the pod reaches the admin port over loopback: by default
+    // it cannot stop the proxy (and with it, the pod's traffic).
+    let proxy = Proxy::start(&[]);
+    let (ok, body, err) = curl(&[
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        &format!("http://{}/shutdown", proxy.admin),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert!(body.ends_with("404"), "{body}");
+    assert!(
+        body.contains("WEFT_PROXY_SHUTDOWN_ENDPOINT_ENABLED"),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(http_get(proxy.admin, "/ready").map(|r| r.0), Some(200));
+}
+
+#[tokio::test]
 async fn shutdown_over_admin_drains_and_exits() {
-    let mut proxy = Proxy::start(&[]);
+    let mut proxy = Proxy::start(&[("LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "true".into())]);
     let (ok, body, err) = curl(&["-X", "POST", &format!("http://{}/shutdown", proxy.admin)]).await;
     assert!(ok, "{err}");
     assert_eq!(body, "shutdown\n");

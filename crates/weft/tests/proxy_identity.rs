@@ -177,13 +177,29 @@ async fn mesh_request(
     addr: SocketAddr,
     request: &str,
 ) -> Result<String, std::io::Error> {
+    mesh_request_in_parts(config, addr, &[request], Duration::ZERO).await
+}
+
+/// Like [`mesh_request`], writing `parts` with `pause` between them.
+async fn mesh_request_in_parts(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    parts: &[&str],
+    pause: Duration,
+) -> Result<String, std::io::Error> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from(WEB.to_string()).unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await?;
-    tls.write_all(request.as_bytes()).await?;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        tls.write_all(part.as_bytes()).await?;
+        tls.flush().await?;
+    }
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut out))
         .await
@@ -264,6 +280,40 @@ async fn inbound_mesh_tls_is_terminated_and_the_app_sees_the_client_identity() {
     ];
     assert_eq!(proxy.metric("request_total", &tls), 1.0);
 
+    // Inside mesh TLS, a meshed client cannot forge its identity either: not
+    // by pausing past the detect timeout (it stays HTTP), not with a request
+    // line longer than the detection buffer, not by naming the header in
+    // `Connection` to have it stripped after the proxy set it.
+    let meshed = || client_config(&anchors, Some((&ca, CLIENT)));
+    let slow = mesh_request_in_parts(
+        meshed(),
+        proxy.inbound,
+        &["GET", &GET_HEADERS[3..]],
+        Duration::from_millis(1500),
+    )
+    .await
+    .expect("slow mesh request");
+    let long = GET_HEADERS.replacen("/headers", &format!("/headers?{}", "a".repeat(9000)), 1);
+    let long = mesh_request(meshed(), proxy.inbound, &long)
+        .await
+        .expect("long mesh request");
+    let named = mesh_request(
+        meshed(),
+        proxy.inbound,
+        "GET /headers HTTP/1.1\r\nHost: web\r\nConnection: close, l5d-client-id\r\n\r\n",
+    )
+    .await
+    .expect("mesh request naming l5d-client-id in Connection");
+    for answer in [slow, long, named] {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.contains(&format!("l5d-client-id: {CLIENT}")),
+            "{answer}"
+        );
+        assert!(!answer.contains("spoofed"), "{answer}");
+    }
+    assert_eq!(proxy.metric("request_total", &tls), 4.0);
+
     // No client certificate, or one from another CA: refused, nothing reaches the app.
     let refused = mesh_request(client_config(&anchors, None), proxy.inbound, GET_HEADERS).await;
     assert!(
@@ -283,7 +333,7 @@ async fn inbound_mesh_tls_is_terminated_and_the_app_sees_the_client_identity() {
     );
     assert_eq!(
         proxy.metric("request_total", &[("direction", "inbound")]),
-        1.0
+        4.0
     );
 
     // Plaintext clients cannot claim an identity either.

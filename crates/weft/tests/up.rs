@@ -197,6 +197,71 @@ fn program_of(pod: &str) -> Option<u32> {
     })
 }
 
+/// A program bound to `[::]` in a pod cannot be reached over IPv6 around its
+/// proxy: the pod has no IPv6 address, not even a link-local one, and the
+/// capture rules cover IPv6 too.
+fn assert_no_ipv6_way_around_the_proxy(ns: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let _app = weft_testkit::netns::bind(ns, "[::]:9999".parse().unwrap())
+        .expect("a dual-stack listener in the pod");
+    let addrs = run(&["-n", ns, "-6", "-o", "addr", "show"]);
+    assert!(addrs.trim().is_empty(), "IPv6 addresses in {ns}: {addrs}");
+    let rules = run(&[
+        "netns",
+        "exec",
+        ns,
+        "ip6tables",
+        "-t",
+        "nat",
+        "-S",
+        "WEFT_PROXY_INBOUND",
+    ]);
+    assert!(rules.contains("REDIRECT"), "{rules}");
+
+    // Try the link-local address the pod's interface would have had.
+    let links = run(&["-n", ns, "-o", "link", "show"]);
+    let line = links
+        .lines()
+        .find(|l| l.contains("@if"))
+        .unwrap_or_else(|| panic!("no veth in {ns}: {links}"));
+    let host_ifindex: u32 = line
+        .split("@if")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mac: Vec<u8> = line
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let eui64 = std::net::Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([mac[0] ^ 2, mac[1]]),
+        u16::from_be_bytes([mac[2], 0xff]),
+        u16::from_be_bytes([0xfe, mac[3]]),
+        u16::from_be_bytes([mac[4], mac[5]]),
+    );
+    let target = std::net::SocketAddrV6::new(eui64, 9999, 0, host_ifindex);
+    let reached = std::net::TcpStream::connect_timeout(&target.into(), Duration::from_secs(1));
+    assert!(reached.is_err(), "reached {target} around the proxy");
+}
+
 fn metric(ip: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let admin: std::net::SocketAddr = format!("{ip}:4191").parse().unwrap();
     support::admin_metric(admin, name, labels)
@@ -258,6 +323,8 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
         ),
     ];
     assert!(metric(&voting, "request_total", &from_web) > 0.0);
+    assert_no_ipv6_way_around_the_proxy(&format!("weft-{MESH}-web-0"));
+
     // Plaintext is nowhere: every inbound request at web came over mTLS.
     assert_eq!(
         metric(

@@ -17,12 +17,13 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::lock;
+use crate::metrics::family::Series;
 
 /// How a response will be classified once it ends.
 #[derive(Debug)]
 pub struct ResponseEnd {
-    pub success: Counter,
-    pub failure: Counter,
+    pub success: Series<Counter>,
+    pub failure: Series<Counter>,
     /// gRPC responses are classified by `grpc-status`, others by HTTP status.
     pub grpc: bool,
     pub http_failed: bool,

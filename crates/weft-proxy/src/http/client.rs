@@ -172,6 +172,11 @@ impl Endpoint {
     }
 
     fn failed(&self, e: &hyper::Error) -> ProxyError {
+        // The client's own body failed (it reset or broke its framing): not
+        // the endpoint's fault, so not counted against it.
+        if e.is_user() {
+            return ProxyError::RequestBody(crate::control::error_chain(e));
+        }
         ProxyError::Upstream {
             addr: self.addr,
             reason: crate::control::error_chain(e),

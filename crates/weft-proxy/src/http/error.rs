@@ -41,6 +41,8 @@ pub enum ProxyError {
     Loop(SocketAddr),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("the request body failed: {0}")]
+    RequestBody(String),
     #[error("{target} has no ready endpoints")]
     NoEndpoints { target: String },
     #[error("all {count} endpoints of {target} are failing and ejected; retry later")]
@@ -74,7 +76,9 @@ impl ProxyError {
             | ProxyError::Mesh(_)
             | ProxyError::Upstream { .. }
             | ProxyError::Resolve { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Loop(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Loop(_) | ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::NoEndpoints { .. }
             | ProxyError::AllEjected { .. }
             | ProxyError::DiscoveryTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +105,7 @@ impl ProxyError {
             ProxyError::Resolve { .. } => "resolve_failed",
             ProxyError::Loop(_) => "loop",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::RequestBody(_) => "request_body_failed",
             ProxyError::NoEndpoints { .. } => "no_endpoints",
             ProxyError::AllEjected { .. } => "all_endpoints_ejected",
             ProxyError::DiscoveryTimeout { .. } => "discovery_timeout",
@@ -131,8 +136,14 @@ impl ProxyError {
 
 /// A header value from arbitrary text: anything that is not visible ASCII becomes '?'.
 fn header_value(text: &str) -> HeaderValue {
-    let clean: String = text
-        .chars()
+    HeaderValue::from_str(&header_safe(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("proxy error"))
+}
+
+/// Text made safe for a header value: anything that is not visible ASCII or a
+/// space becomes '?'.
+pub(crate) fn header_safe(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c == ' ' || c.is_ascii_graphic() {
                 c
@@ -140,8 +151,7 @@ fn header_value(text: &str) -> HeaderValue {
                 '?'
             }
         })
-        .collect();
-    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("proxy error"))
+        .collect()
 }
 
 /// Percent-encodes a grpc-message as the gRPC HTTP/2 spec requires.

@@ -15,6 +15,7 @@ pub mod body;
 pub mod client;
 pub mod error;
 pub mod headers;
+pub mod strict;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -63,6 +64,8 @@ pub struct HttpConn {
     dest: Option<Dest>,
     /// The HTTP/1 connection this client connection is using upstream.
     lease: Lease,
+    /// HTTP/1 clients: what the strict request reader found.
+    strict: Option<Arc<strict::Shared>>,
 }
 
 impl HttpConn {
@@ -84,6 +87,7 @@ impl HttpConn {
             },
             _ => Dest::Fixed(shared.clients.endpoint(direction, addr)),
         });
+        let strict = (!http2).then(|| strict::Shared::new(direction, shared.metrics.clone()));
         HttpConn {
             direction,
             http2,
@@ -94,6 +98,7 @@ impl HttpConn {
             client_id: client_id.and_then(|id| http::HeaderValue::from_str(id.as_str()).ok()),
             dest,
             lease: Lease::default(),
+            strict,
         }
     }
 }
@@ -132,24 +137,39 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let watch = conn.watch.clone();
-    let http2 = conn.http2;
-    let header_read_timeout = conn.shared.config.http_header_read_timeout;
+    let config = &conn.shared.config;
+    let limits = strict::Limits {
+        max_head: config.http_max_head_size,
+        head_timeout: config.http_header_read_timeout,
+    };
+    let header_read_timeout = config.http_header_read_timeout;
+    let strict = conn.strict.clone();
     let svc = service_fn(move |req| handle(conn.clone(), req));
-    let io = TokioIo::new(io);
-    if http2 {
-        let c = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(io, svc);
-        until_drained!(c, watch)
-    } else {
-        let c = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .serve_connection(io, svc)
-            .with_upgrades();
-        until_drained!(c, watch)
+    match strict {
+        None => {
+            let c = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(io), svc);
+            until_drained!(c, watch)
+        }
+        Some(strict) => {
+            let io = TokioIo::new(strict::StrictIo::new(io, limits, strict));
+            // Heads reach hyper whole and checked; its own timer bounds idle
+            // keep-alive connections, and its buffer stays small.
+            let c = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .max_buf_size(HTTP1_READ_BUFFER)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            until_drained!(c, watch)
+        }
     }
 }
+
+/// hyper's read buffer per HTTP/1 client connection: room for a checked head
+/// and some body, and a bound on what one connection holds.
+const HTTP1_READ_BUFFER: usize = 64 * 1024;
 
 async fn handle(
     conn: Arc<HttpConn>,
@@ -157,6 +177,10 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
+    // The strict reader holds the connection after a protocol-switch request
+    // until it learns how the request ended.
+    let switch = conn.strict.clone().filter(|_| headers::is_upgrade(&req));
+    let is_connect = req.method() == Method::CONNECT;
     let authority = request_authority(&req);
     let target = target(&conn, &req, authority.as_ref()).await;
     let target_addr = target.as_ref().map_or(conn.listen_addr, Target::addr);
@@ -182,6 +206,13 @@ async fn handle(
         Ok(target) => proxy(&conn, req, authority, target, &metrics, started, grpc).await,
         Err(e) => Err(e),
     };
+    if let Some(strict) = switch {
+        let switched = result.as_ref().is_ok_and(|resp| {
+            resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                || (is_connect && resp.status().is_success())
+        });
+        strict.upgraded(switched);
+    }
     match result {
         Ok(resp) => Ok(resp),
         Err(err) => {
@@ -373,14 +404,6 @@ async fn proxy(
     };
     let addr = endpoint.addr;
 
-    if conn.direction == Direction::Inbound {
-        // Only this proxy may say who the client is: drop what came from outside.
-        let headers = req.headers_mut();
-        headers.remove(L5D_CLIENT_ID);
-        if let Some(id) = &conn.client_id {
-            headers.insert(L5D_CLIENT_ID, id.clone());
-        }
-    }
     let upgrade = headers::is_upgrade(&req);
     let is_connect = req.method() == Method::CONNECT;
     let version = req.version();
@@ -390,6 +413,17 @@ async fn proxy(
         *req.uri_mut() = absolute_uri(req.uri(), authority, addr)?;
     } else if !is_connect {
         origin_form(&mut req)?;
+    }
+    if conn.direction == Direction::Inbound {
+        // Only this proxy may say who the client is: whatever came from outside
+        // is dropped, and the verified identity is set after every other
+        // header change, so nothing the client sent (a `Connection` header
+        // naming it, say) can remove it.
+        let headers = req.headers_mut();
+        headers.remove(L5D_CLIENT_ID);
+        if let Some(id) = &conn.client_id {
+            headers.insert(L5D_CLIENT_ID, id.clone());
+        }
     }
     // An outbound HTTP/1 request may ride HTTP/2 to a meshed peer's proxy;
     // a connection that will be handed over (upgrade, CONNECT) may not.
@@ -607,11 +641,16 @@ async fn send(
             conn.lease.send_http1(endpoint, req).await
         }
     };
-    match deadline {
+    let result = match deadline {
         Some((at, timeout)) => tokio::time::timeout_at(at.into(), response)
             .await
             .unwrap_or(Err(ProxyError::ResponseTimeout { addr, timeout })),
         None => response.await,
+    };
+    // A request whose client broke its framing failed because of the client.
+    match (result, conn.strict.as_ref().and_then(|s| s.violation())) {
+        (Err(_), Some(violation)) => Err(ProxyError::BadRequest(violation.reason)),
+        (result, _) => result,
     }
 }
 

@@ -388,8 +388,6 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
             "init",
             "--proxy-uid",
             &PROXY_UID.to_string(),
-            "--ipv6",
-            "false",
             "--skip-inbound-ports",
             "4190,4191",
         ])?;

@@ -88,6 +88,7 @@ impl Network {
             format!("w{}{index}p", self.mesh),
         );
         ip(&["netns", "add", &ns])?;
+        disable_ipv6(&ns)?;
         ip(&[
             "link", "add", &host_end, "type", "veth", "peer", "name", &pod_end,
         ])?;
@@ -191,4 +192,14 @@ impl Network {
         let _ = ip(&["link", "del", &self.bridge()]);
         removed
     }
+}
+
+/// Turns IPv6 off in a pod's namespace before any interface is moved in, so
+/// no address (not even a link-local one) exists to reach the program around
+/// its proxy. The capture rules cover IPv6 as well, should it come back.
+fn disable_ipv6(ns: &str) -> anyhow::Result<()> {
+    let script = "for f in all default; do p=/proc/sys/net/ipv6/conf/$f/disable_ipv6; \
+                  [ -e $p ] || exit 0; echo 1 > $p || exit 1; done";
+    ip(&["netns", "exec", ns, "sh", "-c", script])
+        .with_context(|| format!("turning IPv6 off in network namespace {ns}"))
 }

@@ -3,7 +3,11 @@
 //! Label sets are resolved once per connection ([`TcpConn`]) and once per
 //! authority on a connection ([`AuthorityMetrics`]); the request path then only
 //! clones handles and bumps atomics. Families hash label sets only on those
-//! first look-ups.
+//! first look-ups. Every family is bounded ([`family`]): a cap on label sets
+//! with an overflow series, and idle series dropped. Inbound HTTP metrics carry
+//! no client-chosen authority unless asked for.
+
+pub mod family;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,10 +20,12 @@ use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+pub use self::family::SeriesLimits;
+use self::family::{Family, Series};
 
 /// Linkerd's latency buckets (milliseconds), so its dashboards' quantiles line up.
 const LATENCY_MS_BUCKETS: [f64; 25] = [
@@ -142,12 +148,28 @@ struct TcpCloseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     direction: Direction,
-    authority: String,
+    #[prometheus(flatten)]
+    authority: AuthorityLabel,
     target_addr: String,
     #[prometheus(flatten)]
     tls: Tls,
     #[prometheus(flatten)]
     dst: DstLabels,
+}
+
+/// The `authority` label, or none: inbound, the authority is the client's
+/// choice, and is left out unless `WEFT_PROXY_INBOUND_METRICS_AUTHORITY_LABELS=unsafe`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct AuthorityLabel(Option<String>);
+
+impl EncodeLabelSet for AuthorityLabel {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        use prometheus_client::encoding::EncodeLabel;
+        match &self.0 {
+            Some(authority) => ("authority", authority.as_str()).encode(encoder.encode_label()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What discovery says about an endpoint (`namespace`, `service`,
@@ -226,7 +248,7 @@ struct ErrorLabels {
     error: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, Histogram>;
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_MS_BUCKETS)
@@ -251,6 +273,10 @@ pub struct Metrics {
     response_latency_ms: HistogramFamily<LatencyLabels>,
     inbound_http_errors_total: Family<ErrorLabels, Counter>,
     outbound_http_errors_total: Family<ErrorLabels, Counter>,
+    inbound_tcp_accept_errors_total: Family<ErrorLabels, Counter>,
+    outbound_tcp_accept_errors_total: Family<ErrorLabels, Counter>,
+    /// Whether inbound HTTP metrics carry the client's authority.
+    inbound_authority: bool,
     identity_cert_expiration_timestamp_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     identity_cert_refresh_total: Family<RefreshLabels, Counter>,
     route_request_total: Family<RouteLabels, Counter>,
@@ -271,7 +297,7 @@ struct ControlLabels {
 }
 
 /// An open control-plane stream; dropping it ends the count.
-pub struct ActiveStream(Gauge);
+pub struct ActiveStream(Series<Gauge>);
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
@@ -285,30 +311,41 @@ struct RefreshLabels {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Self> {
+    /// Every family bounded by `limits`; `inbound_authority` labels inbound
+    /// HTTP metrics with the client's authority (unsafe: the client picks it).
+    pub fn new(limits: SeriesLimits, inbound_authority: bool) -> Arc<Self> {
+        fn counters<L: Clone + std::hash::Hash + Eq>(limits: SeriesLimits) -> Family<L, Counter> {
+            Family::new(limits, Counter::default)
+        }
+        fn gauges<L: Clone + std::hash::Hash + Eq>(limits: SeriesLimits) -> Family<L, Gauge> {
+            Family::new(limits, Gauge::default)
+        }
         let mut m = Metrics {
-            tcp_open_total: Family::default(),
-            tcp_close_total: Family::default(),
-            tcp_open_connections: Family::default(),
-            tcp_read_bytes_total: Family::default(),
-            tcp_write_bytes_total: Family::default(),
-            tcp_connection_duration_ms: Family::new_with_constructor(duration_histogram),
-            request_total: Family::default(),
-            response_total: Family::default(),
-            response_latency_ms: Family::new_with_constructor(latency_histogram),
-            inbound_http_errors_total: Family::default(),
-            outbound_http_errors_total: Family::default(),
+            inbound_authority,
+            tcp_open_total: counters(limits),
+            tcp_close_total: counters(limits),
+            tcp_open_connections: gauges(limits),
+            tcp_read_bytes_total: counters(limits),
+            tcp_write_bytes_total: counters(limits),
+            tcp_connection_duration_ms: Family::new(limits, duration_histogram),
+            request_total: counters(limits),
+            response_total: counters(limits),
+            response_latency_ms: Family::new(limits, latency_histogram),
+            inbound_http_errors_total: counters(limits),
+            outbound_http_errors_total: counters(limits),
+            inbound_tcp_accept_errors_total: counters(limits),
+            outbound_tcp_accept_errors_total: counters(limits),
             identity_cert_expiration_timestamp_seconds: Gauge::default(),
-            identity_cert_refresh_total: Family::default(),
-            route_request_total: Family::default(),
-            route_response_total: Family::default(),
-            route_response_latency_ms: Family::new_with_constructor(latency_histogram),
-            route_actual_request_total: Family::default(),
-            route_actual_response_total: Family::default(),
-            control_request_total: Family::default(),
-            control_stream_failures_total: Family::default(),
-            control_updates_total: Family::default(),
-            control_streams_active: Family::default(),
+            identity_cert_refresh_total: counters(limits),
+            route_request_total: counters(limits),
+            route_response_total: counters(limits),
+            route_response_latency_ms: Family::new(limits, latency_histogram),
+            route_actual_request_total: counters(limits),
+            route_actual_response_total: counters(limits),
+            control_request_total: counters(limits),
+            control_stream_failures_total: counters(limits),
+            control_updates_total: counters(limits),
+            control_streams_active: gauges(limits),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -360,6 +397,16 @@ impl Metrics {
             "outbound_http_errors",
             "Outbound HTTP requests the proxy answered with an error of its own",
             m.outbound_http_errors_total.clone(),
+        );
+        m.registry.register(
+            "inbound_tcp_accept_errors",
+            "Inbound connections closed before they were served, by reason",
+            m.inbound_tcp_accept_errors_total.clone(),
+        );
+        m.registry.register(
+            "outbound_tcp_accept_errors",
+            "Outbound connections closed before they were served, by reason",
+            m.outbound_tcp_accept_errors_total.clone(),
         );
         m.registry.register(
             "identity_cert_expiration_timestamp_seconds",
@@ -495,6 +542,15 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection closed before it was served.
+    pub fn tcp_accept_error(&self, direction: Direction, error: &'static str) {
+        let family = match direction {
+            Direction::Inbound => &self.inbound_tcp_accept_errors_total,
+            Direction::Outbound => &self.outbound_tcp_accept_errors_total,
+        };
+        family.get_or_create(&ErrorLabels { error }).inc();
+    }
+
     /// Counts an error response the proxy produced itself.
     pub fn http_error(&self, direction: Direction, error: &'static str) {
         let family = match direction {
@@ -521,9 +577,9 @@ pub struct TcpConn {
 #[derive(Debug)]
 struct LabelledConn {
     labels: TcpLabels,
-    read: Counter,
-    written: Counter,
-    open: Gauge,
+    read: Series<Counter>,
+    written: Series<Counter>,
+    open: Series<Gauge>,
 }
 
 impl TcpConn {
@@ -535,11 +591,11 @@ impl TcpConn {
         let labelled = self.labelled.get_or_init(|| {
             fresh = true;
             m.tcp_open_total.get_or_create(&labels).inc();
-            let open = m.tcp_open_connections.get_or_create_owned(&labels);
+            let open = m.tcp_open_connections.get_or_create(&labels);
             open.inc();
             LabelledConn {
-                read: m.tcp_read_bytes_total.get_or_create_owned(&labels),
-                written: m.tcp_write_bytes_total.get_or_create_owned(&labels),
+                read: m.tcp_read_bytes_total.get_or_create(&labels),
+                written: m.tcp_write_bytes_total.get_or_create(&labels),
                 open,
                 labels,
             }
@@ -659,17 +715,19 @@ impl HttpConnMetrics {
         target_addr: SocketAddr,
         endpoint: impl FnOnce() -> (Option<weft_identity::Identity>, DstLabels),
     ) -> Arc<AuthorityMetrics> {
+        let authority = (self.direction == Direction::Outbound || self.metrics.inbound_authority)
+            .then_some(authority);
         let mut recent = crate::lock(&self.recent);
         if let Some(m) = recent
             .iter()
-            .find(|m| m.target == target_addr && m.labels.authority == authority)
+            .find(|m| m.target == target_addr && m.labels.authority.0.as_deref() == authority)
         {
             return m.clone();
         }
         let (server_id, dst) = endpoint();
         let labels = RequestLabels {
             direction: self.direction,
-            authority: authority.to_string(),
+            authority: AuthorityLabel(authority.map(str::to_string)),
             target_addr: target_addr.to_string(),
             tls: match server_id {
                 Some(id) => Tls::ToServer(id.as_str().into()),
@@ -679,7 +737,7 @@ impl HttpConnMetrics {
         };
         let m = Arc::new(AuthorityMetrics {
             target: target_addr,
-            request_total: self.metrics.request_total.get_or_create_owned(&labels),
+            request_total: self.metrics.request_total.get_or_create(&labels),
             statuses: Mutex::new(Vec::new()),
             labels,
             metrics: self.metrics.clone(),
@@ -696,7 +754,7 @@ impl HttpConnMetrics {
 #[derive(Debug)]
 pub struct AuthorityMetrics {
     target: SocketAddr,
-    pub request_total: Counter,
+    pub request_total: Series<Counter>,
     statuses: Mutex<Vec<StatusMetrics>>,
     labels: RequestLabels,
     metrics: Arc<Metrics>,
@@ -707,9 +765,9 @@ pub struct AuthorityMetrics {
 #[derive(Clone, Debug)]
 pub struct StatusMetrics {
     code: u16,
-    pub latency_ms: Histogram,
-    pub success: Counter,
-    pub failure: Counter,
+    pub latency_ms: Series<Histogram>,
+    pub success: Series<Counter>,
+    pub failure: Series<Counter>,
 }
 
 impl AuthorityMetrics {
@@ -729,18 +787,15 @@ impl AuthorityMetrics {
         };
         let s = StatusMetrics {
             code,
-            latency_ms: self
-                .metrics
-                .response_latency_ms
-                .get_or_create_owned(&latency),
+            latency_ms: self.metrics.response_latency_ms.get_or_create(&latency),
             success: self
                 .metrics
                 .response_total
-                .get_or_create_owned(&response("success")),
+                .get_or_create(&response("success")),
             failure: self
                 .metrics
                 .response_total
-                .get_or_create_owned(&response("failure")),
+                .get_or_create(&response("failure")),
         };
         statuses.push(s.clone());
         s
@@ -756,8 +811,8 @@ impl Metrics {
             rt_route: route.into(),
         };
         RouteMetrics {
-            request_total: self.route_request_total.get_or_create_owned(&labels),
-            actual_request_total: self.route_actual_request_total.get_or_create_owned(&labels),
+            request_total: self.route_request_total.get_or_create(&labels),
+            actual_request_total: self.route_actual_request_total.get_or_create(&labels),
             statuses: Mutex::new(Vec::new()),
             labels,
             metrics: self.clone(),
@@ -768,8 +823,8 @@ impl Metrics {
 /// Handles for one route, resolved once per route and profile version.
 #[derive(Debug)]
 pub struct RouteMetrics {
-    pub request_total: Counter,
-    pub actual_request_total: Counter,
+    pub request_total: Series<Counter>,
+    pub actual_request_total: Series<Counter>,
     statuses: Mutex<Vec<(u16, bool, RouteStatus)>>,
     labels: RouteLabels,
     metrics: Arc<Metrics>,
@@ -777,9 +832,9 @@ pub struct RouteMetrics {
 
 #[derive(Clone, Debug)]
 pub struct RouteStatus {
-    pub latency_ms: Histogram,
-    pub response: Counter,
-    pub actual_response: Counter,
+    pub latency_ms: Series<Histogram>,
+    pub response: Series<Counter>,
+    pub actual_response: Series<Counter>,
 }
 
 impl RouteMetrics {
@@ -797,20 +852,18 @@ impl RouteMetrics {
             classification: if failure { "failure" } else { "success" },
         };
         let s = RouteStatus {
-            latency_ms: self.metrics.route_response_latency_ms.get_or_create_owned(
-                &RouteLatencyLabels {
+            latency_ms: self
+                .metrics
+                .route_response_latency_ms
+                .get_or_create(&RouteLatencyLabels {
                     route: self.labels.clone(),
                     status_code: code,
-                },
-            ),
-            response: self
-                .metrics
-                .route_response_total
-                .get_or_create_owned(&response),
+                }),
+            response: self.metrics.route_response_total.get_or_create(&response),
             actual_response: self
                 .metrics
                 .route_actual_response_total
-                .get_or_create_owned(&response),
+                .get_or_create(&response),
         };
         statuses.push((code, failure, s.clone()));
         s
@@ -919,7 +972,7 @@ mod tests {
 
     #[test]
     fn exposition_uses_linkerd_names_and_labels() {
-        let m = Metrics::new();
+        let m = Metrics::new(SeriesLimits::default(), false);
         let conn = m.tcp_open(TcpLabels::new(
             Direction::Inbound,
             Peer::Src,
@@ -955,9 +1008,9 @@ mod tests {
 
         let text = m.encode();
         for needle in [
-            r#"request_total{direction="inbound",authority="web:80",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 1"#,
-            r#"response_total{direction="inbound",authority="web:80",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",status_code="200",classification="success"} 1"#,
-            r#"response_latency_ms_bucket{direction="inbound",authority="web:80",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",status_code="200",le="3"} 1"#,
+            r#"request_total{direction="inbound",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 1"#,
+            r#"response_total{direction="inbound",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",status_code="200",classification="success"} 1"#,
+            r#"response_latency_ms_bucket{direction="inbound",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",status_code="200",le="3"} 1"#,
             r#"tcp_read_bytes_total{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 10"#,
             r#"tcp_open_connections{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 0"#,
             r#"tcp_close_total{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",errno=""} 1"#,
