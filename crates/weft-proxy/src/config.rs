@@ -51,6 +51,10 @@ settings! {
         "1s", "How long inbound protocol detection waits for the client's first bytes. A client that sends nothing by then is closed (list server-speaks-first ports in WEFT_PROXY_INBOUND_OPAQUE_PORTS); bytes that look like HTTP/1 are served as HTTP/1 whether or not the request is complete.";
     OUTBOUND_DETECT_TIMEOUT = "WEFT_PROXY_OUTBOUND_DETECT_TIMEOUT", ["LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT"],
         "1s", "The same for outbound connections, except that a client that sends nothing is proxied as opaque TCP (a server-speaks-first protocol).";
+    INBOUND_MAX_CONNECTIONS = "WEFT_PROXY_INBOUND_MAX_CONNECTIONS", [],
+        "10000", "Most inbound connections served at once; further ones are closed at accept and counted in inbound_tcp_accept_errors_total{error=\"connection_limit\"}.";
+    OUTBOUND_MAX_CONNECTIONS = "WEFT_PROXY_OUTBOUND_MAX_CONNECTIONS", [],
+        "10000", "The same for outbound connections.";
     INBOUND_CONNECT_TIMEOUT = "WEFT_PROXY_INBOUND_CONNECT_TIMEOUT", ["LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT"],
         "1s", "Connect timeout towards the local workload.";
     OUTBOUND_CONNECT_TIMEOUT = "WEFT_PROXY_OUTBOUND_CONNECT_TIMEOUT", ["LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT"],
@@ -200,6 +204,8 @@ pub struct Config {
     pub outbound_opaque_ports: PortSet,
     pub inbound_detect_timeout: Duration,
     pub outbound_detect_timeout: Duration,
+    pub inbound_max_connections: usize,
+    pub outbound_max_connections: usize,
     pub inbound_connect_timeout: Duration,
     pub outbound_connect_timeout: Duration,
     pub response_timeout: Option<Duration>,
@@ -257,6 +263,13 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 }
 
+fn parse_connections(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("expected a number of connections from 1 to 1000000".into()),
+    }
+}
+
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim() {
         "true" => Ok(true),
@@ -288,6 +301,8 @@ impl Config {
             outbound_opaque_ports: r.parse(&OUTBOUND_OPAQUE_PORTS, PortSet::parse)?,
             inbound_detect_timeout: r.parse(&INBOUND_DETECT_TIMEOUT, parse_duration)?,
             outbound_detect_timeout: r.parse(&OUTBOUND_DETECT_TIMEOUT, parse_duration)?,
+            inbound_max_connections: r.parse(&INBOUND_MAX_CONNECTIONS, parse_connections)?,
+            outbound_max_connections: r.parse(&OUTBOUND_MAX_CONNECTIONS, parse_connections)?,
             inbound_connect_timeout: r.parse(&INBOUND_CONNECT_TIMEOUT, parse_duration)?,
             outbound_connect_timeout: r.parse(&OUTBOUND_CONNECT_TIMEOUT, parse_duration)?,
             response_timeout: r.optional(&RESPONSE_TIMEOUT, parse_duration)?,

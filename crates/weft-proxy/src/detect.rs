@@ -260,6 +260,10 @@ impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Let the detection buffer go now, not when the connection ends.
+                *this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.io.poll_read(cx, buf)

@@ -30,6 +30,11 @@ use crate::tcp::{Dialer, MeshEndpoint};
 
 /// Resolutions unused for this long are dropped (their streams closed).
 const IDLE_EXPIRY: Duration = Duration::from_secs(60);
+/// Most resolutions kept for reuse. Explicit-proxy clients name any target
+/// they like; past this, the least recently used one nobody holds makes room,
+/// and if every one is held, the new one lives only as long as its users
+/// (the connection caps bound those).
+const MAX_RESOLUTIONS: usize = 1000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -159,8 +164,32 @@ impl Discovery {
                 tasks: [endpoints.abort_handle(), profile.abort_handle()],
             }
         });
+        if map.len() >= MAX_RESOLUTIONS {
+            let unheld = map
+                .iter()
+                .filter(|(_, r)| Arc::strong_count(r) == 1)
+                .min_by_key(|(_, r)| *lock(&r.last_used))
+                .map(|(target, _)| target.clone());
+            match unheld {
+                Some(oldest) => {
+                    map.remove(&oldest);
+                }
+                None => {
+                    warn!(
+                        max = MAX_RESOLUTIONS,
+                        "every kept resolution is in use; this one is not kept"
+                    );
+                    return resolution;
+                }
+            }
+        }
         map.insert(target.into(), resolution.clone());
         resolution
+    }
+
+    /// How many resolutions are kept for reuse.
+    pub fn kept(&self) -> usize {
+        lock(&self.resolutions).len()
     }
 }
 
@@ -386,4 +415,48 @@ fn mesh_endpoint(a: &api::WeightedAddr) -> Result<Option<MeshEndpoint>, String> 
         opaque_transport_port,
         http2_upgrade,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn kept_resolutions_are_bounded_whatever_targets_clients_name() {
+        let metrics = Metrics::new(Default::default(), false);
+        let dialer = Arc::new(Dialer {
+            metrics: metrics.clone(),
+            inbound_connect_timeout: Duration::from_secs(1),
+            outbound_connect_timeout: Duration::from_secs(1),
+            outbound_identities: Default::default(),
+            mesh: None,
+        });
+        // Nothing listens there; the channel is lazy and only retries.
+        let service = ControlAddr {
+            addr: "127.0.0.1:9".into(),
+            identity: None,
+        };
+        let discovery = Discovery::new(
+            &service,
+            None,
+            String::new(),
+            dialer,
+            metrics,
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        for n in 0..MAX_RESOLUTIONS + 500 {
+            discovery.resolve(&format!("attacker-{n}.svc.cluster.local:80"));
+        }
+        assert_eq!(discovery.kept(), MAX_RESOLUTIONS);
+
+        // Held ones are never evicted; a new one past them is not kept.
+        let held: Vec<_> = (0..MAX_RESOLUTIONS)
+            .map(|n| discovery.resolve(&format!("held-{n}:80")))
+            .collect();
+        let extra = discovery.resolve("one-more:80");
+        assert_eq!(discovery.kept(), MAX_RESOLUTIONS);
+        assert!(Arc::ptr_eq(&held[0], &discovery.resolve("held-0:80")));
+        assert_eq!(Arc::strong_count(&extra), 1);
+    }
 }

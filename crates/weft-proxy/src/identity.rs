@@ -30,7 +30,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const RENEW_AT: f64 = 0.7;
 
 /// A certificate this proxy may present, with its private key.
-#[derive(Debug)]
 pub struct Credentials {
     pub identity: Identity,
     pub leaf_der: Vec<u8>,
@@ -39,6 +38,19 @@ pub struct Credentials {
     /// PKCS#8 DER of the private key.
     pub key_der: Vec<u8>,
     pub valid_until: SystemTime,
+}
+
+/// Never prints the key, so no log line or panic message can carry it.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity)
+            .field("leaf_der", &format_args!("{} bytes", self.leaf_der.len()))
+            .field("chain", &self.chain.len())
+            .field("key_der", &"<redacted>")
+            .field("valid_until", &self.valid_until)
+            .finish()
+    }
 }
 
 pub type CredentialsWatch = watch::Receiver<Option<Arc<Credentials>>>;
@@ -180,4 +192,26 @@ fn trim_ascii(mut token: Vec<u8>) -> Vec<u8> {
         token.pop();
     }
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_private_key() {
+        let creds = Credentials {
+            identity: "web.demo.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
+            leaf_der: vec![1; 10],
+            chain: vec![],
+            key_der: b"SECRET-KEY-BYTES".to_vec(),
+            valid_until: SystemTime::UNIX_EPOCH,
+        };
+        let shown = format!("{creds:?}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(!shown.contains("83, 69, 67"), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
 }

@@ -198,6 +198,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// At most one warning per listener this often while it refuses connections.
+const LIMIT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn accept_loop(
     shared: Arc<Shared>,
     direction: Direction,
@@ -208,6 +211,14 @@ async fn accept_loop(
         Ok(a) => a,
         Err(e) => return warn!(%direction, error = %e, "listener has no address"),
     };
+    let max = match direction {
+        Direction::Inbound => shared.config.inbound_max_connections,
+        Direction::Outbound => shared.config.outbound_max_connections,
+    };
+    // A connection holds a permit for its whole life: memory and file
+    // descriptors stay bounded however many clients arrive.
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let mut last_warned: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = watch.signaled() => return,
@@ -215,6 +226,17 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, client)) => {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    shared
+                        .metrics
+                        .tcp_accept_error(direction, "connection_limit");
+                    if last_warned.is_none_or(|t| t.elapsed() >= LIMIT_WARNING_INTERVAL) {
+                        last_warned = Some(std::time::Instant::now());
+                        warn!(%direction, max, %client, "connection limit reached; closing new connections (see WEFT_PROXY_INBOUND_MAX_CONNECTIONS and WEFT_PROXY_OUTBOUND_MAX_CONNECTIONS)");
+                    }
+                    drop(stream);
+                    continue;
+                };
                 let span = info_span!("conn", dir = %direction, %client);
                 let conn = serve_connection(
                     shared.clone(),
@@ -223,7 +245,13 @@ async fn accept_loop(
                     listen_addr,
                     watch.clone(),
                 );
-                tokio::spawn(conn.instrument(span));
+                tokio::spawn(
+                    async move {
+                        conn.await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -297,7 +325,10 @@ async fn serve_connection(
         && detect::client_hello_sni(&prefix).as_deref() == Some(local.as_str())
     {
         let io = PrefixedIo::new(prefix, io);
-        let Some(mesh) = accept_mesh_tls(&shared, &mesh, io, target, detect_timeout).await else {
+        // Boxed, like every stage after detection, so that a connection still
+        // being detected (or refused) holds only a small future.
+        let accepted = Box::pin(accept_mesh_tls(&shared, &mesh, io, target, detect_timeout));
+        let Some(mesh) = accepted.await else {
             return;
         };
         let tls = Tls::FromClient(mesh.client_id.as_ref().map(|c| c.as_str().into()));
@@ -311,13 +342,12 @@ async fn serve_connection(
             client_id: mesh.client_id,
             watch,
         };
-        return conn
-            .serve(
-                PrefixedIo::new(mesh.prefix, mesh.io),
-                client_conn,
-                mesh.protocol,
-            )
-            .await;
+        return Box::pin(conn.serve(
+            PrefixedIo::new(mesh.prefix, mesh.io),
+            client_conn,
+            mesh.protocol,
+        ))
+        .await;
     }
     client_conn.label(labels(target, tls.clone()));
     let conn = Conn {
@@ -329,8 +359,7 @@ async fn serve_connection(
         client_id: None,
         watch,
     };
-    conn.serve(PrefixedIo::new(prefix, io), client_conn, protocol)
-        .await
+    Box::pin(conn.serve(PrefixedIo::new(prefix, io), client_conn, protocol)).await
 }
 
 type MeshServerIo = tokio_rustls::server::TlsStream<PrefixedIo<Metered<TcpStream>>>;

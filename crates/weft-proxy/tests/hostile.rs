@@ -321,3 +321,111 @@ async fn ten_thousand_authorities_do_not_grow_the_proxy() {
     // Three families (requests, responses, latency buckets) of 100 series each.
     assert!(text.len() < 1024 * 1024, "exposition {} bytes", text.len());
 }
+
+/// Open inbound connections as the proxy counts them.
+fn open_inbound(proxy: &Proxy) -> f64 {
+    proxy.metric(
+        "tcp_open_connections",
+        &[("direction", "inbound"), ("peer", "src")],
+    )
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_hold_bounded_memory_and_give_it_back() {
+    const CONNS: usize = 3000;
+    let app = spawn_server(weft_testkit::http::serve).await;
+    let proxy = inbound_proxy_to(app, &[]);
+    distinct_authorities(proxy.inbound, 200, 4).await;
+    let (idle, _) = proxy.memory_kib();
+
+    // Each client sends 12 KiB of an unfinished head, and waits.
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: {}",
+        "p".repeat(12 * 1024)
+    );
+    let mut clients = Vec::new();
+    for _ in 0..CONNS {
+        let mut s = TcpStream::connect(proxy.inbound).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        clients.push(s);
+    }
+    wait_for("every half-sent request held", || {
+        open_inbound(&proxy) >= CONNS as f64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (held, _) = proxy.memory_kib();
+    drop(clients);
+    wait_for("every connection closed", || open_inbound(&proxy) == 0.0).await;
+    // Freed pages go back to the system within about two seconds.
+    let mut after = u64::MAX;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = proxy.memory_kib().0;
+        if after < idle + 16 * 1024 {
+            break;
+        }
+    }
+    let peak = proxy.memory_kib().1;
+    eprintln!(
+        "{CONNS} half-sent heads: RSS idle {idle} KiB, held {held} KiB, after {after} KiB, peak {peak} KiB"
+    );
+    // About 52 KiB in a release build (docs/benchmarks.md); debug builds are larger.
+    let per_conn = (held.saturating_sub(idle)) / CONNS as u64;
+    assert!(per_conn < 96, "{per_conn} KiB per half-sent request");
+    assert!(
+        after < idle + 16 * 1024,
+        "RSS did not come back: idle {idle} KiB, after {after} KiB"
+    );
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_and_counted() {
+    let app = spawn_server(weft_testkit::http::serve).await;
+    let proxy = inbound_proxy_to(app, &[("WEFT_PROXY_INBOUND_MAX_CONNECTIONS", "20".into())]);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(proxy.inbound).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    wait_for("20 connections held", || open_inbound(&proxy) == 20.0).await;
+    let refused = exchange(
+        proxy.inbound,
+        &[b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n"],
+        Duration::ZERO,
+    )
+    .await;
+    assert!(refused.is_empty(), "{refused}");
+    assert_eq!(
+        proxy.metric(
+            "inbound_tcp_accept_errors_total",
+            &[("error", "connection_limit")]
+        ),
+        1.0
+    );
+    assert!(proxy.log().contains("connection limit reached"));
+    drop(held);
+    wait_for("the held connections closed", || {
+        open_inbound(&proxy) == 0.0
+    })
+    .await;
+    let served = exchange(
+        proxy.inbound,
+        &[b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"],
+        Duration::ZERO,
+    )
+    .await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+}

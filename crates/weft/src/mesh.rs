@@ -96,6 +96,9 @@ pub fn parse(text: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// Largest admin reply the CLI reads.
+const MAX_ADMIN_REPLY: u64 = 32 << 20;
+
 /// A GET to a proxy's (or control plane's) admin server: status and body.
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
@@ -105,9 +108,20 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         s,
         "GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
     )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)
+    // A proxy's whole exposition is well under this; a peer that sends more
+    // is not a proxy to trust with the CLI's memory.
+    let mut raw = Vec::new();
+    (&mut s)
+        .take(MAX_ADMIN_REPLY + 1)
+        .read_to_end(&mut raw)
         .with_context(|| format!("reading {path} from {addr}"))?;
+    if raw.len() as u64 > MAX_ADMIN_REPLY {
+        anyhow::bail!(
+            "{addr}{path} answered more than {} MiB",
+            MAX_ADMIN_REPLY >> 20
+        );
+    }
+    let text = String::from_utf8_lossy(&raw);
     let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text
         .split_once("\r\n\r\n")

@@ -119,8 +119,8 @@ enum Dest {
 /// finish in-flight requests and close.
 macro_rules! until_drained {
     ($conn:expr, $watch:expr) => {{
-        let conn = $conn;
-        tokio::pin!(conn);
+        // A boxed connection (`Pin<Box<_>>`).
+        let mut conn = $conn;
         tokio::select! {
             res = conn.as_mut() => res,
             _ = $watch.signaled() => {
@@ -146,26 +146,43 @@ where
     let strict = conn.strict.clone();
     let svc = service_fn(move |req| handle(conn.clone(), req));
     match strict {
+        // Each protocol's connection is boxed on its own, so an HTTP/1
+        // connection does not carry room for HTTP/2's state, and back.
         None => {
-            let c = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(io), svc);
+            // Pings find peers that vanished without closing; a header
+            // block is bounded like an HTTP/1 head.
+            let c = Box::pin(
+                http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+                    .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+                    .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX))
+                    .max_concurrent_streams(HTTP2_MAX_STREAMS)
+                    .serve_connection(TokioIo::new(io), svc),
+            );
             until_drained!(c, watch)
         }
         Some(strict) => {
             let io = TokioIo::new(strict::StrictIo::new(io, limits, strict));
             // Heads reach hyper whole and checked; its own timer bounds idle
             // keep-alive connections, and its buffer stays small.
-            let c = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .max_buf_size(HTTP1_READ_BUFFER)
-                .serve_connection(io, svc)
-                .with_upgrades();
+            let c = Box::pin(
+                http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
+                    .max_buf_size(HTTP1_READ_BUFFER)
+                    .serve_connection(io, svc)
+                    .with_upgrades(),
+            );
             until_drained!(c, watch)
         }
     }
 }
+
+const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Concurrent streams per client HTTP/2 connection.
+const HTTP2_MAX_STREAMS: u32 = 200;
 
 /// hyper's read buffer per HTTP/1 client connection: room for a checked head
 /// and some body, and a bound on what one connection holds.

@@ -39,6 +39,11 @@ use tracing::info;
 use super::error::{L5D_PROXY_ERROR, header_safe};
 use crate::metrics::{Direction, Metrics};
 
+/// How much room each read into the held-back buffer asks for.
+const READ_SIZE: usize = 2048;
+/// A buffer larger than this is freed once it is empty.
+const IDLE_BUFFER: usize = 4096;
+
 /// Longest chunk-size line (size and extensions).
 const MAX_CHUNK_LINE: usize = 1024;
 
@@ -228,6 +233,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for StrictIo<I> {
                 out.put_slice(&this.buf[..n]);
                 this.buf.advance(n);
                 this.ready -= n;
+                if this.buf.is_empty() && this.buf.capacity() > IDLE_BUFFER {
+                    // An idle keep-alive connection holds no large buffer.
+                    this.buf = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             match this.state {
@@ -311,7 +320,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for StrictIo<I> {
                                 }
                             }
                             // Read more; it is held back until checked.
-                            this.buf.reserve(4096);
+                            this.buf.reserve(READ_SIZE);
                             if ready!(read_into(Pin::new(&mut this.io), cx, &mut this.buf))? == 0 {
                                 // The client is gone mid-element: nobody to answer.
                                 this.state = State::Closed;
