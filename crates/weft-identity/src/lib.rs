@@ -187,27 +187,84 @@ mod tests {
 
     #[test]
     fn tokens_prove_one_identity_until_they_expire() {
-        let key = TokenKey::generate().unwrap();
+        let keys = TokenKeys::new(TokenKey::generate().unwrap());
         let now = SystemTime::now();
-        let token = key.mint(&id("web"), Duration::from_secs(60), now);
-        assert_eq!(key.verify(&token, now).unwrap(), id("web"));
+        let token = keys.mint(&id("web"), Duration::from_secs(60), now).unwrap();
+        assert_eq!(keys.verify(&token, now).unwrap(), id("web"));
         assert_eq!(
-            key.verify(&token, now + Duration::from_secs(61)),
+            keys.verify(&token, now + Duration::from_secs(61)),
             Err(TokenError::Expired(1))
         );
-        let other = TokenKey::generate().unwrap();
-        assert_eq!(other.verify(&token, now), Err(TokenError::BadSignature));
-        let forged = token.replacen("weft1.", "weft1.x", 1);
-        assert!(key.verify(&forged, now).is_err());
+        let other = TokenKeys::new(TokenKey::generate().unwrap());
         assert!(matches!(
-            key.verify("nonsense", now),
+            other.verify(&token, now),
+            Err(TokenError::UnknownKey(_))
+        ));
+        let forged = token.replacen("weft2.", "weft2.x", 1);
+        assert!(keys.verify(&forged, now).is_err());
+        assert!(matches!(
+            keys.verify("nonsense", now),
             Err(TokenError::Malformed(_))
         ));
-        let reloaded = TokenKey::from_base64(&key.to_base64()).unwrap();
+        let reloaded = TokenKeys::parse(&keys.to_text()).unwrap();
         assert_eq!(reloaded.verify(&token, now).unwrap(), id("web"));
         assert!(matches!(
             TokenKey::from_base64("c2hvcnQ"),
             Err(TokenError::BadKey(_))
+        ));
+        assert_eq!(
+            TokenKeys::parse("\n# none\n").unwrap_err(),
+            TokenError::NoKey
+        );
+    }
+
+    #[test]
+    fn token_lifetimes_are_capped_and_issue_times_checked() {
+        let keys = TokenKeys::new(TokenKey::generate().unwrap());
+        let now = SystemTime::now();
+        let forever = Duration::from_secs(86_400 * 1_000_000_000_000);
+        assert!(matches!(
+            keys.mint(&id("web"), forever, now),
+            Err(TokenError::TooLong(_))
+        ));
+        assert!(keys.mint(&id("web"), MAX_TTL, now).is_ok());
+        let future = keys
+            .mint(
+                &id("web"),
+                Duration::from_secs(60),
+                now + Duration::from_secs(3600),
+            )
+            .unwrap();
+        assert!(matches!(
+            keys.verify(&future, now),
+            Err(TokenError::NotYetValid(_))
+        ));
+        // Two tokens for the same identity differ (jti).
+        let a = keys.mint(&id("web"), Duration::from_secs(60), now).unwrap();
+        let b = keys.mint(&id("web"), Duration::from_secs(60), now).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_rotated_key_signs_the_old_one_verifies_until_retired() {
+        let now = SystemTime::now();
+        let old = TokenKeys::new(TokenKey::generate().unwrap());
+        let old_token = old.mint(&id("web"), Duration::from_secs(60), now).unwrap();
+        let rotated = TokenKeys::parse(&old.to_text())
+            .unwrap()
+            .rotate(false)
+            .unwrap();
+        let new_token = rotated
+            .mint(&id("web"), Duration::from_secs(60), now)
+            .unwrap();
+        assert_eq!(rotated.keys().len(), 2);
+        assert!(rotated.verify(&old_token, now).is_ok());
+        assert!(rotated.verify(&new_token, now).is_ok());
+        let retired = rotated.rotate(true).unwrap();
+        assert_eq!(retired.keys().len(), 1);
+        assert!(matches!(
+            retired.verify(&old_token, now),
+            Err(TokenError::UnknownKey(_))
         ));
     }
 }

@@ -223,13 +223,18 @@ fn ca_checks(dir: &Path, now: SystemTime) -> Vec<Check> {
         },
     );
     checks.push(
-        match read("token.key").map_err(|e| e.to_string()).and_then(|k| {
-            weft_identity::token::TokenKey::from_base64(&k).map_err(|e| e.to_string())
-        }) {
-            Ok(_) => Check::new(
+        match crate::secure_fs::read_key(&dir.join("token.key"))
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|k| weft_identity::token::TokenKeys::parse(&k).map_err(|e| e.to_string()))
+        {
+            Ok(keys) => Check::new(
                 "token key",
                 Status::Ok,
-                "workload tokens can be minted and checked".into(),
+                format!(
+                    "workload tokens can be minted and checked ({} key(s), signing with {})",
+                    keys.keys().len(),
+                    keys.keys()[0].id()
+                ),
                 None,
             ),
             Err(e) => Check::new("token key", Status::Fail, e, Some(&create_hint)),

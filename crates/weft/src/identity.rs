@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use weft_identity::Identity;
 use weft_identity::ca::{self, Ca, CaError, CertAndKey};
-use weft_identity::token::TokenKey;
+use weft_identity::token::{TokenKey, TokenKeys};
 
 const ANCHOR_CERT: &str = "ca.crt";
 const ANCHOR_KEY: &str = "ca.key";
@@ -53,6 +53,18 @@ pub enum CaCmd {
     /// Replace the issuer with a new one signed by the same trust anchor. A running
     /// identity service picks it up on its next request.
     RotateIssuer(RotateArgs),
+    /// Put a new token-signing key in front; the old ones keep verifying the
+    /// tokens they signed until retired. A running identity service picks it up.
+    RotateTokenKey(RotateTokenKeyArgs),
+}
+
+#[derive(Args)]
+pub struct RotateTokenKeyArgs {
+    #[arg(long, default_value = "weft-ca")]
+    dir: PathBuf,
+    /// Drop every older key: tokens they signed stop working at once.
+    #[arg(long)]
+    retire: bool,
 }
 
 #[derive(Args)]
@@ -89,6 +101,7 @@ pub struct TokenArgs {
     /// The identity the token proves, e.g. web.demo.serviceaccount.identity.weft.cluster.local
     #[arg(long)]
     identity: String,
+    /// How long the token is good for (at most 90 days).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     ttl: Duration,
 }
@@ -123,32 +136,37 @@ pub fn run(cmd: IdentityCmd) -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(crate::show::run(args)),
+        IdentityCmd::Ca(CaCmd::RotateTokenKey(args)) => {
+            let keys = load_token_keys(&args.dir)?.rotate(args.retire)?;
+            write_secret(&args.dir.join(TOKEN_KEY), &keys.to_text())?;
+            println!(
+                "token key {} signs from now on; {} key(s) verify",
+                keys.keys()[0].id(),
+                keys.keys().len()
+            );
+            Ok(())
+        }
         IdentityCmd::Token(args) => {
             let identity: Identity = args.identity.parse()?;
-            let key = load_token_key(&args.dir)?;
-            println!("{}", key.mint(&identity, args.ttl, SystemTime::now()));
+            let keys = load_token_keys(&args.dir)?;
+            println!("{}", keys.mint(&identity, args.ttl, SystemTime::now())?);
             Ok(())
         }
     }
 }
 
+/// Keys are written 0600 and certificates 0644, atomically (secure_fs).
 fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    crate::secure_fs::write_atomic(path, contents.as_bytes(), 0o600)
+}
+
+fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
+    crate::secure_fs::write_atomic(path, contents.as_bytes(), 0o644)
 }
 
 fn create(args: &CreateArgs) -> anyhow::Result<()> {
     let dir = &args.dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::secure_fs::private_dir(dir)?;
     let files = [ANCHOR_CERT, ANCHOR_KEY, ISSUER_CERT, ISSUER_KEY, TOKEN_KEY];
     if !args.force
         && let Some(existing) = files.iter().find(|f| dir.join(f).exists())
@@ -166,11 +184,11 @@ fn create(args: &CreateArgs) -> anyhow::Result<()> {
         args.issuer_validity,
     )?;
     let token_key = TokenKey::generate()?;
-    std::fs::write(dir.join(ANCHOR_CERT), &anchor.cert_pem)?;
+    write_public(&dir.join(ANCHOR_CERT), &anchor.cert_pem)?;
     write_secret(&dir.join(ANCHOR_KEY), &anchor.key_pem)?;
-    std::fs::write(dir.join(ISSUER_CERT), &issuer.cert_pem)?;
+    write_public(&dir.join(ISSUER_CERT), &issuer.cert_pem)?;
     write_secret(&dir.join(ISSUER_KEY), &issuer.key_pem)?;
-    write_secret(&dir.join(TOKEN_KEY), &token_key.to_base64())?;
+    write_secret(&dir.join(TOKEN_KEY), &TokenKeys::new(token_key).to_text())?;
     let days = |d: Duration| d.as_secs() / 86_400;
     println!(
         "created trust anchor (valid {} days) and issuer (valid {} days) in {}",
@@ -181,22 +199,10 @@ fn create(args: &CreateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a file by renaming a complete temporary one over it, so a reader
-/// never sees half a certificate.
-fn replace_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    if secret {
-        write_secret(&tmp, contents)?;
-    } else {
-        std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
-}
-
 fn rotate_issuer(args: &RotateArgs) -> anyhow::Result<()> {
     let anchor = CertAndKey {
         cert_pem: read(&args.dir, ANCHOR_CERT)?,
-        key_pem: read(&args.dir, ANCHOR_KEY)?,
+        key_pem: read_key(&args.dir, ANCHOR_KEY)?,
     };
     let issuer = ca::generate_issuer(
         &anchor,
@@ -205,8 +211,8 @@ fn rotate_issuer(args: &RotateArgs) -> anyhow::Result<()> {
     )?;
     // Key first: a service reading between the two renames fails its check and
     // keeps the old issuer, instead of pairing a new certificate with an old key.
-    replace_file(&args.dir.join(ISSUER_KEY), &issuer.key_pem, true)?;
-    replace_file(&args.dir.join(ISSUER_CERT), &issuer.cert_pem, false)?;
+    write_secret(&args.dir.join(ISSUER_KEY), &issuer.key_pem)?;
+    write_public(&args.dir.join(ISSUER_CERT), &issuer.cert_pem)?;
     println!(
         "rotated the issuer in {} (valid {} days)",
         args.dir.display(),
@@ -226,15 +232,24 @@ fn read(dir: &Path, file: &str) -> anyhow::Result<String> {
     })
 }
 
-fn load_token_key(dir: &Path) -> anyhow::Result<TokenKey> {
-    TokenKey::from_base64(&read(dir, TOKEN_KEY)?)
+/// A key file of the CA directory: present, and private.
+fn read_key(dir: &Path, file: &str) -> anyhow::Result<String> {
+    if !dir.join(file).exists() {
+        // Says how to make one.
+        read(dir, file)?;
+    }
+    crate::secure_fs::read_key(&dir.join(file))
+}
+
+fn load_token_keys(dir: &Path) -> anyhow::Result<TokenKeys> {
+    TokenKeys::parse(&read_key(dir, TOKEN_KEY)?)
         .with_context(|| format!("{}", dir.join(TOKEN_KEY).display()))
 }
 
 fn load_ca(dir: &Path, leaf_lifetime: Duration) -> anyhow::Result<Ca> {
     let issuer = CertAndKey {
         cert_pem: read(dir, ISSUER_CERT)?,
-        key_pem: read(dir, ISSUER_KEY)?,
+        key_pem: read_key(dir, ISSUER_KEY)?,
     };
     let anchors = read(dir, ANCHOR_CERT)?;
     Ca::new(&issuer, &anchors, leaf_lifetime)
@@ -248,15 +263,59 @@ pub trait CredentialVerifier: Send + Sync + 'static {
     async fn verify(&self, token: &[u8]) -> Result<Identity, Status>;
 }
 
-/// Tokens minted by `weft identity token` with this control plane's key.
-pub struct MintedTokens(pub TokenKey);
+/// Tokens minted by `weft identity token` with this control plane's keys,
+/// re-read when the key file changes (a rotated or retired key takes effect
+/// without a restart; a file that does not load keeps the last good keys).
+pub struct MintedTokens {
+    file: PathBuf,
+    current: std::sync::Mutex<(Arc<TokenKeys>, Option<SystemTime>)>,
+}
+
+impl MintedTokens {
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let file = dir.join(TOKEN_KEY);
+        let stamp = modified(&file);
+        Ok(MintedTokens {
+            current: std::sync::Mutex::new((Arc::new(load_token_keys(dir)?), stamp)),
+            file,
+        })
+    }
+
+    fn keys(&self) -> Arc<TokenKeys> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = modified(&self.file);
+        if stamp != current.1 {
+            match crate::secure_fs::read_key(&self.file)
+                .and_then(|text| Ok(TokenKeys::parse(&text)?))
+            {
+                Ok(keys) => {
+                    info!(
+                        keys = keys.keys().len(),
+                        signing = keys.keys()[0].id(),
+                        "token keys changed"
+                    );
+                    *current = (Arc::new(keys), stamp);
+                }
+                Err(e) => warn!(
+                    error = format!("{e:#}"),
+                    "the token key file changed but does not load; keeping the previous keys"
+                ),
+            }
+        }
+        current.0.clone()
+    }
+}
+
+fn modified(file: &Path) -> Option<SystemTime> {
+    std::fs::metadata(file).and_then(|m| m.modified()).ok()
+}
 
 #[tonic::async_trait]
 impl CredentialVerifier for MintedTokens {
     async fn verify(&self, token: &[u8]) -> Result<Identity, Status> {
         let token = std::str::from_utf8(token)
             .map_err(|_| Status::unauthenticated("the token is not UTF-8 text"))?;
-        self.0
+        self.keys()
             .verify(token, SystemTime::now())
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
@@ -435,7 +494,7 @@ impl IdentityApi for IdentityService {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ca = Arc::new(CaSource::load(&args.dir, args.leaf_lifetime)?);
     let serving = crate::serving_tls::ServingIdentity::new(args.name.clone(), ca.clone())?;
-    let verifier = MintedTokens(load_token_key(&args.dir)?);
+    let verifier = MintedTokens::load(&args.dir)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the identity service to {}", args.listen))?;

@@ -9,6 +9,7 @@ mod mesh;
 mod output;
 mod plan;
 mod resources;
+mod secure_fs;
 mod serving_tls;
 mod show;
 mod stat;

@@ -31,7 +31,7 @@ pub fn rootless_addrs(pod_ip: Ipv4Addr) -> (Ipv4Addr, Ipv4Addr) {
 }
 
 /// The mesh's control namespace and trust domain, in every identity.
-const CONTROL_NAMESPACE: &str = "weft";
+use crate::resources::CONTROL_NAMESPACE;
 const TRUST_DOMAIN: &str = "cluster.local";
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

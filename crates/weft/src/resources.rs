@@ -614,8 +614,18 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// The control plane's namespace: its services' identities are
+/// `<name>.weft.serviceaccount.identity.weft.<trust domain>`.
+pub const CONTROL_NAMESPACE: &str = "weft";
+
 fn check_deployment(d: &Deployment) -> Result<(), String> {
     check_name(&d.metadata)?;
+    if d.metadata.namespace == CONTROL_NAMESPACE {
+        return Err(format!(
+            "namespace {CONTROL_NAMESPACE} is reserved for the control plane: a workload there would be \
+             issued a control-plane identity (such as destination.{CONTROL_NAMESPACE}.serviceaccount...)"
+        ));
+    }
     let spec = &d.spec;
     if spec.replicas > MAX_LOCAL_REPLICAS {
         return Err(format!(
@@ -920,6 +930,10 @@ spec:
             (
                 "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: web.demo.svc.cluster.local}\nspec:\n  routes:\n  - name: t\n    condition: {method: GET}\n    timeout: soon\n",
                 "is not a duration",
+            ),
+            (
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: destination, namespace: weft}\nspec:\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    spec:\n      serviceAccountName: destination\n      containers: [{name: d, command: [sleep]}]\n",
+                "namespace weft is reserved for the control plane",
             ),
         ] {
             let errors = errors_of(text);

@@ -237,3 +237,116 @@ async fn issuer_rotation_is_picked_up_without_restarting_the_service() {
     .unwrap();
     certify(second).await;
 }
+
+#[tokio::test]
+async fn ca_files_are_private_tokens_are_capped_and_token_keys_rotate_live() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = Ca::create();
+    let mode = |f: &str| {
+        std::fs::metadata(ca.dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700, "the CA directory");
+    for key in ["ca.key", "issuer.key", "token.key"] {
+        assert_eq!(mode(key), 0o600, "{key}");
+    }
+    assert_eq!(mode("ca.crt"), 0o644);
+
+    // No token lives longer than 90 days.
+    let dir = ca.dir.to_str().unwrap();
+    let forever = weft(&[
+        "identity",
+        "token",
+        "--dir",
+        dir,
+        "--identity",
+        WEB,
+        "--ttl",
+        "1000000000000days",
+    ]);
+    assert!(!forever.status.success());
+    assert!(
+        String::from_utf8_lossy(&forever.stderr).contains("at most 90 days"),
+        "{forever:?}"
+    );
+
+    let (_server, url) = ca.serve(support::free_port(), "1h");
+    let mut client = ca.client(&url).await;
+    let web: Identity = WEB.parse().unwrap();
+    let certify = |token: Vec<u8>| CertifyRequest {
+        identity: WEB.into(),
+        token,
+        certificate_signing_request: new_key_and_csr(&web).unwrap().1,
+    };
+    let old_token = ca.token(WEB, "10m");
+    client
+        .certify(certify(old_token.clone()))
+        .await
+        .expect("old key");
+
+    // A new key signs; the old one still verifies until retired, without a restart.
+    // (Sleep past the file-time granularity so the change is seen.)
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let rotate = weft(&["identity", "ca", "rotate-token-key", "--dir", dir]);
+    assert!(rotate.status.success(), "{rotate:?}");
+    assert!(String::from_utf8_lossy(&rotate.stdout).contains("2 key(s) verify"));
+    let new_token = ca.token(WEB, "10m");
+    client
+        .certify(certify(new_token.clone()))
+        .await
+        .expect("new key");
+    client
+        .certify(certify(old_token.clone()))
+        .await
+        .expect("old key, not retired");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let retire = weft(&[
+        "identity",
+        "ca",
+        "rotate-token-key",
+        "--dir",
+        dir,
+        "--retire",
+    ]);
+    assert!(retire.status.success(), "{retire:?}");
+    let err = client.certify(certify(old_token)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("no longer holds"), "{err:?}");
+    let err = client.certify(certify(new_token)).await.unwrap_err();
+    assert!(
+        err.message().contains("no longer holds"),
+        "retired too: {err:?}"
+    );
+    client
+        .certify(certify(ca.token(WEB, "10m")))
+        .await
+        .expect("the newest key");
+
+    // A key others can read is refused, with the fix.
+    std::fs::set_permissions(
+        ca.dir.join("issuer.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let refused = weft(&["identity", "ca", "rotate-issuer", "--dir", dir]);
+    assert!(
+        refused.status.success(),
+        "rotation rewrites the key: {refused:?}"
+    );
+    assert_eq!(mode("issuer.key"), 0o600);
+    std::fs::set_permissions(
+        ca.dir.join("token.key"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let refused = weft(&["identity", "token", "--dir", dir, "--identity", WEB]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("readable by its group or others") && err.contains("chmod 600"),
+        "{err}"
+    );
+}

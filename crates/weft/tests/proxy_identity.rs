@@ -556,6 +556,12 @@ async fn trust_anchor_rotation_with_a_bundle_under_load() {
         )
         .unwrap();
         std::fs::write(dir.join("issuer.key.tmp"), &issuer.key_pem).unwrap();
+        // Keys must be private, or the identity service keeps the old issuer.
+        std::fs::set_permissions(
+            dir.join("issuer.key.tmp"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::rename(dir.join("issuer.key.tmp"), dir.join("issuer.key")).unwrap();
         std::fs::write(dir.join("issuer.crt.tmp"), &issuer.cert_pem).unwrap();
         std::fs::rename(dir.join("issuer.crt.tmp"), dir.join("issuer.crt")).unwrap();

@@ -613,3 +613,48 @@ fn a_broken_manifest_is_refused_before_anything_starts() {
     assert_eq!(mesh_processes("wbad"), Vec::<u32>::new());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_state_directory_others_could_tamper_with_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("weft-up-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/emojivoto");
+    let up = |state_root: &std::path::Path| {
+        support::weft(&[
+            "up",
+            manifests,
+            "--rootless",
+            "--mesh",
+            "wstate",
+            "--state-root",
+            state_root.to_str().unwrap(),
+        ])
+    };
+    // Writable by anyone (a planted /tmp/weft-<uid>, say).
+    let open = root.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = up(&open);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("writable by its group or others"), "{err}");
+    assert!(!open.join("wstate/ca").exists(), "no CA was made there");
+
+    // Owned by another user (needs root to arrange).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let theirs = root.join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(4242), Some(4242)).unwrap();
+        let out = up(&theirs);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("belongs to uid 4242"), "{err}");
+    } else {
+        println!("skipped the other-owner case: not root");
+    }
+    assert_eq!(mesh_processes("wstate"), Vec::<u32>::new());
+    let _ = std::fs::remove_dir_all(&root);
+}

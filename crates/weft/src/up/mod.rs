@@ -152,9 +152,17 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
         );
     }
     let plan = plan_for(&snapshot, &BTreeMap::new(), rootless)?;
-    for dir in ["ca", "cluster", "logs", "pods"] {
-        std::fs::create_dir_all(state.join(dir))
-            .with_context(|| format!("creating {}", state.join(dir).display()))?;
+    // Ours, and closed to others: another local user must not be able to
+    // plant a CA or read a token here. Proxies (their own uid) pass through
+    // the state and pods directories to their token, without listing them.
+    let passable = if rootless { 0o700 } else { 0o711 };
+    if let Some(root) = state.parent() {
+        crate::secure_fs::owned_dir(root, passable)?;
+    }
+    crate::secure_fs::owned_dir(&state, passable)?;
+    crate::secure_fs::owned_dir(&state.join("pods"), passable)?;
+    for dir in ["ca", "cluster", "logs"] {
+        crate::secure_fs::private_dir(&state.join(dir))?;
     }
     let mode = if rootless { "rootless" } else { "namespaces" };
     std::fs::write(state.join("mode"), mode).context("writing the mesh's mode")?;
@@ -392,8 +400,11 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
             "4190,4191",
         ])?;
     }
+    // Made afresh (a crashed run's is gone), then handed to the proxy's uid:
+    // only it can open its token.
     let pod_dir = mesh.state.join("pods").join(&pod.name);
-    std::fs::create_dir_all(&pod_dir)?;
+    let _ = std::fs::remove_dir_all(&pod_dir);
+    crate::secure_fs::private_dir(&pod_dir)?;
     let token = run_command(&[
         weft,
         "identity",
@@ -411,6 +422,8 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         PROXY_UID
     };
     write_private(&token_file, token.trim(), owner)?;
+    std::os::unix::fs::chown(&pod_dir, Some(owner), Some(owner))
+        .with_context(|| format!("giving {} to uid {owner}", pod_dir.display()))?;
 
     // Namespace mode: inside the pod's namespace, as the given uid.
     // Rootless: as this user, on the pod's loopback addresses.
@@ -555,15 +568,7 @@ fn path(p: &Path) -> anyhow::Result<&str> {
 
 /// Writes a secret readable only by `uid`.
 fn write_private(file: &Path, contents: &str, uid: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("writing {}", file.display()))?;
-    f.write_all(contents.as_bytes())?;
+    crate::secure_fs::write_atomic(file, contents.as_bytes(), 0o600)?;
     std::os::unix::fs::chown(file, Some(uid), Some(uid))
         .with_context(|| format!("giving {} to uid {uid}", file.display()))
 }
@@ -601,6 +606,11 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let requests = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("listening on {}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", socket.display()))?;
+    }
     // Edits to the manifests apply while the mesh runs.
     let store = crate::store::FilesStore::start(&mesh.manifests, Duration::from_millis(500))?;
     let mut edits = {

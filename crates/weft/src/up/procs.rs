@@ -37,11 +37,7 @@ pub struct Supervised {
 }
 
 fn spawn(spec: &Spec) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)
-        .with_context(|| format!("opening {}", spec.log.display()))?;
+    let log = crate::secure_fs::private_file(&spec.log)?;
     let (program, args) = spec
         .argv
         .split_first()
