@@ -90,13 +90,17 @@ settings! {
     DESTINATION_SVC_ADDR = "WEFT_PROXY_DESTINATION_SVC_ADDR", ["LINKERD2_PROXY_DESTINATION_SVC_ADDR"],
         "", "host:port of the destination service (Destination/Get). Unset: no discovery; outbound traffic goes to the original destination.";
     DESTINATION_SVC_NAME = "WEFT_PROXY_DESTINATION_SVC_NAME", ["LINKERD2_PROXY_DESTINATION_SVC_NAME"],
-        "", "The identity the destination service proves over TLS, e.g. destination.weft.serviceaccount.identity.weft.cluster.local (needs identity on for the trust anchors). Unset: plaintext.";
+        "", "The identity the destination service proves over TLS, e.g. destination.weft.serviceaccount.identity.weft.cluster.local. Required when identity is on (the control plane is never reached in plaintext then); without identity it cannot be set, and discovery is plaintext.";
     DESTINATION_GET_SUFFIXES = "WEFT_PROXY_DESTINATION_GET_SUFFIXES", ["LINKERD2_PROXY_DESTINATION_GET_SUFFIXES"],
         "svc.cluster.local.", "Explicit-proxy host names under these suffixes (comma-separated) are resolved through the destination service; IP targets always are.";
     DESTINATION_CONTEXT = "WEFT_PROXY_DESTINATION_CONTEXT", ["LINKERD2_PROXY_DESTINATION_CONTEXT"],
         "", "Context token sent with every destination lookup (e.g. the workload's namespace).";
     DISCOVERY_TIMEOUT = "WEFT_PROXY_DISCOVERY_TIMEOUT", [],
-        "3s", "How long a new target waits for the destination service's first answer; after that an IP target is forwarded as addressed and a name gets 503.";
+        "3s", "How long a new target waits for the destination service's first answer; after that an IP target outside WEFT_PROXY_MESH_NETWORKS is forwarded as addressed, and a name or an in-mesh address gets 503.";
+    MESH_NETWORKS = "WEFT_PROXY_MESH_NETWORKS", [],
+        "", "The mesh's pod and service networks (CIDRs, comma-separated, e.g. 198.18.0.0/15). A target in them is never dialled in plaintext on a guess: without an answer from the destination service it is refused (503) instead of forwarded as addressed.";
+    INBOUND_REQUIRE_IDENTITY_PORTS = "WEFT_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS", ["LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY"],
+        "", "Inbound target ports that accept only mesh TLS with a verified client identity; other connections are closed and counted in inbound_tcp_accept_errors_total{error=\"identity_required\"}. Needs identity on.";
     INBOUND_METRICS_AUTHORITY_LABELS = "WEFT_PROXY_INBOUND_METRICS_AUTHORITY_LABELS", ["LINKERD2_PROXY_INBOUND_METRICS_AUTHORITY_LABELS"],
         "", "unsafe: label inbound HTTP metrics with the authority the client sent (its Host header). Unset: inbound metrics carry no authority, so clients cannot choose label values.";
     METRICS_MAX_SERIES = "WEFT_PROXY_METRICS_MAX_SERIES", [],
@@ -122,6 +126,49 @@ pub struct ConfigError {
 pub enum LogFormat {
     Plain,
     Json,
+}
+
+/// An IP network, `198.18.0.0/15` or `fd00::/8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a network like 198.18.0.0/15");
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A set of TCP ports, e.g. the ports that skip protocol detection.
@@ -222,6 +269,8 @@ pub struct Config {
     pub destination_suffixes: Vec<String>,
     pub destination_context: String,
     pub discovery_timeout: Duration,
+    pub mesh_networks: Vec<Cidr>,
+    pub inbound_require_identity_ports: PortSet,
     pub inbound_metrics_authority: bool,
     pub metrics_max_series: usize,
     pub metrics_idle_timeout: Duration,
@@ -375,6 +424,25 @@ impl Config {
             })?,
             destination_context: r.raw(&DESTINATION_CONTEXT).1,
             discovery_timeout: r.parse(&DISCOVERY_TIMEOUT, parse_duration)?,
+            mesh_networks: r.parse(&MESH_NETWORKS, |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(Cidr::parse)
+                    .collect()
+            })?,
+            inbound_require_identity_ports: {
+                let ports = r.parse(&INBOUND_REQUIRE_IDENTITY_PORTS, PortSet::parse)?;
+                if !ports.ranges().is_empty() && identity.is_none() {
+                    let (var, value) = r.raw(&INBOUND_REQUIRE_IDENTITY_PORTS);
+                    return Err(ConfigError {
+                        var,
+                        value,
+                        reason: "requiring client identities needs identity on".into(),
+                    });
+                }
+                ports
+            },
             log_filter: r.raw(&LOG).1,
             log_format: r.parse(&LOG_FORMAT, |v| match v.trim() {
                 "plain" => Ok(LogFormat::Plain),
@@ -407,6 +475,17 @@ fn destination_config<F: Fn(&str) -> Option<String>>(
             var,
             value,
             reason: "TLS to the destination service needs identity on (its trust anchors)".into(),
+        });
+    }
+    if identity.is_none() && identity_on {
+        let (var, value) = r.raw(&DESTINATION_SVC_NAME);
+        return Err(ConfigError {
+            var,
+            value,
+            reason: format!(
+                "required when identity is on and {} is set: the destination service must prove its identity over TLS",
+                DESTINATION_SVC_ADDR.name
+            ),
         });
     }
     Ok(Some(ControlAddr { addr, identity }))
@@ -550,6 +629,29 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.var, "LINKERD2_PROXY_DESTINATION_SVC_NAME");
+        assert!(err.to_string().contains("needs identity on"), "{err}");
+    }
+
+    #[test]
+    fn networks_parse_and_contain() {
+        let net = Cidr::parse("198.18.0.0/15").unwrap();
+        assert!(net.contains("198.19.255.1".parse().unwrap()));
+        assert!(net.contains("::ffff:198.18.0.7".parse().unwrap()));
+        assert!(!net.contains("198.20.0.1".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("127.0.0.1".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("fd00::/8")
+                .unwrap()
+                .contains("fd12::1".parse().unwrap())
+        );
+        for bad in ["198.18.0.0", "198.18.0.0/33", "x/8"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+        let err = config(&[("WEFT_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS", "8080")]).unwrap_err();
         assert!(err.to_string().contains("needs identity on"), "{err}");
     }
 

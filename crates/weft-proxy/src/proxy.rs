@@ -333,6 +333,9 @@ async fn serve_connection(
         };
         let tls = Tls::FromClient(mesh.client_id.as_ref().map(|c| c.as_str().into()));
         client_conn.label(labels(Some(mesh.target), tls.clone()));
+        if mesh.client_id.is_none() && requires_identity(&shared, mesh.target) {
+            return refuse_unidentified(&shared, mesh.target);
+        }
         let conn = Conn {
             shared,
             direction,
@@ -350,6 +353,12 @@ async fn serve_connection(
         .await;
     }
     client_conn.label(labels(target, tls.clone()));
+    if direction == Direction::Inbound
+        && let Some(target) = target
+        && requires_identity(&shared, target)
+    {
+        return refuse_unidentified(&shared, target);
+    }
     let conn = Conn {
         shared,
         direction,
@@ -360,6 +369,21 @@ async fn serve_connection(
         watch,
     };
     Box::pin(conn.serve(PrefixedIo::new(prefix, io), client_conn, protocol)).await
+}
+
+/// Whether inbound connections to `target` must carry a verified client identity.
+fn requires_identity(shared: &Shared, target: SocketAddr) -> bool {
+    shared
+        .config
+        .inbound_require_identity_ports
+        .contains(target.port())
+}
+
+fn refuse_unidentified(shared: &Shared, target: SocketAddr) {
+    shared
+        .metrics
+        .tcp_accept_error(Direction::Inbound, "identity_required");
+    debug!(%target, "refused a connection without a verified client identity (WEFT_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS)");
 }
 
 type MeshServerIo = tokio_rustls::server::TlsStream<PrefixedIo<Metered<TcpStream>>>;
@@ -543,8 +567,17 @@ async fn forward_opaque<I>(
         (Some(discovery), Direction::Outbound) => {
             let resolution = discovery.resolve(&target.to_string());
             match http::choose(&resolution, shared.config.discovery_timeout).await {
-                Ok(Some(pick)) => (pick.addr(), Some(pick)),
-                Ok(None) => (target, None),
+                Ok(http::Choice::Pick(pick)) => (pick.addr(), Some(pick)),
+                Ok(http::Choice::Unknown) => (target, None),
+                Ok(http::Choice::NoAnswer) if http::may_guess(&shared.config, target) => {
+                    (target, None)
+                }
+                Ok(http::Choice::NoAnswer) => {
+                    return info!(
+                        %target,
+                        "opaque connection refused: no answer from the destination service, and the target is in WEFT_PROXY_MESH_NETWORKS"
+                    );
+                }
                 Err(e) => return info!(error = %e, "opaque connection refused"),
             }
         }

@@ -429,3 +429,34 @@ async fn connections_past_the_limit_are_refused_and_counted() {
     .await;
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
 }
+
+#[tokio::test]
+async fn without_discovery_an_in_mesh_address_is_refused_not_dialled_in_plaintext() {
+    let app = spawn_server(weft_testkit::http::serve).await;
+    // The destination service is down (nothing listens there).
+    let down = [
+        ("WEFT_PROXY_DESTINATION_SVC_ADDR", "127.0.0.1:9".to_string()),
+        ("WEFT_PROXY_DISCOVERY_TIMEOUT", "300ms".into()),
+    ];
+    let url = format!("http://{app}/hello");
+
+    let guessing = Proxy::start(&down);
+    let via = format!("http://{}", guessing.outbound);
+    let (ok, body, err) = curl(&["-x", &via, &url]).await;
+    assert!(
+        ok && body.starts_with("hello"),
+        "outside the mesh: forwarded ({err})"
+    );
+
+    let mut strict = down.to_vec();
+    strict.push(("WEFT_PROXY_MESH_NETWORKS", "127.0.0.0/8".into()));
+    let strict = Proxy::start(&strict);
+    let via = format!("http://{}", strict.outbound);
+    let (ok, answer, err) = curl(&["-i", "-x", &via, &url]).await;
+    assert!(ok, "{err}");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("l5d-proxy-error: the destination service did not answer"),
+        "{answer}"
+    );
+}

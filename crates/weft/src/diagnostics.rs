@@ -39,9 +39,13 @@ pub struct QueryArgs {
     #[arg(long, default_value = "127.0.0.1:8086", env = "WEFT_DESTINATION_ADDR")]
     destination: String,
     /// The CA directory: its trust anchors (`ca.crt`) verify the destination
-    /// service over TLS. Without it the query is plaintext.
-    #[arg(long, env = "WEFT_CA_DIR")]
+    /// service over TLS.
+    #[arg(long, env = "WEFT_CA_DIR", required_unless_present = "plaintext")]
     ca_dir: Option<std::path::PathBuf>,
+    /// Ask in plaintext: only for a destination service started without
+    /// --identity-dir, on a network you trust.
+    #[arg(long, conflicts_with = "ca_dir")]
+    plaintext: bool,
     /// The identity the destination service proves over TLS.
     #[arg(long, default_value = crate::destination::DESTINATION_SERVICE_NAME)]
     destination_name: weft_identity::Identity,
@@ -155,8 +159,8 @@ async fn first<T>(
             | tonic::Code::Unknown
             | tonic::Code::Internal
             | tonic::Code::Cancelled => {
-                let hint = if args.ca_dir.is_none() {
-                    " (if it serves TLS, pass --ca-dir)"
+                let hint = if args.plaintext {
+                    " (if it serves TLS, pass --ca-dir instead of --plaintext)"
                 } else {
                     ""
                 };

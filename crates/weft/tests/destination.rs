@@ -282,7 +282,15 @@ async fn run_weft(args: &[&str]) -> std::process::Output {
 async fn diagnostics_show_what_proxies_are_told() {
     let d = web_with_one_workload();
     let addr = d.addr.to_string();
-    let out = run_weft(&["diagnostics", "endpoints", WEB, "--destination", &addr]).await;
+    let out = run_weft(&[
+        "diagnostics",
+        "endpoints",
+        WEB,
+        "--plaintext",
+        "--destination",
+        &addr,
+    ])
+    .await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.starts_with("ADDRESS "), "{text}");
@@ -297,6 +305,7 @@ async fn diagnostics_show_what_proxies_are_told() {
         "diagnostics",
         "endpoints",
         "198.18.100.1:80",
+        "--plaintext",
         "--destination",
         &addr,
         "-o",
@@ -312,6 +321,7 @@ async fn diagnostics_show_what_proxies_are_told() {
         "diagnostics",
         "profile",
         WEB,
+        "--plaintext",
         "--destination",
         &addr,
         "-o",
@@ -323,7 +333,15 @@ async fn diagnostics_show_what_proxies_are_told() {
     assert_eq!(json["retry_budget"]["min_retries_per_second"], 10);
 
     let dead = format!("127.0.0.1:{}", support::free_port());
-    let out = run_weft(&["diagnostics", "endpoints", WEB, "--destination", &dead]).await;
+    let out = run_weft(&[
+        "diagnostics",
+        "endpoints",
+        WEB,
+        "--plaintext",
+        "--destination",
+        &dead,
+    ])
+    .await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

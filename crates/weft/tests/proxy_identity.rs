@@ -1034,7 +1034,11 @@ async fn the_control_plane_serves_tls_and_proves_its_identity() {
     );
     assert!(out.contains("198.18.0.10:8080"), "{out}");
     for (args, why) in [
-        (vec![addr.as_str()], "cannot reach the destination service"),
+        (vec![addr.as_str()], "--ca-dir <CA_DIR>"),
+        (
+            vec![addr.as_str(), "--plaintext"],
+            "pass --ca-dir instead of --plaintext",
+        ),
         (
             vec![addr.as_str(), "--ca-dir", ca_dir, "--destination-name", WEB],
             "NotValidForName",
@@ -1045,4 +1049,59 @@ async fn the_control_plane_serves_tls_and_proves_its_identity() {
         assert!(!refused.status.success(), "{err}");
         assert!(err.contains(why), "{why}: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_requires_identity_refuses_plaintext_and_unidentified_clients() {
+    let ca = Ca::create();
+    let identity_port = free_port();
+    let (_server, _) = ca.serve(identity_port, "1h");
+    let app_addr = spawn_app().await;
+    let proxy = Proxy::start_with(
+        &ca,
+        identity_port,
+        &[
+            ("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string()),
+            (
+                "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY",
+                app_addr.port().to_string(),
+            ),
+        ],
+    );
+    proxy.wait_ready();
+    let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+
+    let meshed = mesh_request(
+        client_config(&anchors, Some((&ca, CLIENT))),
+        proxy.inbound,
+        GET_HEADERS,
+    )
+    .await
+    .expect("mesh TLS request");
+    assert!(meshed.starts_with("HTTP/1.1 200"), "{meshed}");
+
+    let plain = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(proxy.inbound).unwrap();
+        s.write_all(GET_HEADERS.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        (out, proxy)
+    })
+    .await
+    .unwrap();
+    let (plain, proxy) = plain;
+    assert!(plain.is_empty(), "plaintext was served: {plain}");
+    assert_eq!(
+        proxy.metric(
+            "inbound_tcp_accept_errors_total",
+            &[("error", "identity_required")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric("request_total", &[("direction", "inbound")]),
+        1.0,
+        "only the meshed request reached the app"
+    );
 }

@@ -275,14 +275,30 @@ async fn balanced(
     resolution: &Resolution,
     fallback: Option<SocketAddr>,
 ) -> Result<Result<Pick, SocketAddr>, ProxyError> {
-    let timeout = conn.shared.config.discovery_timeout;
+    let config = &conn.shared.config;
+    let timeout = config.discovery_timeout;
+    let refused = || ProxyError::DiscoveryTimeout {
+        target: resolution.target.clone(),
+        timeout,
+    };
     match choose(resolution, timeout).await? {
-        Some(pick) => Ok(Ok(pick)),
-        None => fallback.map(Err).ok_or(ProxyError::DiscoveryTimeout {
-            target: resolution.target.clone(),
-            timeout,
-        }),
+        Choice::Pick(pick) => Ok(Ok(pick)),
+        Choice::Unknown => fallback.map(Err).ok_or_else(refused),
+        Choice::NoAnswer => fallback
+            .filter(|addr| may_guess(config, *addr))
+            .map(Err)
+            .ok_or_else(refused),
     }
+}
+
+/// Whether `addr` may be dialled as addressed when the destination service
+/// has not answered: not when it is in the mesh's networks, where it may be
+/// a meshed endpoint that must be reached over mTLS.
+pub fn may_guess(config: &crate::config::Config, addr: SocketAddr) -> bool {
+    !config
+        .mesh_networks
+        .iter()
+        .any(|net| net.contains(addr.ip()))
 }
 
 async fn target(
@@ -372,19 +388,28 @@ fn literal_addr(authority: &Authority) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, authority.port_u16().unwrap_or(80)))
 }
 
-/// The balancer's choice for a known service; `None` when the destination
-/// service does not know the target or has not answered in time.
+/// What discovery says about a target, for one request or connection.
+pub enum Choice {
+    /// An endpoint the balancer chose.
+    Pick(Pick),
+    /// The destination service answered that it does not know the target.
+    Unknown,
+    /// No answer within the discovery timeout.
+    NoAnswer,
+}
+
+/// The balancer's choice for a known service.
 pub async fn choose(
     resolution: &Resolution,
     timeout: std::time::Duration,
-) -> Result<Option<Pick>, ProxyError> {
+) -> Result<Choice, ProxyError> {
     let Some(answer) = resolution.answer(timeout).await else {
-        return Ok(None);
+        return Ok(Choice::NoAnswer);
     };
     match &*answer {
-        Answer::Unknown => Ok(None),
+        Answer::Unknown => Ok(Choice::Unknown),
         Answer::Endpoints(_) => match resolution.balancer.pick() {
-            Ok(pick) => Ok(Some(pick)),
+            Ok(pick) => Ok(Choice::Pick(pick)),
             Err(NoEndpoint::Empty) => Err(ProxyError::NoEndpoints {
                 target: resolution.target.clone(),
             }),

@@ -73,15 +73,26 @@ fn rootless_reason(asked: bool) -> Option<String> {
     }
 }
 
+/// Rootless mode is for development: it must never pass for isolation.
+const ROOTLESS_WARNING: &str = "\
+WARNING: rootless mode is a development mode, not isolation. Every program runs as you,
+         beside the CA's keys and every pod's token: any program can read them, mint
+         or use any identity, and reach any other program directly on its loopback
+         address, around its proxy. Run as root (network namespaces) for a mesh whose
+         identities and policies mean something. See docs/local-mesh.md.";
+
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let rootless = rootless_reason(args.rootless);
     match &rootless {
         None => {
             println!("mode: network namespaces (a pod per replica, traffic captured by iptables)")
         }
-        Some(why) => println!(
-            "mode: rootless on loopback, proxies in explicit-proxy mode (http_proxy), because {why}"
-        ),
+        Some(why) => {
+            println!(
+                "mode: rootless on loopback, proxies in explicit-proxy mode (http_proxy), because {why}"
+            );
+            eprintln!("{ROOTLESS_WARNING}");
+        }
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -482,6 +493,15 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         (
             "WEFT_PROXY_DESTINATION_SVC_NAME".into(),
             crate::destination::DESTINATION_SERVICE_NAME.into(),
+        ),
+        // Pods and cluster IPs: never dialled in plaintext on a guess.
+        (
+            "WEFT_PROXY_MESH_NETWORKS".into(),
+            if mesh.rootless {
+                "198.18.0.0/15,127.18.0.0/15".into()
+            } else {
+                "198.18.0.0/15".into()
+            },
         ),
     ]);
     let mut app_env = base_env(&mesh.name);
