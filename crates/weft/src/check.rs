@@ -284,6 +284,26 @@ fn control_plane_checks(control_ip: std::net::Ipv4Addr, logs: &Path) -> Vec<Chec
     checks
 }
 
+/// The manifests `weft up` runs: red while any has a problem.
+fn manifest_checks(state: &Path) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let problems_file = state.join(crate::up::PROBLEMS_FILE);
+    if let Ok(text) = std::fs::read_to_string(&problems_file)
+        && let Some(first) = text.lines().next()
+    {
+        checks.push(Check::new(
+            "manifests",
+            Status::Fail,
+            format!(
+                "{} problem(s); the last good version keeps running. First: {first}",
+                text.lines().count()
+            ),
+            Some(&format!("fix them; all are in {}", problems_file.display())),
+        ));
+    }
+    checks
+}
+
 /// One check per proxy: ready, certificate current, talking to the control
 /// plane.
 fn proxy_checks(pods: &[crate::mesh::MeshPod], logs: &Path, now: SystemTime) -> Vec<Check> {
@@ -356,6 +376,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
             let pods = crate::mesh::running_pods(&state)?;
             let logs = state.join("logs");
             let mut checks = control_plane_checks(crate::mesh::control_ip(&state), &logs);
+            checks.extend(manifest_checks(&state));
             checks.extend(ca_checks(&state.join("ca"), now));
             checks.extend(proxy_checks(&pods, &logs, now));
             checks

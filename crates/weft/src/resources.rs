@@ -399,8 +399,8 @@ resource!(ServiceProfile, "ServiceProfile", check_profile);
 resource!(Deployment, "Deployment", check_deployment);
 
 /// `r` as a manifest document, with its `apiVersion` and `kind`.
-pub fn to_manifest<T: Resource + Serialize>(r: &T) -> Result<String, serde_yaml::Error> {
-    let mut value = serde_yaml::to_value(r)?;
+pub fn to_manifest<T: Resource + Serialize>(r: &T) -> Result<String, serde_yaml_ng::Error> {
+    let mut value = serde_yaml_ng::to_value(r)?;
     if let Some(map) = value.as_mapping_mut() {
         let api_version = KINDS
             .iter()
@@ -411,7 +411,7 @@ pub fn to_manifest<T: Resource + Serialize>(r: &T) -> Result<String, serde_yaml:
         map.insert("apiVersion".into(), api_version.into());
         map.insert("kind".into(), T::KIND.into());
     }
-    serde_yaml::to_string(&value)
+    serde_yaml_ng::to_string(&value)
 }
 
 /// One resource read from a manifest, with where it was found.
@@ -490,6 +490,34 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
+/// The largest manifest file read; a larger one is reported, not parsed.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// The deepest bracket nesting (`[`, `{`) a document may have. No manifest
+/// needs more, and deep nesting makes YAML parsers slow. Brackets count
+/// wherever they are, in quotes and comments too: a scan that tracked quotes
+/// could be fooled into not counting.
+const MAX_NESTING: usize = 64;
+
+/// The line (0-based in the document) where bracket nesting first goes
+/// deeper than [`MAX_NESTING`].
+fn too_deep(doc: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 0usize);
+    for b in doc.bytes() {
+        match b {
+            b'\n' => line += 1,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Parses one manifest file's text: every resource it holds and every problem.
 pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError>) {
     let mut out = Manifests::default();
@@ -501,8 +529,15 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
             line,
             reason,
         };
-        let at = |e: &serde_yaml::Error| start + e.location().map_or(0, |l| l.line() - 1);
-        let header: Header = match serde_yaml::from_str(&doc) {
+        if let Some(line) = too_deep(&doc) {
+            errors.push(error(
+                start + line,
+                format!("brackets nested deeper than {MAX_NESTING} levels"),
+            ));
+            continue;
+        }
+        let at = |e: &serde_yaml_ng::Error| start + e.location().map_or(0, |l| l.line() - 1);
+        let header: Header = match serde_yaml_ng::from_str(&doc) {
             Ok(h) => h,
             Err(e) => {
                 errors.push(error(at(&e), format!("not a YAML mapping: {e}")));
@@ -536,8 +571,8 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
             file: &Path,
             line: usize,
             into: &mut Vec<Located<T>>,
-        ) -> Result<(), serde_yaml::Error> {
-            let resource = std::sync::Arc::new(serde_yaml::from_str::<T>(doc)?);
+        ) -> Result<(), serde_yaml_ng::Error> {
+            let resource = std::sync::Arc::new(serde_yaml_ng::from_str::<T>(doc)?);
             into.push(Located {
                 resource,
                 file: file.to_path_buf(),
@@ -563,9 +598,9 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
     (checked, errors)
 }
 
-/// serde_yaml appends "at line N column M" for the document; the error
+/// serde_yaml_ng appends "at line N column M" for the document; the error
 /// carries the line relative to the file instead.
-fn strip_location(e: &serde_yaml::Error) -> String {
+fn strip_location(e: &serde_yaml_ng::Error) -> String {
     let text = e.to_string();
     match text.find(" at line ") {
         Some(i) => text[..i].to_string(),

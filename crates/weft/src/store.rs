@@ -47,14 +47,27 @@ pub struct Snapshot {
     by_workload_ip: HashMap<IpAddr, Key>,
     /// (namespace, label key, label value) → workloads with that label.
     by_label: HashMap<(String, String, String), Vec<Key>>,
+    /// The file each resource was served from, so that a duplicate added
+    /// later in another file never takes over from it.
+    origins: Origins,
 }
 
+/// (kind, key) → the file that defines what is served.
+pub type Origins = HashMap<(&'static str, Key), PathBuf>;
+
 /// Resources by key; `first` says whether a definition is the first of its
-/// kind and key (later ones are reported and dropped).
+/// kind and key (later ones are reported and dropped). Definitions from the
+/// file that served a key before come first.
 fn first_of_each<T: Resource>(
-    items: Vec<Located<T>>,
+    mut items: Vec<Located<T>>,
+    served: &Origins,
     first: &mut impl FnMut(&'static str, Key, &Path, usize) -> bool,
 ) -> BTreeMap<Key, Arc<T>> {
+    // A stable sort keeps file order among the rest.
+    items.sort_by_key(|item| {
+        let key = (T::KIND, item.resource.metadata().key());
+        served.get(&key) != Some(&item.file)
+    });
     items
         .into_iter()
         .filter_map(
@@ -73,7 +86,19 @@ fn first_of_each<T: Resource>(
 impl Snapshot {
     /// Builds a snapshot; a resource defined twice keeps its first definition
     /// and the second is reported.
-    pub fn new(version: u64, manifests: Manifests, mut problems: Vec<ManifestError>) -> Self {
+    #[cfg(test)]
+    pub fn new(version: u64, manifests: Manifests, problems: Vec<ManifestError>) -> Self {
+        Self::after(version, manifests, problems, &Origins::new())
+    }
+
+    /// Like [`Snapshot::new`], but a resource keeps the definition from the
+    /// file that `served` it, wherever a duplicate appears.
+    pub fn after(
+        version: u64,
+        manifests: Manifests,
+        mut problems: Vec<ManifestError>,
+        served: &Origins,
+    ) -> Self {
         let mut s = Snapshot {
             version,
             ..Snapshot::default()
@@ -98,10 +123,11 @@ impl Snapshot {
                 true
             }
         };
-        s.services = first_of_each(manifests.services, &mut first);
-        s.workloads = first_of_each(manifests.workloads, &mut first);
-        s.profiles = first_of_each(manifests.profiles, &mut first);
-        s.deployments = first_of_each(manifests.deployments, &mut first);
+        s.services = first_of_each(manifests.services, served, &mut first);
+        s.workloads = first_of_each(manifests.workloads, served, &mut first);
+        s.profiles = first_of_each(manifests.profiles, served, &mut first);
+        s.deployments = first_of_each(manifests.deployments, served, &mut first);
+        s.origins = seen.into_iter().map(|(k, (file, _))| (k, file)).collect();
         for (key, svc) in &s.services {
             if let Some(ip) = svc.spec.cluster_ip {
                 s.by_cluster_ip.insert(ip, key.clone());
@@ -197,6 +223,8 @@ struct FileState {
 struct Loader {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Where each resource of the last snapshot came from.
+    served: Origins,
 }
 
 impl FilesStore {
@@ -209,15 +237,29 @@ impl FilesStore {
         let (tx, _) = watch::channel(Arc::new(snapshot));
         let store = Arc::new(FilesStore { tx });
         let weak = Arc::downgrade(&store);
+        // Reading and parsing happen on a blocking thread: a slow or hostile
+        // file delays only the next snapshot, never the tasks that serve or
+        // supervise (weft up's supervision shares this runtime).
         tokio::spawn(async move {
+            let mut loader = Some(loader);
             loop {
                 tokio::time::sleep(poll).await;
                 let Some(store) = weak.upgrade() else { return };
-                if !loader.scan() {
-                    continue;
-                }
+                let Some(mut scanning) = loader.take() else {
+                    return;
+                };
+                let version = store.tx.borrow().version + 1;
+                let scanned = tokio::task::spawn_blocking(move || {
+                    let next = scanning.scan().then(|| scanning.snapshot(version));
+                    (scanning, next)
+                })
+                .await;
+                let Ok((scanning, next)) = scanned else {
+                    return warn!("the manifest scan panicked; manifests are no longer watched");
+                };
+                loader = Some(scanning);
+                let Some(next) = next else { continue };
                 let current = store.tx.borrow().clone();
-                let next = loader.snapshot(current.version + 1);
                 if !next.same_content(&current) {
                     report(&next);
                     store.tx.send_replace(Arc::new(next));
@@ -260,6 +302,7 @@ impl Loader {
         let mut loader = Loader {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
+            served: Origins::new(),
         };
         loader.scan();
         Ok(loader)
@@ -283,6 +326,19 @@ impl Loader {
             }
             changed = true;
             state.signature = Some(signature);
+            if signature.1 > crate::resources::MAX_MANIFEST_BYTES {
+                // Not read at all: its last good content keeps serving.
+                state.problems = vec![ManifestError {
+                    file: path.display().to_string(),
+                    line: 1,
+                    reason: format!(
+                        "{} bytes is more than a manifest file may hold ({} bytes); split it",
+                        signature.1,
+                        crate::resources::MAX_MANIFEST_BYTES
+                    ),
+                }];
+                continue;
+            }
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     let (manifests, errors) = parse_manifests(&path, &text);
@@ -312,7 +368,7 @@ impl Loader {
         changed
     }
 
-    fn snapshot(&self, version: u64) -> Snapshot {
+    fn snapshot(&mut self, version: u64) -> Snapshot {
         let mut manifests = Manifests::default();
         let mut problems = Vec::new();
         for state in self.files.values() {
@@ -330,7 +386,9 @@ impl Loader {
                 .extend(state.last_good.deployments.iter().cloned());
             problems.extend(state.problems.iter().cloned());
         }
-        Snapshot::new(version, manifests, problems)
+        let snapshot = Snapshot::after(version, manifests, problems, &self.served);
+        self.served = snapshot.origins.clone();
+        snapshot
     }
 }
 
@@ -437,5 +495,93 @@ mod tests {
             s.problems[0].to_string(),
             "b.yaml:1: Service demo/web is already defined at a.yaml:1; this one is ignored"
         );
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("weft-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_duplicate_added_later_never_takes_over_from_the_served_definition() {
+        let dir = scratch("dup");
+        std::fs::write(dir.join("web.yaml"), SVC).unwrap();
+        let mut loader = Loader::open(&dir).unwrap();
+        let first = loader.snapshot(1);
+        let served = |s: &Snapshot| {
+            s.services
+                .values()
+                .next()
+                .unwrap()
+                .spec
+                .cluster_ip
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(served(&first), "198.18.100.1");
+        // A file that sorts earlier defines the same Service elsewhere.
+        std::fs::write(
+            dir.join("0-hijack.yaml"),
+            SVC.replace("198.18.100.1", "198.18.66.6"),
+        )
+        .unwrap();
+        assert!(loader.scan());
+        let next = loader.snapshot(2);
+        assert_eq!(
+            served(&next),
+            "198.18.100.1",
+            "the serving definition stays"
+        );
+        let problem = next.problems[0].to_string();
+        assert!(
+            problem.starts_with(&format!(
+                "{}:1: Service demo/web is already defined at {}:1",
+                dir.join("0-hijack.yaml").display(),
+                dir.join("web.yaml").display()
+            )),
+            "{problem}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn oversized_and_deeply_nested_files_are_refused_and_the_last_good_state_serves() {
+        let dir = scratch("big");
+        std::fs::write(dir.join("web.yaml"), SVC).unwrap();
+        let mut loader = Loader::open(&dir).unwrap();
+        assert_eq!(loader.snapshot(1).services.len(), 1);
+        let big = format!("{SVC}# {}\n", "x".repeat(2 << 20));
+        std::fs::write(dir.join("web.yaml"), big).unwrap();
+        std::fs::write(dir.join("deep.yaml"), "[".repeat(200_000)).unwrap();
+        let started = std::time::Instant::now();
+        assert!(loader.scan());
+        let next = loader.snapshot(2);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            next.services.len(),
+            1,
+            "the last good content keeps serving"
+        );
+        let problems: Vec<String> = next.problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("web.yaml:1: ")
+                    && p.contains("more than a manifest file may hold")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("deep.yaml:1: brackets nested deeper than 64 levels")),
+            "{problems:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -515,6 +515,11 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
             l.starts_with("mode: rootless on loopback") && l.contains("--rootless was given")
         })
     });
+    up.wait_for("the rootless warning", Duration::from_secs(10), |lines| {
+        lines
+            .iter()
+            .any(|l| l.contains("rootless mode is a development mode, not isolation"))
+    });
     up.wait_for("every workload ready", Duration::from_secs(60), all_ready);
     let mesh_args = ["--mesh", ROOTLESS, "--state-root", state.to_str().unwrap()];
     let check = support::weft(&[&["check"][..], &mesh_args].concat());
@@ -571,6 +576,46 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
             .iter()
             .any(|(w, ready, _)| w == "demo/web" && ready == "2/2")
     });
+
+    // Hostile edits: brackets nested 200,000 deep, and the web Service again in
+    // a file that sorts first. Supervision goes on, web keeps its definition,
+    // and `weft check` is red until they are gone.
+    std::fs::write(manifests.join("deep.yaml"), "[".repeat(200_000)).unwrap();
+    let web_svc = std::fs::read_to_string(&web).unwrap();
+    std::fs::write(manifests.join("0-hijack.yaml"), &web_svc).unwrap();
+    let check_out = || {
+        let check = support::weft(&[&["check"][..], &mesh_args].concat());
+        (
+            check.status.success(),
+            String::from_utf8_lossy(&check.stdout).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out) = check_out();
+        if !ok && out.contains("manifests") && out.contains("problem(s)") {
+            assert!(
+                out.contains("deep.yaml") || out.contains("already defined"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "weft check stayed green: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let scaled = support::weft(&[&["scale", "web", "2"][..], &mesh_args].concat());
+    assert!(scaled.status.success(), "supervision answers: {scaled:?}");
+    std::fs::remove_file(manifests.join("deep.yaml")).unwrap();
+    std::fs::remove_file(manifests.join("0-hijack.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check_out().0 {
+        assert!(
+            Instant::now() < deadline,
+            "weft check stayed red: {}",
+            check_out().1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     up.stop();
     assert!(
         up.seen.iter().any(|l| l.starts_with("stopped: 5 pods;")),

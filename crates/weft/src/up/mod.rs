@@ -73,6 +73,9 @@ fn rootless_reason(asked: bool) -> Option<String> {
     }
 }
 
+/// The manifests' current problems, one per line (empty when there are none).
+pub const PROBLEMS_FILE: &str = "manifest-problems";
+
 /// Rootless mode is for development: it must never pass for isolation.
 const ROOTLESS_WARNING: &str = "\
 WARNING: rootless mode is a development mode, not isolation. Every program runs as you,
@@ -796,6 +799,9 @@ fn apply_manifests(mesh: &mut Mesh, snapshot: crate::store::Snapshot) -> anyhow:
     for p in &snapshot.problems {
         warn!("manifest problem (its last good version keeps running): {p}");
     }
+    // `weft check` reads them from here and turns red until they are fixed.
+    let problems: String = snapshot.problems.iter().map(|p| format!("{p}\n")).collect();
+    crate::secure_fs::write_atomic(&mesh.state.join(PROBLEMS_FILE), problems.as_bytes(), 0o600)?;
     let edited: Vec<crate::resources::Key> = mesh
         .replicas
         .keys()
