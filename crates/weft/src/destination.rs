@@ -752,11 +752,21 @@ pub struct ServeArgs {
     /// How often the manifests directory is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     poll: Duration,
-    /// The CA directory (`weft identity ca create`): serve TLS with a
-    /// certificate for `--name` issued from it. Without it the service is
-    /// plaintext, for a trusted network only.
+    /// The identity service (host:port) to get this service's certificate
+    /// from, as any workload does: with it, the service serves TLS as
+    /// `--name`. Without it the service is plaintext, for a trusted network only.
+    #[arg(long, requires_all = ["token_file", "trust_anchors"])]
+    identity_addr: Option<String>,
+    /// The identity the identity service proves.
+    #[arg(long, default_value = crate::identity::IDENTITY_SERVICE_NAME)]
+    identity_name: weft_identity::Identity,
+    /// A token for `--name` (`weft identity token --identity NAME`), read anew
+    /// at each renewal.
     #[arg(long)]
-    identity_dir: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    /// The trust anchors (PEM, e.g. the CA directory's ca.crt).
+    #[arg(long)]
+    trust_anchors: Option<PathBuf>,
     /// The identity this service proves over TLS (proxies name it in
     /// WEFT_PROXY_DESTINATION_SVC_NAME).
     #[arg(long, default_value = DESTINATION_SERVICE_NAME)]
@@ -767,8 +777,8 @@ pub struct ServeArgs {
 pub const DESTINATION_SERVICE_NAME: &str =
     "destination.weft.serviceaccount.identity.weft.cluster.local";
 
-/// The lifetime of the certificate the service issues itself.
-const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long the service waits for its first certificate before giving up.
+const CERTIFY_WITHIN: Duration = Duration::from_secs(30);
 
 /// Runs the destination service over the files store until Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -779,17 +789,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the destination service to {}", args.listen))?;
-    let serving = match &args.identity_dir {
-        Some(dir) => {
-            let ca = crate::identity::CaSource::load(dir, DEFAULT_LEAF_LIFETIME)?;
-            Some(crate::serving_tls::ServingIdentity::new(
-                args.name.clone(),
-                Arc::new(ca),
-            )?)
+    let serving = match (&args.identity_addr, &args.token_file, &args.trust_anchors) {
+        (Some(addr), Some(token_file), Some(anchors)) => {
+            let pem = std::fs::read_to_string(anchors)
+                .with_context(|| format!("reading the trust anchors {}", anchors.display()))?;
+            let config = weft_proxy::config::IdentityConfig {
+                svc: weft_proxy::control::ControlAddr {
+                    addr: addr.clone(),
+                    identity: Some(args.identity_name.clone()),
+                },
+                local_name: args.name.clone(),
+                token_file: token_file.clone(),
+                trust_anchors: weft_identity::verify::TrustAnchors::from_pem(&pem)
+                    .with_context(|| format!("trust anchors in {}", anchors.display()))?,
+            };
+            Some(crate::serving_tls::CertifiedIdentity::obtain(config, CERTIFY_WITHIN).await?)
         }
-        None => {
+        _ => {
             tracing::warn!(
-                "serving plaintext (no --identity-dir): keep the destination service on a trusted network"
+                "serving plaintext (no --identity-addr): keep the destination service on a trusted network"
             );
             None
         }

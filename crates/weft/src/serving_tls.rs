@@ -1,12 +1,16 @@
 //! TLS for the control plane's own gRPC services.
 //!
 //! Each service proves a mesh identity
-//! (`identity.weft.serviceaccount.identity.weft.cluster.local`, ...) with a
-//! certificate it issues itself from the CA directory: a fresh key, signed
-//! by the current issuer. It is re-issued when 70% of its life has passed
-//! and when the issuer changes (rotation), checked at each handshake, so no
-//! timer task is needed. Proxies verify it against the trust anchors and the
-//! configured name, exactly as they verify a meshed peer.
+//! (`identity.weft.serviceaccount.identity.weft.cluster.local`, ...). Only the
+//! identity service holds the issuer key, so only it issues its own
+//! certificate ([`ServingIdentity`]): a fresh key, signed by the current
+//! issuer, re-issued when 70% of its life has passed and when the issuer
+//! changes (rotation), checked at each handshake, so no timer task is needed.
+//! Every other service ([`CertifiedIdentity`]) is a workload like any other:
+//! it proves its identity with a token to the identity service's Certify,
+//! as a proxy does, and renews the same way. Proxies verify either against
+//! the trust anchors and the configured name, exactly as they verify a
+//! meshed peer.
 //!
 //! Handshakes run in their own tasks with a deadline, so a client that
 //! stalls mid-handshake cannot hold up the accept loop or other clients.
@@ -152,11 +156,74 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Connections accepted on `listener` that completed a TLS handshake as
-/// `identity`, for tonic's `serve_with_incoming`.
+/// A service's certificate from the identity service (Certify with a token),
+/// kept current by the proxy's own renewal task.
+pub struct CertifiedIdentity {
+    credentials: weft_proxy::identity::CredentialsWatch,
+    /// The rustls form of the current credentials, made once per renewal.
+    cached: Mutex<Option<(Arc<weft_proxy::identity::Credentials>, Arc<CertifiedKey>)>>,
+}
+
+impl std::fmt::Debug for CertifiedIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertifiedIdentity").finish_non_exhaustive()
+    }
+}
+
+impl CertifiedIdentity {
+    /// Asks for a certificate, waiting at most `within` for the first one.
+    pub async fn obtain(
+        config: weft_proxy::config::IdentityConfig,
+        within: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let (name, svc) = (config.local_name.clone(), config.svc.addr.clone());
+        let metrics = weft_proxy::metrics::Metrics::new(Default::default(), false);
+        let mut credentials = weft_proxy::identity::spawn(config, metrics)?;
+        info!(identity = %name, identity_service = %svc, "asking the identity service for a certificate");
+        tokio::time::timeout(within, credentials.wait_for(Option::is_some))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no certificate for {name} from the identity service at {svc} within {within:?} (see the log for why)"
+                )
+            })?
+            .context("the certificate task ended")?;
+        Ok(Arc::new(CertifiedIdentity {
+            credentials,
+            cached: Mutex::new(None),
+        }))
+    }
+}
+
+impl ResolvesServerCert for CertifiedIdentity {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.credentials.borrow().clone()?;
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((creds, key)) = cached.as_ref()
+            && Arc::ptr_eq(creds, &current)
+        {
+            return Some(key.clone());
+        }
+        match weft_identity::tls::certified_key(&current.leaf_der, &current.chain, &current.key_der)
+        {
+            Ok(key) => {
+                let key = Arc::new(key);
+                *cached = Some((current, key.clone()));
+                Some(key)
+            }
+            Err(e) => {
+                warn!(error = %e, "the certificate from the identity service is unusable");
+                cached.as_ref().map(|(_, key)| key.clone())
+            }
+        }
+    }
+}
+
+/// Connections accepted on `listener` that completed a TLS handshake with
+/// the certificate `identity` resolves, for tonic's `serve_with_incoming`.
 pub fn incoming(
     listener: TcpListener,
-    identity: Arc<ServingIdentity>,
+    identity: Arc<dyn ResolvesServerCert>,
 ) -> anyhow::Result<ReceiverStream<std::io::Result<TlsConn>>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -838,7 +838,8 @@ async fn http1_between_meshed_proxies_rides_one_http2_connection() {
                 &support::workload_yaml("web-0", "web", "127.0.0.1", server.inbound.port()),
             ),
         ],
-        &ca.dir,
+        &ca,
+        identity_port,
     );
     let client = Proxy::start_as(
         &ca,
@@ -1015,7 +1016,8 @@ async fn the_control_plane_serves_tls_and_proves_its_identity() {
                 &support::workload_yaml("web-0", "web", "198.18.0.10", 8080),
             ),
         ],
-        &ca.dir,
+        &ca,
+        identity_port,
     );
     let addr = destination.addr.to_string();
     let ca_dir = ca.dir.to_str().unwrap();

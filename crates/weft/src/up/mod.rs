@@ -304,6 +304,23 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
         info!(bridge = %mesh.net.bridge(), addr = %BRIDGE_IP, "network ready");
     }
     let control_ip = mesh.control_ip;
+    // The destination service is a workload like any other: a token for its
+    // identity, and a certificate through Certify. Only the identity
+    // service reads the issuer key.
+    crate::secure_fs::private_dir(&state.join("control"))?;
+    let destination_token = state.join("control").join("destination.token");
+    let token = run_command(&[
+        weft,
+        "identity",
+        "token",
+        "--dir",
+        path(&ca)?,
+        "--identity",
+        crate::destination::DESTINATION_SERVICE_NAME,
+        "--ttl",
+        "90d",
+    ])?;
+    crate::secure_fs::write_atomic(&destination_token, token.trim().as_bytes(), 0o600)?;
 
     let logs = state.join("logs");
     let control = [
@@ -329,8 +346,12 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
                 "destination".into(),
                 "--manifests".into(),
                 path(&state.join("cluster"))?.into(),
-                "--identity-dir".into(),
-                path(&ca)?.into(),
+                "--identity-addr".into(),
+                format!("{control_ip}:{IDENTITY_PORT}"),
+                "--token-file".into(),
+                path(&destination_token)?.into(),
+                "--trust-anchors".into(),
+                path(&ca.join("ca.crt"))?.into(),
                 "--listen".into(),
                 format!("{control_ip}:{DESTINATION_PORT}"),
                 "--admin-listen".into(),

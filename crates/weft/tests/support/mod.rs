@@ -68,26 +68,7 @@ impl Ca {
     }
 
     pub fn token(&self, identity: &str, ttl: &str) -> Vec<u8> {
-        let out = weft(&[
-            "identity",
-            "token",
-            "--dir",
-            self.dir.to_str().unwrap(),
-            "--identity",
-            identity,
-            "--ttl",
-            ttl,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .as_bytes()
-            .to_vec()
+        mint_token(&self.dir, identity, ttl)
     }
 
     /// Starts `weft control identity` on `port`, signing leaves for
@@ -142,6 +123,30 @@ impl Ca {
     }
 }
 
+/// A token from the CA in `dir` (`weft identity token`).
+pub fn mint_token(dir: &std::path::Path, identity: &str, ttl: &str) -> Vec<u8> {
+    let out = weft(&[
+        "identity",
+        "token",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--identity",
+        identity,
+        "--ttl",
+        ttl,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .as_bytes()
+        .to_vec()
+}
+
 impl Drop for Ca {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -170,8 +175,9 @@ pub struct Destination {
     pub server: Server,
     pub addr: SocketAddr,
     pub log: PathBuf,
-    /// With a CA directory, the service serves TLS as `destination.weft...`.
-    ca_dir: Option<PathBuf>,
+    /// With a CA directory and its identity service's port, the service gets
+    /// a certificate through Certify and serves TLS as `destination.weft...`.
+    tls: Option<(PathBuf, u16)>,
 }
 
 /// The destination service's own identity (its default).
@@ -183,12 +189,13 @@ impl Destination {
         Self::start_with(files, None)
     }
 
-    /// The same, serving TLS with a certificate from the CA in `ca_dir`.
-    pub fn start_tls(files: &[(&str, &str)], ca_dir: &std::path::Path) -> Destination {
-        Self::start_with(files, Some(ca_dir.to_path_buf()))
+    /// The same, serving TLS with a certificate it gets from the identity
+    /// service of `ca` on `identity_port`, with a token for its identity.
+    pub fn start_tls(files: &[(&str, &str)], ca: &Ca, identity_port: u16) -> Destination {
+        Self::start_with(files, Some((ca.dir.clone(), identity_port)))
     }
 
-    fn start_with(files: &[(&str, &str)], ca_dir: Option<PathBuf>) -> Destination {
+    fn start_with(files: &[(&str, &str)], tls: Option<(PathBuf, u16)>) -> Destination {
         let dir = std::env::temp_dir().join(format!(
             "weft-manifests-test-{}-{}",
             std::process::id(),
@@ -201,13 +208,13 @@ impl Destination {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.with_extension("log");
-        let child = Self::spawn(&dir, addr, admin, &log, ca_dir.as_deref());
+        let child = Self::spawn(&dir, addr, admin, &log, tls.as_ref());
         Destination {
             dir,
             server: Server { child, admin },
             addr,
             log,
-            ca_dir,
+            tls,
         }
     }
 
@@ -216,8 +223,23 @@ impl Destination {
         addr: SocketAddr,
         admin: SocketAddr,
         log: &std::path::Path,
-        ca_dir: Option<&std::path::Path>,
+        tls: Option<&(PathBuf, u16)>,
     ) -> Child {
+        let tls_args: Vec<String> = match tls {
+            Some((ca_dir, identity_port)) => {
+                let token = dir.with_extension("token");
+                std::fs::write(&token, mint_token(ca_dir, DESTINATION_SERVICE, "1h")).unwrap();
+                vec![
+                    "--identity-addr".into(),
+                    format!("127.0.0.1:{identity_port}"),
+                    "--token-file".into(),
+                    token.display().to_string(),
+                    "--trust-anchors".into(),
+                    ca_dir.join("ca.crt").display().to_string(),
+                ]
+            }
+            None => Vec::new(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args([
                 "control",
@@ -225,11 +247,7 @@ impl Destination {
                 "--manifests",
                 dir.to_str().unwrap(),
             ])
-            .args(
-                ca_dir
-                    .iter()
-                    .flat_map(|d| ["--identity-dir".as_ref(), d.as_os_str()]),
-            )
+            .args(&tls_args)
             .args(["--listen", &addr.to_string()])
             .args(["--admin-listen", &admin.to_string()])
             .env("WEFT_LOG", "info")
@@ -267,7 +285,7 @@ impl Destination {
             self.addr,
             self.server.admin,
             &self.log,
-            self.ca_dir.as_deref(),
+            self.tls.as_ref(),
         );
     }
 
