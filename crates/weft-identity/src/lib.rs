@@ -148,6 +148,88 @@ mod tests {
         format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
     }
 
+    /// A certificate the issuer signs outside the CA's checks.
+    fn rogue(
+        issuer: &super::ca::CertAndKey,
+        dns: &str,
+        ekus: Vec<rcgen::ExtendedKeyUsagePurpose>,
+        is_ca: bool,
+    ) -> (Vec<u8>, super::ca::CertAndKey) {
+        let signer_key = rcgen::KeyPair::from_pem(&issuer.key_pem).unwrap();
+        let signer = rcgen::Issuer::from_ca_cert_pem(&issuer.cert_pem, signer_key).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![dns.to_string()]).unwrap();
+        p.extended_key_usages = ekus;
+        if is_ca {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = p.signed_by(&key, &signer).unwrap();
+        let pair = super::ca::CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        (cert.der().to_vec(), pair)
+    }
+
+    #[test]
+    fn certificates_the_issuer_signed_for_the_wrong_purpose_prove_nothing() {
+        use super::verify::{TrustAnchors, Usage, VerifyError};
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let anchor = generate_trust_anchor("root.weft", 365 * DAY).unwrap();
+        let issuer = generate_issuer(&anchor, "issuer.weft", 30 * DAY).unwrap();
+        let issuer_der = super::ca::pem_certificates(&issuer.cert_pem, "issuer").unwrap();
+        let anchors = TrustAnchors::from_pem(&anchor.cert_pem).unwrap();
+        let now = SystemTime::now();
+        let web = "web.demo.serviceaccount.identity.weft.cluster.local";
+
+        // Signed by the mesh CA, but naming no mesh identity.
+        let (plain, _) = rogue(&issuer, "example.com", vec![ServerAuth, ClientAuth], false);
+        assert_eq!(
+            anchors.verify_chain(&plain, &issuer_der, now, Usage::Client),
+            Err(VerifyError::NoIdentity)
+        );
+        // A server-only certificate presented by a client.
+        let (server_only, _) = rogue(&issuer, web, vec![ServerAuth], false);
+        assert!(matches!(
+            anchors.verify_chain(&server_only, &issuer_der, now, Usage::Client),
+            Err(VerifyError::Rejected(..))
+        ));
+        assert!(
+            anchors
+                .verify_chain(&server_only, &issuer_der, now, Usage::Server)
+                .is_ok()
+        );
+        // A leaf used as a CA: what it signs is not trusted.
+        let (_, leaf) = rogue(&issuer, web, vec![ServerAuth, ClientAuth], false);
+        let (forged, _) = rogue(&leaf, web, vec![ServerAuth, ClientAuth], false);
+        let chain = [
+            super::ca::pem_certificates(&leaf.cert_pem, "leaf")
+                .unwrap()
+                .remove(0),
+            issuer_der[0].clone(),
+        ];
+        assert!(
+            anchors
+                .verify_chain(&forged, &chain, now, Usage::Client)
+                .is_err()
+        );
+        // The issuer may not make CAs (path length 0): a sub-CA's leaf is refused.
+        let (_, sub_ca) = rogue(&issuer, "sub.weft", vec![], true);
+        let (deep, _) = rogue(&sub_ca, web, vec![ServerAuth, ClientAuth], false);
+        let chain = [
+            super::ca::pem_certificates(&sub_ca.cert_pem, "sub")
+                .unwrap()
+                .remove(0),
+            issuer_der[0].clone(),
+        ];
+        assert!(
+            anchors
+                .verify_chain(&deep, &chain, now, Usage::Client)
+                .is_err()
+        );
+    }
+
     #[test]
     fn chains_verify_against_anchors_identity_and_time() {
         use super::verify::{TrustAnchors, VerifyError};

@@ -62,6 +62,10 @@ pub fn certificate_error(e: VerifyError) -> rustls::Error {
         VerifyError::OutOfDate => CertificateError::Expired,
         VerifyError::WrongIdentity { .. } => CertificateError::NotValidForName,
         VerifyError::Malformed(_) | VerifyError::WrongKey => CertificateError::BadEncoding,
+        VerifyError::NoIdentity => CertificateError::NotValidForName,
+        VerifyError::Rejected(_, reason) => CertificateError::Other(rustls::OtherError(
+            std::sync::Arc::new(std::io::Error::other(reason)),
+        )),
     })
 }
 

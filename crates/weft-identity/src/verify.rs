@@ -1,13 +1,19 @@
 //! Checking a certificate chain against the trust anchors and an identity:
 //! what a proxy does with the certificate it was given, and (for mesh TLS)
 //! with its peer's.
+//!
+//! Path building and verification are rustls-webpki's (the code rustls
+//! itself trusts): signatures, validity at the given time, basic
+//! constraints and path length, key usage and extended key usage, and
+//! refusal of unknown critical extensions. On top of it, a mesh certificate
+//! must name a mesh identity (a DNS SAN that is one): a certificate the CA
+//! signed for anything else proves nobody.
 
 use std::time::{Duration, SystemTime};
 
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
-use x509_parser::time::ASN1Time;
 
 use crate::Identity;
 use crate::ca::{CaError, pem_certificates};
@@ -27,6 +33,19 @@ pub enum VerifyError {
     },
     #[error("the certificate is not for this proxy's key")]
     WrongKey,
+    #[error("the certificate names no mesh identity (no DNS SAN that is one)")]
+    NoIdentity,
+    #[error("the certificate is not valid for {0}: {1}")]
+    Rejected(&'static str, String),
+}
+
+/// What a certificate is checked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    /// A server proving its identity (and a proxy's own certificate).
+    Server,
+    /// A client proving its identity to a server.
+    Client,
 }
 
 /// Parsed trust anchors (DER kept; parsing is cheap and borrows from it).
@@ -54,7 +73,7 @@ impl TrustAnchors {
         identity: &Identity,
         now: SystemTime,
     ) -> Result<SystemTime, VerifyError> {
-        let (names, not_after) = self.verify_chain(leaf, chain, now)?;
+        let (names, not_after) = self.verify_chain(leaf, chain, now, Usage::Server)?;
         if !names.iter().any(|n| n == identity.as_str()) {
             return Err(VerifyError::WrongIdentity {
                 found: names,
@@ -64,53 +83,69 @@ impl TrustAnchors {
         Ok(not_after)
     }
 
-    /// Verifies that `leaf` chains to a trust anchor at `now`, whoever it names;
-    /// returns its DNS names and expiry (a server learning its client's identity).
+    /// Verifies that `leaf` chains to a trust anchor at `now` for `usage`,
+    /// whoever it names; returns its DNS names (at least one a mesh identity)
+    /// and expiry (a server learning its client's identity).
     pub fn verify_chain<C: AsRef<[u8]>>(
         &self,
         leaf: &[u8],
         chain: &[C],
         now: SystemTime,
+        usage: Usage,
     ) -> Result<(Vec<String>, SystemTime), VerifyError> {
-        let parse = |der| {
-            X509Certificate::from_der(der)
-                .map(|(_, c)| c)
-                .map_err(|e| VerifyError::Malformed(e.to_string()))
-        };
-        let leaf = parse(leaf)?;
-        let at = ASN1Time::from_timestamp(
-            now.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        )
-        .map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        let names = names_of(&leaf);
+        use rustls_pki_types::{CertificateDer, UnixTime};
+        let parsed = X509Certificate::from_der(leaf)
+            .map(|(_, c)| c)
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let names = names_of(&parsed);
         let not_after = SystemTime::UNIX_EPOCH
-            + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
-        // Walk up: each certificate must be signed by the next one, and the last
-        // one by a trust anchor. Every step must be valid at `now`.
-        let mut current = leaf;
-        let mut rest = chain.iter();
-        loop {
-            if !current.validity().is_valid_at(at) {
-                return Err(VerifyError::OutOfDate);
-            }
-            let anchored = self.0.iter().any(|der| {
-                X509Certificate::from_der(der).is_ok_and(|(_, anchor)| {
-                    anchor.validity().is_valid_at(at)
-                        && current.verify_signature(Some(anchor.public_key())).is_ok()
-                })
-            });
-            if anchored {
-                break;
-            }
-            let Some(next) = rest.next() else {
-                return Err(VerifyError::Untrusted);
-            };
-            let next = parse(next.as_ref())?;
-            if !next.is_ca() || current.verify_signature(Some(next.public_key())).is_err() {
-                return Err(VerifyError::Untrusted);
-            }
-            current = next;
+            + Duration::from_secs(parsed.validity().not_after.timestamp().max(0) as u64);
+
+        let anchors = self
+            .0
+            .iter()
+            .map(|der| {
+                webpki::anchor_from_trusted_cert(&CertificateDer::from(der.as_slice()))
+                    .map(|a| a.to_owned())
+                    .map_err(|e| VerifyError::Malformed(format!("trust anchor: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let leaf_der = CertificateDer::from(leaf);
+        let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let intermediates: Vec<CertificateDer<'_>> = chain
+            .iter()
+            .map(|c| CertificateDer::from(c.as_ref()))
+            .collect();
+        let time = UnixTime::since_unix_epoch(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        let (key_usage, what) = match usage {
+            Usage::Server => (webpki::KeyUsage::server_auth(), "server authentication"),
+            Usage::Client => (webpki::KeyUsage::client_auth(), "client authentication"),
+        };
+        end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &intermediates,
+                time,
+                key_usage,
+                None,
+                None,
+            )
+            .map_err(|e| match e {
+                webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                    VerifyError::Untrusted
+                }
+                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+                    VerifyError::OutOfDate
+                }
+                other => VerifyError::Rejected(what, format!("{other:?}")),
+            })?;
+        if !names.iter().any(|n| n.parse::<Identity>().is_ok()) {
+            return Err(VerifyError::NoIdentity);
         }
         Ok((names, not_after))
     }

@@ -220,7 +220,12 @@ impl ClientCertVerifier for MeshClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.anchors
-            .verify_chain(end_entity, intermediates, weft_identity::tls::unix(now))
+            .verify_chain(
+                end_entity,
+                intermediates,
+                weft_identity::tls::unix(now),
+                weft_identity::verify::Usage::Client,
+            )
             .map(|_| ClientCertVerified::assertion())
             .map_err(certificate_error)
     }

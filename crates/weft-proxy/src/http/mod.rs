@@ -717,7 +717,7 @@ fn upgrade<B>(mut req: Request<B>, addr: SocketAddr) -> Result<Request<B>, Proxy
 /// Restores an HTTP/1 request that a peer proxy carried over HTTP/2;
 /// whether the request was one. Linkerd may append `; absolute-form`, which
 /// changes nothing here: requests reach the application in origin form.
-fn downgrade<B>(req: &mut Request<B>) -> Result<bool, ProxyError> {
+pub fn downgrade<B>(req: &mut Request<B>) -> Result<bool, ProxyError> {
     let Some(value) = req.headers_mut().remove(L5D_ORIG_PROTO) else {
         return Ok(false);
     };
