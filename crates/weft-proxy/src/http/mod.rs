@@ -689,10 +689,14 @@ async fn send(
             .unwrap_or(Err(ProxyError::ResponseTimeout { addr, timeout })),
         None => response.await,
     };
-    // A request whose client broke its framing failed because of the client.
-    match (result, conn.strict.as_ref().and_then(|s| s.violation())) {
-        (Err(_), Some(violation)) => Err(ProxyError::BadRequest(violation.reason)),
-        (result, _) => result,
+    // A request whose client broke its framing failed because of the client
+    // (asked only on failure: the success path takes no lock).
+    match result {
+        Err(e) => match conn.strict.as_ref().and_then(|s| s.violation()) {
+            Some(violation) => Err(ProxyError::BadRequest(violation.reason)),
+            None => Err(e),
+        },
+        ok => ok,
     }
 }
 

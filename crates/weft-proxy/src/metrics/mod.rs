@@ -544,21 +544,37 @@ impl Metrics {
 
     /// Counts a connection closed before it was served.
     pub fn tcp_accept_error(&self, direction: Direction, error: &'static str) {
-        let family = match direction {
-            Direction::Inbound => &self.inbound_tcp_accept_errors_total,
-            Direction::Outbound => &self.outbound_tcp_accept_errors_total,
-        };
-        family.get_or_create(&ErrorLabels { error }).inc();
+        count_error(
+            direction,
+            &self.inbound_tcp_accept_errors_total,
+            &self.outbound_tcp_accept_errors_total,
+            error,
+        );
     }
 
     /// Counts an error response the proxy produced itself.
     pub fn http_error(&self, direction: Direction, error: &'static str) {
-        let family = match direction {
-            Direction::Inbound => &self.inbound_http_errors_total,
-            Direction::Outbound => &self.outbound_http_errors_total,
-        };
-        family.get_or_create(&ErrorLabels { error }).inc();
+        count_error(
+            direction,
+            &self.inbound_http_errors_total,
+            &self.outbound_http_errors_total,
+            error,
+        );
     }
+}
+
+/// Bumps `error` in the family of `direction`.
+fn count_error(
+    direction: Direction,
+    inbound: &Family<ErrorLabels, Counter>,
+    outbound: &Family<ErrorLabels, Counter>,
+    error: &'static str,
+) {
+    let family = match direction {
+        Direction::Inbound => inbound,
+        Direction::Outbound => outbound,
+    };
+    family.get_or_create(&ErrorLabels { error }).inc();
 }
 
 /// Byte counts and lifetime of one TCP connection.
