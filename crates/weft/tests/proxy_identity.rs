@@ -213,17 +213,13 @@ const GET_HEADERS: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_mesh_tls_is_terminated_and_the_app_sees_the_client_identity() {
-    let ca = Ca::create();
-    let identity_port = free_port();
-    let (_server, _) = ca.serve(identity_port, "1h");
-    let app_addr = spawn_app().await;
-    let proxy = Proxy::start_with(
-        &ca,
-        identity_port,
-        &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
-    );
-    proxy.wait_ready();
-    let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+    // Every field bound: the identity service lives as long as the test.
+    let MeshedApp {
+        ca,
+        _identity,
+        proxy,
+        anchors,
+    } = meshed_app(|_| Vec::new()).await;
 
     // The operator can see the proxy's current certificate.
     let inbound = proxy.inbound.to_string();
@@ -628,6 +624,34 @@ async fn web_server(ca: &Ca, identity_port: u16) -> (Proxy, SocketAddr) {
 }
 
 /// The test application: weft-testkit's HTTP server on a free loopback port.
+/// The test app behind a certified proxy (rootless forwarding), with the CA
+/// and its identity service.
+struct MeshedApp {
+    ca: Ca,
+    _identity: support::Server,
+    proxy: Proxy,
+    anchors: String,
+}
+
+/// Starts [`MeshedApp`]; `extra` gives more proxy settings from the app's address.
+async fn meshed_app(extra: impl FnOnce(SocketAddr) -> Vec<(&'static str, String)>) -> MeshedApp {
+    let ca = Ca::create();
+    let identity_port = free_port();
+    let (identity, _) = ca.serve(identity_port, "1h");
+    let app_addr = spawn_app().await;
+    let mut env = vec![("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())];
+    env.extend(extra(app_addr));
+    let proxy = Proxy::start_with(&ca, identity_port, &env);
+    proxy.wait_ready();
+    let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+    MeshedApp {
+        ca,
+        _identity: identity,
+        proxy,
+        anchors,
+    }
+}
+
 async fn spawn_app() -> SocketAddr {
     let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = app.local_addr().unwrap();
@@ -1055,23 +1079,19 @@ async fn the_control_plane_serves_tls_and_proves_its_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_that_requires_identity_refuses_plaintext_and_unidentified_clients() {
-    let ca = Ca::create();
-    let identity_port = free_port();
-    let (_server, _) = ca.serve(identity_port, "1h");
-    let app_addr = spawn_app().await;
-    let proxy = Proxy::start_with(
-        &ca,
-        identity_port,
-        &[
-            ("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string()),
-            (
-                "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY",
-                app_addr.port().to_string(),
-            ),
-        ],
-    );
-    proxy.wait_ready();
-    let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+    // Every field bound: the identity service lives as long as the test.
+    let MeshedApp {
+        ca,
+        _identity,
+        proxy,
+        anchors,
+    } = meshed_app(|app| {
+        vec![(
+            "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY",
+            app.port().to_string(),
+        )]
+    })
+    .await;
 
     let meshed = mesh_request(
         client_config(&anchors, Some((&ca, CLIENT))),
