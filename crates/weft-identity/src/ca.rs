@@ -42,6 +42,8 @@ pub enum CaError {
     NotChained(usize),
     #[error("the issuer certificate is not a CA certificate")]
     NotCa,
+    #[error("the issuer certificate's key usage does not allow signing certificates (keyCertSign)")]
+    MayNotSign,
     #[error("the issuer certificate is not valid now (valid {not_before} to {not_after})")]
     OutOfDate {
         not_before: String,
@@ -49,7 +51,15 @@ pub enum CaError {
     },
     #[error(transparent)]
     Csr(#[from] CsrError),
+    #[error(
+        "a certificate this issuer signs would not verify against the trust anchors \
+         (is the key the issuer certificate's, may it sign certificates?): {0}"
+    )]
+    Unusable(crate::verify::VerifyError),
 }
+
+/// The identity of the leaf [`Ca::new`] signs to prove an issuer works.
+const PROBE_IDENTITY: &str = "issuer-probe.weft.serviceaccount.identity.weft.cluster.local";
 
 fn at(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
@@ -171,6 +181,9 @@ impl std::fmt::Debug for Ca {
 impl Ca {
     /// Loads an issuer and checks that it is a CA, valid now, and signed by one
     /// of `trust_anchors_pem` (a bundle: old and new roots during rotation).
+    /// Then it proves the whole path as peers will check it: it signs a leaf
+    /// with the key and verifies it with webpki (key usage, basic constraints,
+    /// path length, critical extensions, the key matching the certificate).
     pub fn new(
         issuer: &CertAndKey,
         trust_anchors_pem: &str,
@@ -181,6 +194,12 @@ impl Ca {
         let cert = parse(&issuer_der, "issuer certificate")?;
         if !cert.is_ca() {
             return Err(CaError::NotCa);
+        }
+        // webpki does not look at a CA's key usage; peers such as OpenSSL do.
+        if let Ok(Some(usage)) = cert.key_usage()
+            && !usage.value.key_cert_sign()
+        {
+            return Err(CaError::MayNotSign);
         }
         let validity = cert.validity();
         if !validity.is_valid() {
@@ -207,12 +226,30 @@ impl Ca {
                 what: "issuer certificate",
                 reason: e.to_string(),
             })?;
-        Ok(Ca {
+        let ca = Ca {
             issuer,
             issuer_der,
             issuer_not_after,
             leaf_lifetime,
-        })
+        };
+        ca.prove(trust_anchors_pem)?;
+        Ok(ca)
+    }
+
+    fn prove(&self, trust_anchors_pem: &str) -> Result<(), CaError> {
+        let probe: Identity = PROBE_IDENTITY
+            .parse()
+            .map_err(|e: crate::name::NameError| CaError::BadPem {
+                what: "probe identity",
+                reason: e.to_string(),
+            })?;
+        let (_, csr) = crate::csr::new_key_and_csr(&probe)?;
+        let now = SystemTime::now();
+        let leaf = self.sign(&csr, &probe, now)?;
+        crate::verify::TrustAnchors::from_pem(trust_anchors_pem)?
+            .verify(&leaf.cert_der, &leaf.chain, &probe, now)
+            .map_err(CaError::Unusable)?;
+        Ok(())
     }
 
     /// Signs a leaf for `identity` from a CSR, after checking the CSR.

@@ -138,6 +138,35 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn an_issuer_is_proven_by_signing_a_leaf_that_peers_would_accept() {
+        let anchor = generate_trust_anchor("root.weft", 365 * DAY).unwrap();
+        let issuer = generate_issuer(&anchor, "issuer.weft", 30 * DAY).unwrap();
+        // The certificate of one issuer with the key of another.
+        let other = generate_issuer(&anchor, "other.weft", 30 * DAY).unwrap();
+        let mismatched = CertAndKey {
+            cert_pem: issuer.cert_pem.clone(),
+            key_pem: other.key_pem.clone(),
+        };
+        let err = Ca::new(&mismatched, &anchor.cert_pem, DAY).unwrap_err();
+        assert!(matches!(err, CaError::Unusable(_)), "{err}");
+        assert!(err.to_string().contains("would not verify"), "{err}");
+        // A CA certificate (signed by the anchor) that may not sign certificates.
+        let anchor_key = rcgen::KeyPair::from_pem(&anchor.key_pem).unwrap();
+        let signer = rcgen::Issuer::from_ca_cert_pem(&anchor.cert_pem, anchor_key).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let no_cert_sign = CertAndKey {
+            cert_pem: p.signed_by(&key, &signer).unwrap().pem(),
+            key_pem: key.serialize_pem(),
+        };
+        let err = Ca::new(&no_cert_sign, &anchor.cert_pem, DAY).unwrap_err();
+        assert!(matches!(err, CaError::MayNotSign), "{err}");
+        assert!(err.to_string().contains("keyCertSign"), "{err}");
+    }
+
     fn anchor_leaf(anchor: &CertAndKey) -> String {
         let issuer = generate_issuer(anchor, "i", DAY).unwrap();
         let ca = Ca::new(&issuer, &anchor.cert_pem, DAY).unwrap();

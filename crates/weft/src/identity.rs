@@ -241,7 +241,7 @@ fn read_key(dir: &Path, file: &str) -> anyhow::Result<String> {
     crate::secure_fs::read_key(&dir.join(file))
 }
 
-fn load_token_keys(dir: &Path) -> anyhow::Result<TokenKeys> {
+pub(crate) fn load_token_keys(dir: &Path) -> anyhow::Result<TokenKeys> {
     TokenKeys::parse(&read_key(dir, TOKEN_KEY)?)
         .with_context(|| format!("{}", dir.join(TOKEN_KEY).display()))
 }

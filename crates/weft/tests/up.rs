@@ -197,6 +197,18 @@ fn program_of(pod: &str) -> Option<u32> {
     })
 }
 
+/// The pid of the proxy that reads `token`.
+fn proxy_of(mesh: &str, token: &std::path::Path) -> u32 {
+    let marker = format!("WEFT_PROXY_IDENTITY_TOKEN_FILE={}", token.display());
+    mesh_processes(mesh)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+        })
+        .expect("no proxy reads that token")
+}
+
 /// A program bound to `[::]` in a pod cannot be reached over IPv6 around its
 /// proxy: the pod has no IPv6 address, not even a link-local one, and the
 /// capture rules cover IPv6 too.
@@ -509,7 +521,13 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, manifests.join(path.file_name().unwrap())).unwrap();
     }
-    let mut up = Up::start_in(&manifests, &state, ROOTLESS, &["--rootless"]);
+    // Tokens live 4 s here, so the mesh must keep re-minting them.
+    let mut up = Up::start_in(
+        &manifests,
+        &state,
+        ROOTLESS,
+        &["--rootless", "--token-ttl", "4s"],
+    );
     up.wait_for("the mode said", Duration::from_secs(10), |lines| {
         lines.iter().any(|l| {
             l.starts_with("mode: rootless on loopback") && l.contains("--rootless was given")
@@ -533,6 +551,36 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
         out.contains("✔ identity service       ready (127.18.0.1:9990)"),
         "{out}"
     );
+
+    // Long after the first token expired, a proxy that starts again still
+    // gets a certificate: the mesh re-mints tokens at half their life.
+    let token = state.join(ROOTLESS).join("pods/web-0/token");
+    let first = std::fs::read(&token).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(&token).unwrap() == first {
+        assert!(Instant::now() < deadline, "the token was never re-minted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3)); // the first token has expired now
+    let web_proxy = proxy_of(ROOTLESS, &token);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(web_proxy as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let restarted = !mesh_processes(ROOTLESS).contains(&web_proxy)
+            && support::weft(&[&["check"][..], &mesh_args].concat())
+                .status
+                .success();
+        if restarted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted web proxy never became ready: {}",
+            String::from_utf8_lossy(&support::weft(&[&["check"][..], &mesh_args].concat()).stdout)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // Traffic flows by service name through every proxy, all over mTLS.
     let deadline = Instant::now() + Duration::from_secs(30);

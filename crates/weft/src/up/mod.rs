@@ -15,6 +15,7 @@ mod control;
 mod net;
 mod procs;
 mod render;
+mod tokens;
 
 pub use control::{RestartArgs, ScaleArgs, restart, scale};
 pub use render::WORKLOAD_LABEL;
@@ -31,6 +32,7 @@ use tracing::{info, warn};
 
 use self::net::Network;
 use self::procs::{Spec, Supervised};
+use self::tokens::TokenFile;
 use crate::plan::{BRIDGE_IP, Pod};
 
 /// The proxy's uid in every pod; the capture rules let its traffic out.
@@ -52,6 +54,10 @@ pub struct UpArgs {
     /// even where network namespaces are available.
     #[arg(long)]
     rootless: bool,
+    /// How long each workload token lives; tokens are re-minted at half
+    /// their life while the mesh runs (at most 90 days).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    token_ttl: Duration,
 }
 
 /// Why the mesh runs rootless, or `None` for network namespaces.
@@ -107,6 +113,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 /// One pod while it runs.
 struct RunningPod {
     pod: Pod,
+    token: TokenFile,
     proxy: Supervised,
     app: Supervised,
     ready: bool,
@@ -129,13 +136,15 @@ struct Mesh {
     replicas: BTreeMap<crate::resources::Key, u32>,
     /// Set once the control plane runs: what every pod needs.
     pod_env: Option<PodEnv>,
+    token_ttl: Duration,
+    /// The destination service's token, once the control plane starts.
+    destination_token: Option<TokenFile>,
     /// veth numbers are never reused within a run.
     next_index: usize,
 }
 
 /// What starting a pod needs besides the pod itself.
 struct PodEnv {
-    weft: String,
     proxy_bin: PathBuf,
     ca: PathBuf,
     anchors: String,
@@ -197,6 +206,8 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
         plan,
         replicas: BTreeMap::new(),
         pod_env: None,
+        token_ttl: args.token_ttl,
+        destination_token: None,
         next_index: 0,
     };
     let outcome = match start(&mut mesh).await {
@@ -308,19 +319,14 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
     // identity, and a certificate through Certify. Only the identity
     // service reads the issuer key.
     crate::secure_fs::private_dir(&state.join("control"))?;
-    let destination_token = state.join("control").join("destination.token");
-    let token = run_command(&[
-        weft,
-        "identity",
-        "token",
-        "--dir",
-        path(&ca)?,
-        "--identity",
+    // SAFETY: geteuid has no preconditions.
+    let destination_token = TokenFile::create(
+        &ca,
         crate::destination::DESTINATION_SERVICE_NAME,
-        "--ttl",
-        "90d",
-    ])?;
-    crate::secure_fs::write_atomic(&destination_token, token.trim().as_bytes(), 0o600)?;
+        state.join("control").join("destination.token"),
+        unsafe { libc::geteuid() },
+        mesh.token_ttl,
+    )?;
 
     let logs = state.join("logs");
     let control = [
@@ -349,7 +355,7 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
                 "--identity-addr".into(),
                 format!("{control_ip}:{IDENTITY_PORT}"),
                 "--token-file".into(),
-                path(&destination_token)?.into(),
+                path(destination_token.path())?.into(),
                 "--trust-anchors".into(),
                 path(&ca.join("ca.crt"))?.into(),
                 "--listen".into(),
@@ -377,9 +383,9 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
         .await?;
     }
     info!("control plane up");
+    mesh.destination_token = Some(destination_token);
 
     mesh.pod_env = Some(PodEnv {
-        weft: weft.to_string(),
         proxy_bin: procs::resolve_program("weft-proxy", &mesh.manifests)?,
         ca,
         anchors,
@@ -410,7 +416,7 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         .pod_env
         .as_ref()
         .context("the control plane is not up")?;
-    let (weft, ca) = (env.weft.as_str(), &env.ca);
+    let ca = &env.ca;
     let ns = mesh.net.namespace(&pod.name);
     if !mesh.rootless {
         let index = mesh.next_index;
@@ -440,23 +446,19 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
     let pod_dir = mesh.state.join("pods").join(&pod.name);
     let _ = std::fs::remove_dir_all(&pod_dir);
     crate::secure_fs::private_dir(&pod_dir)?;
-    let token = run_command(&[
-        weft,
-        "identity",
-        "token",
-        "--dir",
-        path(ca)?,
-        "--identity",
-        &pod.identity,
-    ])?;
-    let token_file = pod_dir.join("token");
     // SAFETY: geteuid has no preconditions.
     let owner = if mesh.rootless {
         unsafe { libc::geteuid() }
     } else {
         PROXY_UID
     };
-    write_private(&token_file, token.trim(), owner)?;
+    let token = TokenFile::create(
+        ca,
+        &pod.identity,
+        pod_dir.join("token"),
+        owner,
+        mesh.token_ttl,
+    )?;
     std::os::unix::fs::chown(&pod_dir, Some(owner), Some(owner))
         .with_context(|| format!("giving {} to uid {owner}", pod_dir.display()))?;
 
@@ -504,7 +506,7 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         ),
         (
             "WEFT_PROXY_IDENTITY_TOKEN_FILE".into(),
-            path(&token_file)?.into(),
+            path(token.path())?.into(),
         ),
         (
             "WEFT_PROXY_IDENTITY_TRUST_ANCHORS".into(),
@@ -591,6 +593,7 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
     })?;
     Ok(RunningPod {
         pod: pod.clone(),
+        token,
         proxy,
         app,
         ready: false,
@@ -608,13 +611,6 @@ fn stop_pod(mesh: &Mesh, mut running: RunningPod) {
 fn path(p: &Path) -> anyhow::Result<&str> {
     p.to_str()
         .with_context(|| format!("{} is not UTF-8", p.display()))
-}
-
-/// Writes a secret readable only by `uid`.
-fn write_private(file: &Path, contents: &str, uid: u32) -> anyhow::Result<()> {
-    crate::secure_fs::write_atomic(file, contents.as_bytes(), 0o600)?;
-    std::os::unix::fs::chown(file, Some(uid), Some(uid))
-        .with_context(|| format!("giving {} to uid {uid}", file.display()))
 }
 
 async fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
@@ -688,6 +684,7 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
         for p in &mut mesh.control {
             p.tend();
         }
+        renew_tokens(mesh);
         let mut readiness_changed = false;
         for running in &mut mesh.pods {
             running.proxy.tend();
@@ -710,6 +707,25 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
             print!("{table}");
             let _ = std::io::stdout().flush();
             shown = table;
+        }
+    }
+}
+
+/// Keeps every token alive; a failure is logged and retried next tick,
+/// while the current token is still good for half its life.
+fn renew_tokens(mesh: &mut Mesh) {
+    let ca = mesh.state.join("ca");
+    let files = mesh
+        .destination_token
+        .iter_mut()
+        .chain(mesh.pods.iter_mut().map(|r| &mut r.token));
+    for file in files {
+        match file.renew_if_due(&ca) {
+            Ok(true) => info!(file = %file.path().display(), "token renewed"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(file = %file.path().display(), error = format!("{e:#}"), "cannot renew a token")
+            }
         }
     }
 }
