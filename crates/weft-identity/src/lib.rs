@@ -7,8 +7,14 @@
 //! - [`token`]: credentials the control plane mints for workloads.
 //! - [`verify`]: checking a chain against trust anchors and an identity.
 //! - [`tls`]: rustls verifiers and configurations built on [`verify`].
+//! - [`control`]: gRPC channels to the control plane, TLS requiring the
+//!   service's identity (used by the proxy, the control plane and the CLI).
+//! - [`certify`]: a workload's key and the Certify loop that keeps its
+//!   certificate fresh.
 
 pub mod ca;
+pub mod certify;
+pub mod control;
 pub mod csr;
 pub mod name;
 pub mod tls;

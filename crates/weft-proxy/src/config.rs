@@ -9,7 +9,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::control::ControlAddr;
+use weft_identity::certify::CertifyConfig;
+use weft_identity::control::ControlAddr;
 
 /// One environment setting: where it is read from and what it defaults to.
 #[derive(Debug)]
@@ -231,16 +232,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// How the proxy gets its identity (all five identity settings).
-#[derive(Clone, Debug)]
-pub struct IdentityConfig {
-    /// The identity service, always over TLS.
-    pub svc: ControlAddr,
-    pub local_name: weft_identity::Identity,
-    pub token_file: std::path::PathBuf,
-    pub trust_anchors: weft_identity::verify::TrustAnchors,
-}
-
 #[derive(Clone, Debug)]
 pub struct Config {
     pub outbound_addr: SocketAddr,
@@ -263,7 +254,7 @@ pub struct Config {
     pub shutdown_endpoint_enabled: bool,
     pub shutdown_grace_period: Duration,
     pub worker_threads: usize,
-    pub identity: Option<IdentityConfig>,
+    pub identity: Option<CertifyConfig>,
     pub outbound_identities: std::collections::HashMap<SocketAddr, crate::tcp::MeshEndpoint>,
     pub destination: Option<ControlAddr>,
     pub destination_suffixes: Vec<String>,
@@ -493,7 +484,7 @@ fn destination_config<F: Fn(&str) -> Option<String>>(
 
 fn identity_config<F: Fn(&str) -> Option<String>>(
     r: &Reader<F>,
-) -> Result<Option<IdentityConfig>, ConfigError> {
+) -> Result<Option<CertifyConfig>, ConfigError> {
     let Some(svc_addr) = r.optional(&IDENTITY_SVC_ADDR, |v| Ok(v.to_string()))? else {
         return Ok(None);
     };
@@ -513,7 +504,7 @@ fn identity_config<F: Fn(&str) -> Option<String>>(
     required(&IDENTITY_LOCAL_NAME)?;
     required(&IDENTITY_TOKEN_FILE)?;
     required(&IDENTITY_TRUST_ANCHORS)?;
-    Ok(Some(IdentityConfig {
+    Ok(Some(CertifyConfig {
         svc: ControlAddr {
             addr: svc_addr,
             identity: Some(r.parse(&IDENTITY_SVC_NAME, parse_identity)?),

@@ -22,11 +22,11 @@ use tracing::{debug, info, warn};
 use weft_identity::verify::TrustAnchors;
 
 use crate::balance::Balancer;
-use crate::control::ControlAddr;
 use crate::lock;
 use crate::metrics::{DstLabels, Metrics};
 use crate::profile::Profile;
 use crate::tcp::{Dialer, MeshEndpoint};
+use weft_identity::control::ControlAddr;
 
 /// Resolutions unused for this long are dropped (their streams closed).
 const IDLE_EXPIRY: Duration = Duration::from_secs(60);
@@ -125,7 +125,7 @@ impl Discovery {
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
     ) -> anyhow::Result<Arc<Discovery>> {
-        let channel = crate::control::channel(service, anchors, connect_timeout)?;
+        let channel = weft_identity::control::channel(service, anchors, connect_timeout)?;
         let discovery = Arc::new(Discovery {
             client: DestinationClient::new(channel),
             addr: service.addr.clone(),
@@ -250,9 +250,9 @@ async fn follow<T, F, Fut>(
         };
         metrics.control_failure(&discovery.addr);
         if has_answer() {
-            info!(%target, what, error = crate::control::status_reason(&ended), ?backoff, "destination stream lost; serving the last known answer");
+            info!(%target, what, error = weft_identity::control::status_reason(&ended), ?backoff, "destination stream lost; serving the last known answer");
         } else {
-            warn!(%target, what, error = crate::control::status_reason(&ended), ?backoff, "cannot resolve through the destination service; retrying");
+            warn!(%target, what, error = weft_identity::control::status_reason(&ended), ?backoff, "cannot resolve through the destination service; retrying");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -17,12 +17,10 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
-pub mod control;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod http;
-pub mod identity;
 pub mod init;
 pub mod io;
 pub mod metrics;

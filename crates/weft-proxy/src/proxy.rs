@@ -46,7 +46,7 @@ pub struct Shared {
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     serving: Arc<AtomicBool>,
-    identity: Option<crate::identity::CredentialsWatch>,
+    identity: Option<weft_identity::certify::CredentialsWatch>,
 }
 
 impl Readiness {
@@ -106,7 +106,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.inbound_metrics_authority,
     );
     let identity = match config.identity.clone() {
-        Some(identity) => Some(crate::identity::spawn(identity, metrics.clone())?),
+        Some(identity) => {
+            let metrics = metrics.clone();
+            let on_refresh = Box::new(move |outcome: Option<std::time::SystemTime>| {
+                metrics.identity_refreshed(outcome);
+            });
+            Some(weft_identity::certify::spawn(identity, on_refresh)?)
+        }
         None => None,
     };
     let mesh_tls = match (&identity, &config.identity) {

@@ -21,8 +21,8 @@ use weft_identity::Identity;
 use weft_identity::tls::{IdentityVerifier, certificate_error};
 use weft_identity::verify::TrustAnchors;
 
-use crate::identity::{Credentials, CredentialsWatch};
 use crate::transport_header::{ALPN as TRANSPORT_HEADER_ALPN, TransportHeader};
+use weft_identity::certify::{Credentials, CredentialsWatch};
 
 /// Mesh TLS for both directions, from the current credentials.
 pub struct MeshTls {

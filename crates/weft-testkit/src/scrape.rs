@@ -20,20 +20,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// Sum of the samples of `name` (exactly, before `{` or a space) whose labels
-/// include all of `labels`.
+/// Sum of the samples of `name` (exactly) whose labels include all of
+/// `labels`, read with the CLI's own parser.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    weft_control::metrics_text::sum(&weft_control::metrics_text::parse(text), name, labels)
 }

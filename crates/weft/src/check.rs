@@ -223,7 +223,7 @@ fn ca_checks(dir: &Path, now: SystemTime) -> Vec<Check> {
         },
     );
     checks.push(
-        match crate::secure_fs::read_key(&dir.join("token.key"))
+        match weft_control::secure_fs::read_key(&dir.join("token.key"))
             .map_err(|e| format!("{e:#}"))
             .and_then(|k| weft_identity::token::TokenKeys::parse(&k).map_err(|e| e.to_string()))
         {
@@ -267,7 +267,7 @@ fn control_plane_checks(control_ip: std::net::Ipv4Addr, logs: &Path) -> Vec<Chec
     if let Ok((200, text)) =
         crate::mesh::get(std::net::SocketAddr::from((control_ip, 9996)), "/metrics")
     {
-        let problems: f64 = crate::mesh::parse(&text)
+        let problems: f64 = weft_control::metrics_text::parse(&text)
             .iter()
             .filter(|s| s.name == "store_manifest_problems")
             .map(|s| s.value)
@@ -318,7 +318,7 @@ fn proxy_checks(pods: &[crate::mesh::MeshPod], logs: &Path, now: SystemTime) -> 
             let hint = format!("see {}", log.display());
             let ready = crate::mesh::get(pod.admin, "/ready");
             let metrics = crate::mesh::get(pod.admin, "/metrics")
-                .map(|(_, text)| crate::mesh::parse(&text))
+                .map(|(_, text)| weft_control::metrics_text::parse(&text))
                 .unwrap_or_default();
             let sum = |name: &str, label: Option<(&str, &str)>| -> f64 {
                 metrics

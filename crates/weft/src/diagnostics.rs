@@ -47,7 +47,7 @@ pub struct QueryArgs {
     #[arg(long, conflicts_with = "ca_dir")]
     plaintext: bool,
     /// The identity the destination service proves over TLS.
-    #[arg(long, default_value = crate::destination::DESTINATION_SERVICE_NAME)]
+    #[arg(long, default_value = weft_control::destination::DESTINATION_SERVICE_NAME)]
     destination_name: weft_identity::Identity,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
@@ -69,11 +69,11 @@ async fn client(args: &QueryArgs) -> anyhow::Result<DestinationClient<tonic::tra
         }
         None => None,
     };
-    let service = weft_proxy::control::ControlAddr {
+    let service = weft_identity::control::ControlAddr {
         addr: addr.clone(),
         identity: anchors.as_ref().map(|_| args.destination_name.clone()),
     };
-    let channel = weft_proxy::control::connect(&service, anchors.as_ref(), ANSWER_TIMEOUT)
+    let channel = weft_identity::control::connect(&service, anchors.as_ref(), ANSWER_TIMEOUT)
         .await
         .with_context(|| format!("cannot reach the destination service at {addr}"))?;
     Ok(DestinationClient::new(channel))
@@ -96,7 +96,7 @@ pub async fn run(cmd: DiagnosticsCmd) -> anyhow::Result<()> {
 }
 
 fn plan(args: &PlanArgs) -> anyhow::Result<()> {
-    let snapshot = crate::store::load(&args.dir)?;
+    let snapshot = weft_control::store::load(&args.dir)?;
     if !snapshot.problems.is_empty() {
         for p in &snapshot.problems {
             eprintln!("{p}");
@@ -151,7 +151,7 @@ async fn first<T>(
     args: &QueryArgs,
 ) -> anyhow::Result<T> {
     let failed = |s: tonic::Status| {
-        let reason = weft_proxy::control::status_reason(&s);
+        let reason = weft_identity::control::status_reason(&s);
         match s.code() {
             // The connection failed under the call: name the service, and the
             // likely cause when the query was plaintext.

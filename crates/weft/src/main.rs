@@ -1,19 +1,14 @@
 //! `weft`: the control plane (`weft control ...`) and the operator's CLI.
 
-mod admin;
 mod check;
-mod destination;
+mod control;
 mod diagnostics;
 mod identity;
 mod mesh;
 mod output;
 mod plan;
-mod resources;
-mod secure_fs;
-mod serving_tls;
 mod show;
 mod stat;
-mod store;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -38,7 +33,7 @@ enum Cmd {
     Check(check::CheckArgs),
     /// Run a control-plane service.
     #[command(subcommand)]
-    Control(ControlCmd),
+    Control(control::ControlCmd),
     /// Ask the control plane what it tells proxies.
     #[command(subcommand)]
     Diagnostics(diagnostics::DiagnosticsCmd),
@@ -52,15 +47,6 @@ enum Cmd {
     Scale(up::ScaleArgs),
     /// Restart every pod of a workload in a running mesh.
     Restart(up::RestartArgs),
-}
-
-#[derive(Subcommand)]
-enum ControlCmd {
-    /// The identity service (io.linkerd.proxy.identity.Identity/Certify): the mesh CA.
-    Identity(identity::ServeArgs),
-    /// The destination service (io.linkerd.proxy.destination.Destination): endpoints and
-    /// profiles from a directory of manifests.
-    Destination(destination::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,10 +66,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Control(ControlCmd::Identity(args)) => runtime()?.block_on(identity::serve(args)),
-        Cmd::Control(ControlCmd::Destination(args)) => {
-            runtime()?.block_on(destination::serve(args))
-        }
+        Cmd::Control(cmd) => runtime()?.block_on(control::run(cmd)),
         Cmd::Diagnostics(cmd) => runtime()?.block_on(diagnostics::run(cmd)),
         Cmd::Up(args) => up::run(args),
         Cmd::Stat(args) => stat::run(args),

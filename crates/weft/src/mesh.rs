@@ -49,53 +49,6 @@ pub fn control_ip(state: &Path) -> Ipv4Addr {
     }
 }
 
-/// One line of Prometheus text: name, labels, value.
-#[derive(Debug, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-    pub value: f64,
-}
-
-impl Sample {
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses the exposition text; lines it cannot read are skipped.
-pub fn parse(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let value = value.parse().ok()?;
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let mut parsed = Vec::new();
-            let mut rest = labels;
-            while let Some((key, after)) = rest.split_once("=\"") {
-                let end = after.find('"')?;
-                parsed.push((
-                    key.trim_start_matches(',').to_string(),
-                    after[..end].to_string(),
-                ));
-                rest = &after[end + 1..];
-            }
-            Some(Sample {
-                name: name.to_string(),
-                labels: parsed,
-                value,
-            })
-        })
-        .collect()
-}
-
 /// Largest admin reply the CLI reads.
 const MAX_ADMIN_REPLY: u64 = 32 << 20;
 
@@ -154,7 +107,7 @@ pub fn running_pods(state: &Path) -> anyhow::Result<Vec<MeshPod>> {
             file.display()
         )
     })?;
-    let (manifests, errors) = crate::resources::parse_manifests(&file, &text);
+    let (manifests, errors) = weft_api::parse_manifests(&file, &text);
     if let Some(e) = errors.first() {
         bail!("the mesh's cluster state is unreadable: {e}");
     }

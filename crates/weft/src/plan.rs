@@ -14,8 +14,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use weft_identity::Identity;
 
-use crate::resources::{ContainerPort, Key};
-use crate::store::Snapshot;
+use weft_api::{ContainerPort, Key};
+use weft_control::store::Snapshot;
 
 /// The host side of every pod's veth: the control plane listens here.
 pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -31,7 +31,7 @@ pub fn rootless_addrs(pod_ip: Ipv4Addr) -> (Ipv4Addr, Ipv4Addr) {
 }
 
 /// The mesh's control namespace and trust domain, in every identity.
-use crate::resources::CONTROL_NAMESPACE;
+use weft_api::CONTROL_NAMESPACE;
 const TRUST_DOMAIN: &str = "cluster.local";
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -217,8 +217,8 @@ pub fn plan(snapshot: &Snapshot, replicas: &BTreeMap<Key, u32>) -> Result<Plan, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::parse_manifests;
     use std::path::Path;
+    use weft_api::parse_manifests;
 
     fn snapshot(text: &str) -> Snapshot {
         let (m, errors) = parse_manifests(Path::new("m.yaml"), text);

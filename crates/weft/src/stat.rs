@@ -15,8 +15,9 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::mesh::{MeshPod, Sample, get, parse};
+use crate::mesh::{MeshPod, get};
 use crate::output::{Output, print_table};
+use weft_control::metrics_text::{Sample, parse};
 
 #[derive(Args)]
 pub struct StatArgs {

@@ -175,11 +175,11 @@ impl Endpoint {
         // The client's own body failed (it reset or broke its framing): not
         // the endpoint's fault, so not counted against it.
         if e.is_user() {
-            return ProxyError::RequestBody(crate::control::error_chain(e));
+            return ProxyError::RequestBody(weft_identity::control::error_chain(e));
         }
         ProxyError::Upstream {
             addr: self.addr,
-            reason: crate::control::error_chain(e),
+            reason: weft_identity::control::error_chain(e),
         }
     }
 

@@ -529,12 +529,13 @@ impl Metrics {
     }
 
     /// Records a Certify attempt; on success, the new certificate's expiry.
-    pub fn identity_refreshed(&self, ok: bool, valid_until: SystemTime) {
-        let result = if ok { "ok" } else { "failure" };
+    /// A Certify outcome: `Some(valid_until)` when it succeeded.
+    pub fn identity_refreshed(&self, outcome: Option<SystemTime>) {
+        let result = if outcome.is_some() { "ok" } else { "failure" };
         self.identity_cert_refresh_total
             .get_or_create(&RefreshLabels { result })
             .inc();
-        if ok {
+        if let Some(valid_until) = outcome {
             let secs = valid_until
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());

@@ -131,9 +131,9 @@ struct Mesh {
     /// What it runs: the manifests, and the plan made from them (with any
     /// `weft scale` overrides).
     manifests: PathBuf,
-    snapshot: crate::store::Snapshot,
+    snapshot: weft_control::store::Snapshot,
     plan: crate::plan::Plan,
-    replicas: BTreeMap<crate::resources::Key, u32>,
+    replicas: BTreeMap<weft_api::Key, u32>,
     /// Set once the control plane runs: what every pod needs.
     pod_env: Option<PodEnv>,
     token_ttl: Duration,
@@ -163,7 +163,7 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
             "removed what an earlier run of this mesh left behind"
         );
     }
-    let snapshot = crate::store::load(&args.dir)?;
+    let snapshot = weft_control::store::load(&args.dir)?;
     if !snapshot.problems.is_empty() {
         for p in &snapshot.problems {
             eprintln!("{p}");
@@ -180,12 +180,12 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
     // the state and pods directories to their token, without listing them.
     let passable = if rootless { 0o700 } else { 0o711 };
     if let Some(root) = state.parent() {
-        crate::secure_fs::owned_dir(root, passable)?;
+        weft_control::secure_fs::owned_dir(root, passable)?;
     }
-    crate::secure_fs::owned_dir(&state, passable)?;
-    crate::secure_fs::owned_dir(&state.join("pods"), passable)?;
+    weft_control::secure_fs::owned_dir(&state, passable)?;
+    weft_control::secure_fs::owned_dir(&state.join("pods"), passable)?;
     for dir in ["ca", "cluster", "logs"] {
-        crate::secure_fs::private_dir(&state.join(dir))?;
+        weft_control::secure_fs::private_dir(&state.join(dir))?;
     }
     let mode = if rootless { "rootless" } else { "namespaces" };
     std::fs::write(state.join("mode"), mode).context("writing the mesh's mode")?;
@@ -220,8 +220,8 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
 
 /// The plan, with pod addresses on loopback in rootless mode.
 fn plan_for(
-    snapshot: &crate::store::Snapshot,
-    replicas: &BTreeMap<crate::resources::Key, u32>,
+    snapshot: &weft_control::store::Snapshot,
+    replicas: &BTreeMap<weft_api::Key, u32>,
     rootless: bool,
 ) -> anyhow::Result<crate::plan::Plan> {
     let mut plan = crate::plan::plan(snapshot, replicas)?;
@@ -318,11 +318,11 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
     // The destination service is a workload like any other: a token for its
     // identity, and a certificate through Certify. Only the identity
     // service reads the issuer key.
-    crate::secure_fs::private_dir(&state.join("control"))?;
+    weft_control::secure_fs::private_dir(&state.join("control"))?;
     // SAFETY: geteuid has no preconditions.
     let destination_token = TokenFile::create(
         &ca,
-        crate::destination::DESTINATION_SERVICE_NAME,
+        weft_control::destination::DESTINATION_SERVICE_NAME,
         state.join("control").join("destination.token"),
         unsafe { libc::geteuid() },
         mesh.token_ttl,
@@ -445,7 +445,7 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
     // only it can open its token.
     let pod_dir = mesh.state.join("pods").join(&pod.name);
     let _ = std::fs::remove_dir_all(&pod_dir);
-    crate::secure_fs::private_dir(&pod_dir)?;
+    weft_control::secure_fs::private_dir(&pod_dir)?;
     // SAFETY: geteuid has no preconditions.
     let owner = if mesh.rootless {
         unsafe { libc::geteuid() }
@@ -498,7 +498,7 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         ),
         (
             "WEFT_PROXY_IDENTITY_SVC_NAME".into(),
-            crate::identity::IDENTITY_SERVICE_NAME.into(),
+            weft_control::identity::IDENTITY_SERVICE_NAME.into(),
         ),
         (
             "WEFT_PROXY_IDENTITY_LOCAL_NAME".into(),
@@ -518,7 +518,7 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         ),
         (
             "WEFT_PROXY_DESTINATION_SVC_NAME".into(),
-            crate::destination::DESTINATION_SERVICE_NAME.into(),
+            weft_control::destination::DESTINATION_SERVICE_NAME.into(),
         ),
         // Pods and cluster IPs: never dialled in plaintext on a guess.
         (
@@ -652,9 +652,10 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
             .with_context(|| format!("chmod 600 {}", socket.display()))?;
     }
     // Edits to the manifests apply while the mesh runs.
-    let store = crate::store::FilesStore::start(&mesh.manifests, Duration::from_millis(500))?;
+    let store =
+        weft_control::store::FilesStore::start(&mesh.manifests, Duration::from_millis(500))?;
     let mut edits = {
-        use crate::store::Store as _;
+        use weft_control::store::Store as _;
         store.subscribe()
     };
     edits.mark_unchanged();
@@ -832,14 +833,21 @@ fn reconcile(mesh: &mut Mesh, plan: crate::plan::Plan) -> anyhow::Result<(usize,
 /// Applies edited manifests: new services and profiles, new or removed
 /// Deployments, changed replica counts (which replace any `weft scale`),
 /// changed pod specs.
-fn apply_manifests(mesh: &mut Mesh, snapshot: crate::store::Snapshot) -> anyhow::Result<String> {
+fn apply_manifests(
+    mesh: &mut Mesh,
+    snapshot: weft_control::store::Snapshot,
+) -> anyhow::Result<String> {
     for p in &snapshot.problems {
         warn!("manifest problem (its last good version keeps running): {p}");
     }
     // `weft check` reads them from here and turns red until they are fixed.
     let problems: String = snapshot.problems.iter().map(|p| format!("{p}\n")).collect();
-    crate::secure_fs::write_atomic(&mesh.state.join(PROBLEMS_FILE), problems.as_bytes(), 0o600)?;
-    let edited: Vec<crate::resources::Key> = mesh
+    weft_control::secure_fs::write_atomic(
+        &mesh.state.join(PROBLEMS_FILE),
+        problems.as_bytes(),
+        0o600,
+    )?;
+    let edited: Vec<weft_api::Key> = mesh
         .replicas
         .keys()
         .filter(|k| {
@@ -860,8 +868,8 @@ fn apply_manifests(mesh: &mut Mesh, snapshot: crate::store::Snapshot) -> anyhow:
 }
 
 /// The Deployment `workload` names (`name` or `namespace/name`).
-fn find_workload(mesh: &Mesh, workload: &str) -> anyhow::Result<crate::resources::Key> {
-    let matches: Vec<&crate::resources::Key> = mesh
+fn find_workload(mesh: &Mesh, workload: &str) -> anyhow::Result<weft_api::Key> {
+    let matches: Vec<&weft_api::Key> = mesh
         .snapshot
         .deployments
         .keys()
@@ -886,9 +894,9 @@ fn apply(mesh: &mut Mesh, request: control::Request) -> anyhow::Result<String> {
     match request {
         control::Request::Scale { workload, replicas } => {
             anyhow::ensure!(
-                replicas <= crate::resources::MAX_LOCAL_REPLICAS,
+                replicas <= weft_api::MAX_LOCAL_REPLICAS,
                 "at most {} replicas",
-                crate::resources::MAX_LOCAL_REPLICAS
+                weft_api::MAX_LOCAL_REPLICAS
             );
             let key = find_workload(mesh, &workload)?;
             let mut overrides = mesh.replicas.clone();

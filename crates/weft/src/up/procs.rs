@@ -37,7 +37,7 @@ pub struct Supervised {
 }
 
 fn spawn(spec: &Spec) -> anyhow::Result<Child> {
-    let log = crate::secure_fs::private_file(&spec.log)?;
+    let log = weft_control::secure_fs::private_file(&spec.log)?;
     let (program, args) = spec
         .argv
         .split_first()

@@ -10,11 +10,11 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::plan::Plan;
-use crate::resources::{
+use weft_api::{
     Condition, ExternalWorkload, ExternalWorkloadSpec, MeshTls, Metadata, WorkloadIp, WorkloadPort,
     WorkloadStatus, to_manifest,
 };
-use crate::store::Snapshot;
+use weft_control::store::Snapshot;
 
 /// Names the Deployment a pod belongs to (for `weft stat`).
 pub const WORKLOAD_LABEL: &str = "weft.io/workload";
@@ -28,7 +28,7 @@ pub fn cluster_state(
 ) -> anyhow::Result<String> {
     let mut docs = Vec::new();
     for planned in &plan.services {
-        let key = crate::resources::Key {
+        let key = weft_api::Key {
             namespace: planned.namespace.clone(),
             name: planned.name.clone(),
         };

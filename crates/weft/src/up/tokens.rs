@@ -59,9 +59,9 @@ impl TokenFile {
 
     fn write(&mut self, ca: &Path) -> anyhow::Result<()> {
         // Read afresh each time: the token key may have been rotated.
-        let keys = crate::identity::load_token_keys(ca)?;
+        let keys = weft_control::ca_dir::load_token_keys(ca)?;
         let token = keys.mint(&self.identity, self.ttl, SystemTime::now())?;
-        crate::secure_fs::write_atomic(&self.path, token.as_bytes(), 0o600)?;
+        weft_control::secure_fs::write_atomic(&self.path, token.as_bytes(), 0o600)?;
         std::os::unix::fs::chown(&self.path, Some(self.owner), Some(self.owner))
             .with_context(|| format!("giving {} to uid {}", self.path.display(), self.owner))?;
         self.minted = Instant::now();

@@ -111,12 +111,12 @@ impl Ca {
     {
         let pem = std::fs::read_to_string(self.dir.join("ca.crt")).unwrap();
         let anchors = weft_identity::verify::TrustAnchors::from_pem(&pem).unwrap();
-        let service = weft_proxy::control::ControlAddr {
+        let service = weft_identity::control::ControlAddr {
             addr: addr.into(),
             identity: Some(IDENTITY_SERVICE.parse().unwrap()),
         };
         let channel =
-            weft_proxy::control::connect(&service, Some(&anchors), Duration::from_secs(5))
+            weft_identity::control::connect(&service, Some(&anchors), Duration::from_secs(5))
                 .await
                 .unwrap();
         linkerd2_proxy_api::identity::identity_client::IdentityClient::new(channel)

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::resources::{
+use weft_api::{
     Deployment, ExternalWorkload, Key, Located, ManifestError, Manifests, Resource, Service,
     ServiceProfile, parse_manifests,
 };
@@ -86,7 +86,6 @@ fn first_of_each<T: Resource>(
 impl Snapshot {
     /// Builds a snapshot; a resource defined twice keeps its first definition
     /// and the second is reported.
-    #[cfg(test)]
     pub fn new(version: u64, manifests: Manifests, problems: Vec<ManifestError>) -> Self {
         Self::after(version, manifests, problems, &Origins::new())
     }
@@ -326,7 +325,7 @@ impl Loader {
             }
             changed = true;
             state.signature = Some(signature);
-            if signature.1 > crate::resources::MAX_MANIFEST_BYTES {
+            if signature.1 > weft_api::MAX_MANIFEST_BYTES {
                 // Not read at all: its last good content keeps serving.
                 state.problems = vec![ManifestError {
                     file: path.display().to_string(),
@@ -334,7 +333,7 @@ impl Loader {
                     reason: format!(
                         "{} bytes is more than a manifest file may hold ({} bytes); split it",
                         signature.1,
-                        crate::resources::MAX_MANIFEST_BYTES
+                        weft_api::MAX_MANIFEST_BYTES
                     ),
                 }];
                 continue;

@@ -466,11 +466,31 @@ const KINDS: &[(&str, &[&str])] = &[
     ("Deployment", &["apps/v1"]),
 ];
 
+/// The lines of `text` as YAML counts them: a line ends at `\n`, `\r\n` or
+/// a lone `\r`, so line numbers agree with the parser's.
+pub fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.find(['\n', '\r']) {
+            Some(i) => {
+                let skip = if current[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&current[i + skip..]).filter(|r| !r.is_empty());
+                Some(&current[..i])
+            }
+            None => {
+                rest = None;
+                Some(current).filter(|c| !c.is_empty())
+            }
+        }
+    })
+}
+
 /// Splits YAML text into documents at `---` lines, with each document's
 /// first line number (1-based), so errors point into the file.
 fn documents(text: &str) -> Vec<(usize, String)> {
     let mut docs = vec![(1, String::new())];
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in yaml_lines(text).enumerate() {
         let is_separator = line.starts_with("---")
             && line[3..]
                 .chars()
@@ -540,7 +560,10 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
         let header: Header = match serde_yaml_ng::from_str(&doc) {
             Ok(h) => h,
             Err(e) => {
-                errors.push(error(at(&e), format!("not a YAML mapping: {e}")));
+                errors.push(error(
+                    at(&e),
+                    format!("not a YAML mapping: {}", strip_location(&e)),
+                ));
                 continue;
             }
         };
@@ -598,14 +621,22 @@ pub fn parse_manifests(file: &Path, text: &str) -> (Manifests, Vec<ManifestError
     (checked, errors)
 }
 
-/// serde_yaml_ng appends "at line N column M" for the document; the error
-/// carries the line relative to the file instead.
+/// serde_yaml_ng says "at line N column M" relative to the document, once or
+/// more ("..., while parsing a flow mapping at line 3 column 5"); the error
+/// carries the line relative to the file instead, so those are dropped.
 fn strip_location(e: &serde_yaml_ng::Error) -> String {
-    let text = e.to_string();
-    match text.find(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text,
+    let mut text = e.to_string();
+    while let Some(start) = text.find(" at line ") {
+        let tail = &text[start + " at line ".len()..];
+        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let line_len = digits(tail);
+        let Some(after) = tail[line_len..].strip_prefix(" column ") else {
+            break;
+        };
+        let end = start + " at line ".len() + line_len + " column ".len() + digits(after);
+        text.replace_range(start..end, "");
     }
+    text
 }
 
 /// Checks what types alone cannot: names, selectors, regexes, budgets.
@@ -908,6 +939,22 @@ spec:
         let route = &m.profiles[0].resource.spec.routes[0];
         assert_eq!(route.timeout, Some(Duration::from_millis(300)));
         assert!(route.is_retryable);
+    }
+
+    #[test]
+    fn line_numbers_count_line_ends_as_yaml_does() {
+        // Found by the manifests fuzz target: a lone CR ends a line for the
+        // YAML parser, so it must for the document split too.
+        let text = "apiVersion: v1\rkind: Service\r\nmetadata: {name: web}\n---\rapiVersion: v1\nkind: Service\nmetadata: {name: [}\n";
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("m.yaml:1: "), "{errors:?}");
+        assert!(errors[1].starts_with("m.yaml:7: not a YAML mapping: "), "{errors:?}");
+        // Locations inside the document are gone: the prefix is the file's.
+        assert!(!errors[1].contains(" at line "), "{errors:?}");
+        assert_eq!(yaml_lines("a\rb\r\nc\n").collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(yaml_lines("").count(), 0);
+        assert_eq!(yaml_lines("\n\n").count(), 2);
     }
 
     fn errors_of(text: &str) -> Vec<String> {

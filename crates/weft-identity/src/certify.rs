@@ -1,6 +1,7 @@
-//! The proxy's own identity: a private key made at start that never leaves the
-//! process, and a certificate for it from the identity service, renewed
-//! before it expires.
+//! A workload's own identity, as a client of the identity service: a private
+//! key made at start that never leaves the process, and a certificate for it
+//! from Certify, renewed before it expires. The proxy and the control plane's
+//! other services (which get their serving certificates this way) share it.
 //!
 //! The loop: send the CSR with the credential read from the token file; check
 //! what comes back (chains to the trust anchors, names this identity,
@@ -16,11 +17,34 @@ use linkerd2_proxy_api::identity::identity_client::IdentityClient;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{info, warn};
-use weft_identity::Identity;
-use weft_identity::csr::new_key_and_csr;
 
-use crate::config::IdentityConfig;
-use crate::metrics::Metrics;
+use crate::Identity;
+use crate::control::{ChannelError, ControlAddr};
+use crate::csr::new_key_and_csr;
+use crate::verify::TrustAnchors;
+
+/// How a workload gets its identity.
+#[derive(Clone, Debug)]
+pub struct CertifyConfig {
+    /// The identity service, always over TLS.
+    pub svc: ControlAddr,
+    pub local_name: Identity,
+    /// Read anew at every request: tokens are rotated underneath.
+    pub token_file: std::path::PathBuf,
+    pub trust_anchors: TrustAnchors,
+}
+
+/// Told of every Certify outcome: `Some(valid_until)` on success, `None` on
+/// failure (the proxy's `identity_cert_*` metrics).
+pub type OnRefresh = Box<dyn Fn(Option<SystemTime>) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot make a key and CSR: {0}")]
+    Key(#[from] rcgen::Error),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+}
 
 /// How long a Certify call may take.
 const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +98,7 @@ enum CertifyError {
 
 /// Starts the identity loop; the returned watch holds the current credentials
 /// (`None` until the first certificate arrives).
-pub fn spawn(config: IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<CredentialsWatch> {
+pub fn spawn(config: CertifyConfig, on_refresh: OnRefresh) -> Result<CredentialsWatch, StartError> {
     let (key, csr) = new_key_and_csr(&config.local_name)?;
     let key_der = key.serialize_der();
     let channel =
@@ -86,7 +110,7 @@ pub fn spawn(config: IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<Cr
         csr,
         key_der,
         key.public_key_raw().to_vec(),
-        metrics,
+        on_refresh,
         tx,
     ));
     Ok(rx)
@@ -94,19 +118,19 @@ pub fn spawn(config: IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<Cr
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
-    config: IdentityConfig,
+    config: CertifyConfig,
     client: IdentityClient<Channel>,
     csr: Vec<u8>,
     key_der: Vec<u8>,
     public_key: Vec<u8>,
-    metrics: Arc<Metrics>,
+    on_refresh: OnRefresh,
     tx: watch::Sender<Option<Arc<Credentials>>>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
         match certify(&config, client.clone(), &csr, &public_key).await {
             Ok((leaf_der, chain, valid_until)) => {
-                metrics.identity_refreshed(true, valid_until);
+                on_refresh(Some(valid_until));
                 let remaining = valid_until
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
@@ -124,7 +148,7 @@ async fn run(
                 tokio::time::sleep(renew_in).await;
             }
             Err(e) => {
-                metrics.identity_refreshed(false, SystemTime::UNIX_EPOCH);
+                on_refresh(None);
                 warn!(identity = %config.local_name, error = %e, retry_in = ?backoff, "certify failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -134,7 +158,7 @@ async fn run(
 }
 
 async fn certify(
-    config: &IdentityConfig,
+    config: &CertifyConfig,
     mut client: IdentityClient<Channel>,
     csr: &[u8],
     public_key: &[u8],
@@ -174,9 +198,9 @@ async fn certify(
             SystemTime::now(),
         )
         .map_err(|e| CertifyError::Invalid(e.to_string()))?;
-    if !weft_identity::verify::certifies_key(&resp.leaf_certificate, public_key) {
+    if !crate::verify::certifies_key(&resp.leaf_certificate, public_key) {
         return Err(CertifyError::Invalid(
-            "it certifies another key than this proxy's".into(),
+            "it certifies another key than this workload's".into(),
         ));
     }
     Ok((

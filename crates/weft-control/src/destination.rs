@@ -29,11 +29,11 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::resources::{
+use crate::store::Snapshot;
+use weft_api::{
     ExternalWorkload, Key, PortRef, RequestMatchSpec, ResponseMatchSpec, Service, ServiceProfile,
     http_method, opaque_ports,
 };
-use crate::store::Snapshot;
 
 /// Linkerd's default endpoint weight.
 const DEFAULT_WEIGHT: u32 = 10_000;
@@ -735,44 +735,6 @@ impl DestinationApi for DestinationService {
     }
 }
 
-#[derive(clap::Args)]
-pub struct ServeArgs {
-    /// Directory of manifests (Service, ExternalWorkload, ServiceProfile), watched for changes.
-    #[arg(long)]
-    manifests: PathBuf,
-    /// Where the Destination gRPC service listens (Linkerd's destination port is 8086).
-    #[arg(long, default_value = "0.0.0.0:8086")]
-    listen: SocketAddr,
-    /// Admin server: /metrics, /ready, /live.
-    #[arg(long, default_value = "0.0.0.0:9996")]
-    admin_listen: SocketAddr,
-    /// Service names are `<name>.<namespace>.svc.<cluster domain>`.
-    #[arg(long, default_value = "cluster.local")]
-    cluster_domain: String,
-    /// How often the manifests directory is checked for changes.
-    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
-    poll: Duration,
-    /// The identity service (host:port) to get this service's certificate
-    /// from, as any workload does: with it, the service serves TLS as
-    /// `--name`. Without it the service is plaintext, for a trusted network only.
-    #[arg(long, requires_all = ["token_file", "trust_anchors"])]
-    identity_addr: Option<String>,
-    /// The identity the identity service proves.
-    #[arg(long, default_value = crate::identity::IDENTITY_SERVICE_NAME)]
-    identity_name: weft_identity::Identity,
-    /// A token for `--name` (`weft identity token --identity NAME`), read anew
-    /// at each renewal.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// The trust anchors (PEM, e.g. the CA directory's ca.crt).
-    #[arg(long)]
-    trust_anchors: Option<PathBuf>,
-    /// The identity this service proves over TLS (proxies name it in
-    /// WEFT_PROXY_DESTINATION_SVC_NAME).
-    #[arg(long, default_value = DESTINATION_SERVICE_NAME)]
-    name: weft_identity::Identity,
-}
-
 /// The destination service's own identity, unless told otherwise.
 pub const DESTINATION_SERVICE_NAME: &str =
     "destination.weft.serviceaccount.identity.weft.cluster.local";
@@ -780,83 +742,67 @@ pub const DESTINATION_SERVICE_NAME: &str =
 /// How long the service waits for its first certificate before giving up.
 const CERTIFY_WITHIN: Duration = Duration::from_secs(30);
 
-/// Runs the destination service over the files store until Ctrl-C.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    use anyhow::Context as _;
+/// What the destination service needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The directory of manifests it watches.
+    pub manifests: PathBuf,
+    /// How often the directory is checked for changes.
+    pub poll: Duration,
+    /// Where the Destination service listens (Linkerd's port is 8086).
+    pub listen: SocketAddr,
+    /// The admin server: /metrics, /ready, /live.
+    pub admin_listen: SocketAddr,
+    /// Service names are `<name>.<namespace>.svc.<cluster domain>`.
+    pub cluster_domain: String,
+    /// How it gets its serving certificate (its own identity is
+    /// `local_name`); `None` serves plaintext, for a trusted network only.
+    pub identity: Option<weft_identity::certify::CertifyConfig>,
+    /// The identity it proves over TLS.
+    pub name: weft_identity::Identity,
+}
 
+/// Runs the destination service over the files store until Ctrl-C.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
     use crate::store::Store as _;
-    let store = crate::store::FilesStore::start(&args.manifests, args.poll)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the destination service to {}", args.listen))?;
-    let serving = match (&args.identity_addr, &args.token_file, &args.trust_anchors) {
-        (Some(addr), Some(token_file), Some(anchors)) => {
-            let pem = std::fs::read_to_string(anchors)
-                .with_context(|| format!("reading the trust anchors {}", anchors.display()))?;
-            let config = weft_proxy::config::IdentityConfig {
-                svc: weft_proxy::control::ControlAddr {
-                    addr: addr.clone(),
-                    identity: Some(args.identity_name.clone()),
-                },
-                local_name: args.name.clone(),
-                token_file: token_file.clone(),
-                trust_anchors: weft_identity::verify::TrustAnchors::from_pem(&pem)
-                    .with_context(|| format!("trust anchors in {}", anchors.display()))?,
-            };
-            Some(crate::serving_tls::CertifiedIdentity::obtain(config, CERTIFY_WITHIN).await?)
+    let store = crate::store::FilesStore::start(&config.manifests, config.poll)?;
+    let tls = match config.identity {
+        Some(certify) => {
+            let certified =
+                crate::serving_tls::CertifiedIdentity::obtain(certify, CERTIFY_WITHIN).await?;
+            Some(certified as Arc<dyn rustls::server::ResolvesServerCert>)
         }
-        _ => {
+        None => {
             tracing::warn!(
                 "serving plaintext (no --identity-addr): keep the destination service on a trusted network"
             );
             None
         }
     };
-    tracing::info!(addr = %listener.local_addr()?, manifests = %args.manifests.display(), tls = serving.is_some(), name = %args.name, "destination service listening");
+    tracing::info!(manifests = %config.manifests.display(), tls = tls.is_some(), name = %config.name, "destination service starting");
     let metrics = DestinationMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let index = Index::start(store.subscribe(), args.cluster_domain, metrics);
-    let admin = tokio::spawn(crate::admin::serve(args.admin_listen, Arc::new(registry)));
-    let router = tonic::transport::Server::builder().add_service(
-        api::destination_server::DestinationServer::new(DestinationService::new(index)),
-    );
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let server = async move {
-        match serving {
-            Some(serving) => {
-                router
-                    .serve_with_incoming_shutdown(
-                        crate::serving_tls::incoming(listener, serving)?,
-                        shutdown,
-                    )
-                    .await
-            }
-            None => {
-                router
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        shutdown,
-                    )
-                    .await
-            }
-        }
-        .map_err(anyhow::Error::from)
-    };
-    tokio::select! {
-        served = server => served?,
-        admin = admin => admin??,
-    }
-    Ok(())
+    let index = Index::start(store.subscribe(), config.cluster_domain, metrics);
+    let service = api::destination_server::DestinationServer::new(DestinationService::new(index));
+    crate::grpc::serve(
+        crate::grpc::Serving {
+            what: "destination service",
+            listen: config.listen,
+            admin_listen: config.admin_listen,
+            registry,
+            tls,
+        },
+        tonic::transport::Server::builder().add_service(service),
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::parse_manifests;
     use std::path::Path;
+    use weft_api::parse_manifests;
 
     const DOMAIN: &str = "cluster.local";
 

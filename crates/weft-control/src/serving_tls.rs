@@ -157,11 +157,11 @@ impl AsyncWrite for TlsConn {
 }
 
 /// A service's certificate from the identity service (Certify with a token),
-/// kept current by the proxy's own renewal task.
+/// kept current by the same renewal task proxies use.
 pub struct CertifiedIdentity {
-    credentials: weft_proxy::identity::CredentialsWatch,
+    credentials: weft_identity::certify::CredentialsWatch,
     /// The rustls form of the current credentials, made once per renewal.
-    cached: Mutex<Option<(Arc<weft_proxy::identity::Credentials>, Arc<CertifiedKey>)>>,
+    cached: Mutex<Option<(Arc<weft_identity::certify::Credentials>, Arc<CertifiedKey>)>>,
 }
 
 impl std::fmt::Debug for CertifiedIdentity {
@@ -173,12 +173,13 @@ impl std::fmt::Debug for CertifiedIdentity {
 impl CertifiedIdentity {
     /// Asks for a certificate, waiting at most `within` for the first one.
     pub async fn obtain(
-        config: weft_proxy::config::IdentityConfig,
+        config: weft_identity::certify::CertifyConfig,
         within: Duration,
     ) -> anyhow::Result<Arc<Self>> {
         let (name, svc) = (config.local_name.clone(), config.svc.addr.clone());
-        let metrics = weft_proxy::metrics::Metrics::new(Default::default(), false);
-        let mut credentials = weft_proxy::identity::spawn(config, metrics)?;
+        // Outcomes are logged by the loop itself; the service keeps no
+        // metrics of its own certificate.
+        let mut credentials = weft_identity::certify::spawn(config, Box::new(|_| {}))?;
         info!(identity = %name, identity_service = %svc, "asking the identity service for a certificate");
         tokio::time::timeout(within, credentials.wait_for(Option::is_some))
             .await

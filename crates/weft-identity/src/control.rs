@@ -1,5 +1,6 @@
 //! gRPC channels to the control plane (the identity and destination
-//! services).
+//! services), shared by the proxy, the control plane's own services and the
+//! CLI, so that every client reaches the control plane the same way.
 //!
 //! With the service's identity configured, the channel is TLS and the
 //! service must prove exactly that identity against the trust anchors, as a
@@ -11,12 +12,27 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
-use weft_identity::Identity;
-use weft_identity::verify::TrustAnchors;
+
+use crate::Identity;
+use crate::verify::TrustAnchors;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("control-plane address {0:?} is not host:port")]
+    BadAddress(String),
+    #[error("TLS to {0} needs trust anchors (identity settings)")]
+    NoTrustAnchors(Identity),
+    #[error("{0} is not a usable TLS server name")]
+    BadServerName(Identity),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The connection failed; the cause chain on one line.
+    #[error("{0}")]
+    Connect(String),
+}
 
 /// How a control-plane service is reached: where, and the identity it must
 /// prove (`None`: plaintext).
@@ -32,7 +48,7 @@ pub fn channel(
     target: &ControlAddr,
     anchors: Option<&TrustAnchors>,
     connect_timeout: Duration,
-) -> anyhow::Result<Channel> {
+) -> Result<Channel, ChannelError> {
     let endpoint = endpoint(target, connect_timeout)?;
     Ok(match tls_connector(target, anchors)? {
         Some(connector) => endpoint.connect_with_connector_lazy(connector),
@@ -46,19 +62,19 @@ pub async fn connect(
     target: &ControlAddr,
     anchors: Option<&TrustAnchors>,
     connect_timeout: Duration,
-) -> anyhow::Result<Channel> {
+) -> Result<Channel, ChannelError> {
     let endpoint = endpoint(target, connect_timeout)?;
     let connected = match tls_connector(target, anchors)? {
         Some(connector) => endpoint.connect_with_connector(connector).await,
         None => endpoint.connect().await,
     };
-    connected.map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
+    connected.map_err(|e| ChannelError::Connect(error_chain(&e)))
 }
 
-fn endpoint(target: &ControlAddr, connect_timeout: Duration) -> anyhow::Result<Endpoint> {
+fn endpoint(target: &ControlAddr, connect_timeout: Duration) -> Result<Endpoint, ChannelError> {
     let addr = &target.addr;
     Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("control-plane address {addr:?} is not host:port"))?
+        .map_err(|_| ChannelError::BadAddress(addr.clone()))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true))
 }
@@ -70,7 +86,7 @@ type TlsIo = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 fn tls_connector(
     target: &ControlAddr,
     anchors: Option<&TrustAnchors>,
-) -> anyhow::Result<
+) -> Result<
     Option<
         impl tower::Service<
             http::Uri,
@@ -81,15 +97,15 @@ fn tls_connector(
         + Send
         + 'static,
     >,
+    ChannelError,
 > {
     let Some(identity) = &target.identity else {
         return Ok(None);
     };
-    let anchors = anchors
-        .with_context(|| format!("TLS to {identity} needs trust anchors (identity settings)"))?;
-    let config = weft_identity::tls::server_auth_config(anchors.clone())?;
+    let anchors = anchors.ok_or_else(|| ChannelError::NoTrustAnchors(identity.clone()))?;
+    let config = crate::tls::server_auth_config(anchors.clone())?;
     let name = ServerName::try_from(identity.to_string())
-        .with_context(|| format!("{identity} is not a usable TLS server name"))?;
+        .map_err(|_| ChannelError::BadServerName(identity.clone()))?;
     let addr = target.addr.clone();
     Ok(Some(tower::service_fn(move |_: http::Uri| {
         let (addr, config, name) = (addr.clone(), config.clone(), name.clone());
