@@ -474,7 +474,11 @@ pub fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
         let current = rest?;
         match current.find(['\n', '\r']) {
             Some(i) => {
-                let skip = if current[i..].starts_with("\r\n") { 2 } else { 1 };
+                let skip = if current[i..].starts_with("\r\n") {
+                    2
+                } else {
+                    1
+                };
                 rest = Some(&current[i + skip..]).filter(|r| !r.is_empty());
                 Some(&current[..i])
             }
@@ -949,10 +953,16 @@ spec:
         let errors = errors_of(text);
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("m.yaml:1: "), "{errors:?}");
-        assert!(errors[1].starts_with("m.yaml:7: not a YAML mapping: "), "{errors:?}");
+        assert!(
+            errors[1].starts_with("m.yaml:7: not a YAML mapping: "),
+            "{errors:?}"
+        );
         // Locations inside the document are gone: the prefix is the file's.
         assert!(!errors[1].contains(" at line "), "{errors:?}");
-        assert_eq!(yaml_lines("a\rb\r\nc\n").collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            yaml_lines("a\rb\r\nc\n").collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         assert_eq!(yaml_lines("").count(), 0);
         assert_eq!(yaml_lines("\n\n").count(), 2);
     }

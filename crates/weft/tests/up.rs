@@ -289,6 +289,41 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
     let mut up = Up::start(&state);
     up.wait_for("every workload ready", Duration::from_secs(60), all_ready);
 
+    // The destination service runs under its own uid, which the OS keeps
+    // out of the CA directory: it could not read the issuer key if it tried.
+    let destination = mesh_processes(MESH)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"destination"))
+        })
+        .expect("the destination service runs");
+    let status = std::fs::read_to_string(format!("/proc/{destination}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uids.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["2101"; 4],
+        "{uids}"
+    );
+    let ca = state.join(MESH).join("ca");
+    let as_destination = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "2101",
+            "--regid",
+            "2101",
+            "--clear-groups",
+            "--",
+            "cat",
+        ])
+        .arg(ca.join("issuer.key"))
+        .output()
+        .unwrap();
+    assert!(
+        !as_destination.status.success(),
+        "uid 2101 read the issuer key"
+    );
+
     // The bot's votes reach web over mTLS, proving both identities.
     let plan = support::weft(&[
         "diagnostics",

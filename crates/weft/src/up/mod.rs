@@ -37,6 +37,9 @@ use crate::plan::{BRIDGE_IP, Pod};
 
 /// The proxy's uid in every pod; the capture rules let its traffic out.
 const PROXY_UID: u32 = 2102;
+/// The destination service's uid (namespace mode): it cannot open the CA
+/// directory, so the issuer key is out of its reach by the OS, not by code.
+const DESTINATION_UID: u32 = 2101;
 /// Workload `n` (in name order) runs its programs as uid `APP_UID_BASE + n`.
 const APP_UID_BASE: u32 = 3000;
 const IDENTITY_PORT: u16 = 8080;
@@ -184,7 +187,7 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
     }
     weft_control::secure_fs::owned_dir(&state, passable)?;
     weft_control::secure_fs::owned_dir(&state.join("pods"), passable)?;
-    for dir in ["ca", "cluster", "logs"] {
+    for dir in ["ca", "logs"] {
         weft_control::secure_fs::private_dir(&state.join(dir))?;
     }
     let mode = if rootless { "rootless" } else { "namespaces" };
@@ -306,6 +309,23 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
     }
     let anchors =
         std::fs::read_to_string(ca.join("ca.crt")).context("reading the trust anchors")?;
+    // The destination service is a workload like any other: a token for its
+    // identity, and a certificate through Certify. Only the identity
+    // service reads the issuer key; in namespace mode the destination
+    // service runs under its own uid, with its token, a copy of the trust
+    // anchors and the cluster state it reads in directories it owns.
+    // SAFETY: geteuid has no preconditions.
+    let destination_uid = if mesh.rootless {
+        unsafe { libc::geteuid() }
+    } else {
+        DESTINATION_UID
+    };
+    let control_dir = state.join("control");
+    for dir in [&control_dir, &state.join("cluster")] {
+        handed_dir(dir, destination_uid)?;
+    }
+    let destination_anchors = control_dir.join("ca.crt");
+    weft_control::secure_fs::write_atomic(&destination_anchors, anchors.as_bytes(), 0o644)?;
     render::write(
         &state.join("cluster"),
         &render::cluster_state(&mesh.snapshot, &mesh.plan, &BTreeMap::new())?,
@@ -315,16 +335,11 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
         info!(bridge = %mesh.net.bridge(), addr = %BRIDGE_IP, "network ready");
     }
     let control_ip = mesh.control_ip;
-    // The destination service is a workload like any other: a token for its
-    // identity, and a certificate through Certify. Only the identity
-    // service reads the issuer key.
-    weft_control::secure_fs::private_dir(&state.join("control"))?;
-    // SAFETY: geteuid has no preconditions.
     let destination_token = TokenFile::create(
         &ca,
         weft_control::destination::DESTINATION_SERVICE_NAME,
-        state.join("control").join("destination.token"),
-        unsafe { libc::geteuid() },
+        control_dir.join("destination.token"),
+        destination_uid,
         mesh.token_ttl,
     )?;
 
@@ -357,7 +372,7 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
                 "--token-file".into(),
                 path(destination_token.path())?.into(),
                 "--trust-anchors".into(),
-                path(&ca.join("ca.crt"))?.into(),
+                path(&destination_anchors)?.into(),
                 "--listen".into(),
                 format!("{control_ip}:{DESTINATION_PORT}"),
                 "--admin-listen".into(),
@@ -365,7 +380,10 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
             ],
         ),
     ];
-    for (name, argv) in control {
+    for (name, mut argv) in control {
+        if name == "destination" && !mesh.rootless {
+            argv.splice(0..0, as_uid(DESTINATION_UID));
+        }
         let mut env = base_env(&mesh.name);
         env.push(("WEFT_LOG".into(), "info".into()));
         mesh.control.push(Supervised::start(Spec {
@@ -468,24 +486,13 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         if mesh.rootless {
             return vec![program.to_string()];
         }
-        let uid = uid.to_string();
-        [
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "setpriv",
-            "--reuid",
-            &uid,
-            "--regid",
-            &uid,
-            "--clear-groups",
-            "--",
-            program,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut argv: Vec<String> = ["ip", "netns", "exec", &ns]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.extend(as_uid(uid));
+        argv.push(program.to_string());
+        argv
     };
     let control_ip = mesh.control_ip;
     let logs = mesh.state.join("logs");
@@ -606,6 +613,38 @@ fn stop_pod(mesh: &Mesh, mut running: RunningPod) {
     procs::stop_all(&mut [&mut running.proxy]);
     mesh.net.delete_pod(&running.pod.name);
     let _ = std::fs::remove_dir_all(mesh.state.join("pods").join(&running.pod.name));
+}
+
+/// Makes `dir` afresh (what it held is derived state) as a 0700 directory
+/// that belongs to `uid`.
+fn handed_dir(dir: &Path, uid: u32) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", dir.display()));
+        }
+        _ => {}
+    }
+    weft_control::secure_fs::private_dir(dir)?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid))
+        .with_context(|| format!("giving {} to uid {uid}", dir.display()))
+}
+
+/// The command prefix that runs a program as `uid` (and its group), with no
+/// supplementary groups.
+fn as_uid(uid: u32) -> Vec<String> {
+    let uid = uid.to_string();
+    [
+        "setpriv",
+        "--reuid",
+        &uid,
+        "--regid",
+        &uid,
+        "--clear-groups",
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn path(p: &Path) -> anyhow::Result<&str> {
