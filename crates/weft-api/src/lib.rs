@@ -466,18 +466,20 @@ const KINDS: &[(&str, &[&str])] = &[
     ("Deployment", &["apps/v1"]),
 ];
 
-/// The lines of `text` as YAML counts them: a line ends at `\n`, `\r\n` or
-/// a lone `\r`, so line numbers agree with the parser's.
+/// The lines of `text` as YAML (libyaml) counts them: a line ends at `\n`,
+/// `\r\n`, a lone `\r`, NEL (U+0085), LS (U+2028) or PS (U+2029), so line
+/// numbers agree with the parser's.
 pub fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    const BREAKS: [char; 5] = ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'];
     let mut rest = Some(text);
     std::iter::from_fn(move || {
         let current = rest?;
-        match current.find(['\n', '\r']) {
-            Some(i) => {
+        match current.char_indices().find(|(_, c)| BREAKS.contains(c)) {
+            Some((i, c)) => {
                 let skip = if current[i..].starts_with("\r\n") {
                     2
                 } else {
-                    1
+                    c.len_utf8()
                 };
                 rest = Some(&current[i + skip..]).filter(|r| !r.is_empty());
                 Some(&current[..i])
