@@ -18,8 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use weft_api::{
-    Deployment, ExternalWorkload, Key, Located, ManifestError, Manifests, Resource, Service,
-    ServiceProfile, parse_manifests,
+    ExternalWorkload, Key, ManifestError, Manifests, Origins, Resources, Service, parse_manifests,
 };
 
 /// A source of snapshots. The destination service depends only on this.
@@ -33,13 +32,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct Snapshot {
     /// Increases by one with every published change.
     pub version: u64,
-    pub services: BTreeMap<Key, Arc<Service>>,
-    pub workloads: BTreeMap<Key, Arc<ExternalWorkload>>,
-    /// Keyed by namespace and the profile's name (the service FQDN).
-    pub profiles: BTreeMap<Key, Arc<ServiceProfile>>,
-    /// What the local mesh runs (`weft up`); the destination service does
-    /// not use them.
-    pub deployments: BTreeMap<Key, Arc<Deployment>>,
+    /// One resource per kind and key (`snapshot.services`, ... through Deref).
+    pub resources: Resources,
     /// What is wrong with the manifests right now (the resources above are
     /// the last good state of the files in question).
     pub problems: Vec<ManifestError>,
@@ -52,35 +46,13 @@ pub struct Snapshot {
     origins: Origins,
 }
 
-/// (kind, key) → the file that defines what is served.
-pub type Origins = HashMap<(&'static str, Key), PathBuf>;
-
-/// Resources by key; `first` says whether a definition is the first of its
-/// kind and key (later ones are reported and dropped). Definitions from the
-/// file that served a key before come first.
-fn first_of_each<T: Resource>(
-    mut items: Vec<Located<T>>,
-    served: &Origins,
-    first: &mut impl FnMut(&'static str, Key, &Path, usize) -> bool,
-) -> BTreeMap<Key, Arc<T>> {
-    // A stable sort keeps file order among the rest.
-    items.sort_by_key(|item| {
-        let key = (T::KIND, item.resource.metadata().key());
-        served.get(&key) != Some(&item.file)
-    });
-    items
-        .into_iter()
-        .filter_map(
-            |Located {
-                 resource,
-                 file,
-                 line,
-             }| {
-                let key = resource.metadata().key();
-                first(T::KIND, key.clone(), &file, line).then_some((key, resource))
-            },
-        )
-        .collect()
+/// A snapshot reads as its resources (`snapshot.services`), with the
+/// indexes and problems beside them.
+impl std::ops::Deref for Snapshot {
+    type Target = Resources;
+    fn deref(&self) -> &Resources {
+        &self.resources
+    }
 }
 
 impl Snapshot {
@@ -122,17 +94,14 @@ impl Snapshot {
                 true
             }
         };
-        s.services = first_of_each(manifests.services, served, &mut first);
-        s.workloads = first_of_each(manifests.workloads, served, &mut first);
-        s.profiles = first_of_each(manifests.profiles, served, &mut first);
-        s.deployments = first_of_each(manifests.deployments, served, &mut first);
+        s.resources = Resources::first_of_each(manifests, served, &mut first);
         s.origins = seen.into_iter().map(|(k, (file, _))| (k, file)).collect();
-        for (key, svc) in &s.services {
+        for (key, svc) in &s.resources.services {
             if let Some(ip) = svc.spec.cluster_ip {
                 s.by_cluster_ip.insert(ip, key.clone());
             }
         }
-        for (key, w) in &s.workloads {
+        for (key, w) in &s.resources.workloads {
             for ip in &w.spec.workload_ips {
                 s.by_workload_ip.insert(ip.ip, key.clone());
             }
@@ -182,11 +151,7 @@ impl Snapshot {
     }
 
     fn same_content(&self, other: &Snapshot) -> bool {
-        self.services == other.services
-            && self.workloads == other.workloads
-            && self.profiles == other.profiles
-            && self.deployments == other.deployments
-            && self.problems == other.problems
+        self.resources == other.resources && self.problems == other.problems
     }
 }
 
@@ -275,11 +240,15 @@ pub fn load(dir: &Path) -> anyhow::Result<Snapshot> {
 }
 
 fn report(s: &Snapshot) {
+    // Every kind, so a directory of Deployments does not read as empty.
+    let resources: Vec<String> = s
+        .counts()
+        .iter()
+        .map(|(kind, n)| format!("{kind}={n}"))
+        .collect();
     info!(
         version = s.version,
-        services = s.services.len(),
-        workloads = s.workloads.len(),
-        profiles = s.profiles.len(),
+        resources = resources.join(" "),
         problems = s.problems.len(),
         "manifests loaded"
     );
@@ -371,18 +340,7 @@ impl Loader {
         let mut manifests = Manifests::default();
         let mut problems = Vec::new();
         for state in self.files.values() {
-            manifests
-                .services
-                .extend(state.last_good.services.iter().cloned());
-            manifests
-                .workloads
-                .extend(state.last_good.workloads.iter().cloned());
-            manifests
-                .profiles
-                .extend(state.last_good.profiles.iter().cloned());
-            manifests
-                .deployments
-                .extend(state.last_good.deployments.iter().cloned());
+            manifests.extend_from(&state.last_good);
             problems.extend(state.problems.iter().cloned());
         }
         let snapshot = Snapshot::after(version, manifests, problems, &self.served);
