@@ -9,6 +9,7 @@ mod output;
 mod plan;
 mod show;
 mod stat;
+mod target;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -56,8 +57,18 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colour only for a person at a terminal, never into log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    if cli.command.prints_and_exits() {
+        // `weft stat -o json | head` must end quietly when head is done,
+        // as other Unix tools do, instead of panicking in println!. Only
+        // for one-shot commands: the services and `weft up` handle a
+        // closed socket as an error, never as a signal.
+        // SAFETY: setting a signal's disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Cmd::Identity(cmd) => identity::run(cmd),
         Cmd::Check(args) => {
@@ -72,6 +83,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Stat(args) => stat::run(args),
         Cmd::Scale(args) => up::scale(args),
         Cmd::Restart(args) => up::restart(args),
+    }
+}
+
+impl Cmd {
+    fn prints_and_exits(&self) -> bool {
+        !matches!(self, Cmd::Up(_) | Cmd::Control(_))
     }
 }
 

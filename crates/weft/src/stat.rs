@@ -17,15 +17,19 @@ use serde_json::json;
 
 use crate::mesh::{MeshPod, get};
 use crate::output::{Output, print_table};
+use crate::target::{Kind, Target};
 use weft_control::metrics_text::{Sample, parse};
 
 #[derive(Args)]
 pub struct StatArgs {
-    /// `workload` (the only kind for now), or a workload's name.
-    #[arg(default_value = "workload")]
-    kind_or_name: String,
-    /// One workload, by name.
+    /// What to show: `deploy` (every Deployment), `deploy/web`, `deploy web`,
+    /// `po/web-0`, `svc/web-svc`, `ns/demo`; or a Deployment's name.
+    #[arg(default_value = "deploy")]
+    target: String,
+    /// One resource of the kind given first, by name.
     name: Option<String>,
+    #[command(flatten)]
+    namespaces: crate::target::NamespaceArgs,
     #[command(flatten)]
     mesh: crate::mesh::MeshArgs,
     /// Time between the two scrapes that rates are computed over.
@@ -140,6 +144,9 @@ struct WorkloadStat {
     namespace: String,
     pods: usize,
     ready: usize,
+    /// Pods whose proxy answered both scrapes (Linkerd's MESHED column).
+    meshed_pods: usize,
+    /// Every pod is meshed.
     meshed: bool,
     /// Whose requests the rates describe: `inbound`, or `outbound` for a
     /// workload that serves nothing.
@@ -153,11 +160,19 @@ struct WorkloadStat {
     tls_percent: Option<f64>,
 }
 
+/// A group's pods: all, ready (`/ready` answers 200), meshed (the proxy
+/// answered both scrapes).
+#[derive(Debug, Default)]
+struct PodCounts {
+    pods: usize,
+    ready: usize,
+    meshed: usize,
+}
+
 fn workload_stat(
     name: &str,
     namespace: &str,
-    pods: usize,
-    ready: usize,
+    counts: &PodCounts,
     before: &Totals,
     after: &Totals,
     window: Duration,
@@ -184,9 +199,10 @@ fn workload_stat(
     WorkloadStat {
         name: name.into(),
         namespace: namespace.into(),
-        pods,
-        ready,
-        meshed: pods > 0 && ready == pods,
+        pods: counts.pods,
+        ready: counts.ready,
+        meshed_pods: counts.meshed,
+        meshed: counts.pods > 0 && counts.meshed == counts.pods,
         direction: direction.into(),
         success_rate: (total > 0.0).then(|| round(ok / total)),
         rps: round(total / window.as_secs_f64()),
@@ -199,34 +215,31 @@ fn workload_stat(
 }
 
 pub fn run(args: StatArgs) -> anyhow::Result<()> {
-    let (by_service, wanted) = match (args.kind_or_name.as_str(), &args.name) {
-        ("workload" | "workloads" | "deploy" | "deployment", name) => (false, name.clone()),
-        ("service" | "services" | "svc", name) => (true, name.clone()),
-        (name, None) => (false, Some(name.to_string())),
-        (kind, Some(_)) => bail!("unknown kind {kind:?}: use workload or service"),
+    let target = Target::parse(&args.target, args.name.as_deref(), &args.namespaces)
+        .map_err(anyhow::Error::msg)?;
+    // `ns/demo` shows demo's Deployments.
+    let kind = match target.kind {
+        Kind::Namespace => Kind::Deployment,
+        kind => kind,
     };
-    let kind = if by_service { "service" } else { "workload" };
-    // A pod counts once per group it is in: its workload, or each service
-    // that selects it.
+    // A pod counts once per group it is in: its Deployment, itself, or each
+    // service that selects it.
     let pods: Vec<(String, MeshPod)> = crate::mesh::running_pods(&args.mesh.state())?
         .into_iter()
         .flat_map(|p| {
-            let groups = if by_service {
-                p.services.clone()
-            } else {
-                vec![p.workload.clone()]
+            let groups = match kind {
+                Kind::Service => p.services.clone(),
+                Kind::Pod => vec![p.name.clone()],
+                Kind::Deployment | Kind::Namespace => vec![p.workload.clone()],
             };
             groups.into_iter().map(move |g| (g, p.clone()))
         })
-        .filter(|(group, _)| wanted.as_ref().is_none_or(|w| w == group))
+        .filter(|(group, pod)| target.matches(&pod.namespace, group))
         .collect();
     if pods.is_empty() {
-        bail!(
-            "no {kind} {} in mesh {:?}",
-            wanted.as_deref().unwrap_or("at all"),
-            args.mesh.mesh
-        );
+        bail!("no {} in mesh {:?}", target.describe(), args.mesh.mesh);
     }
+    let kind = kind.name();
     let scrape = |pod: &MeshPod| -> Option<Vec<Sample>> {
         get(pod.admin, "/metrics")
             .ok()
@@ -234,24 +247,25 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
     };
     let first: Vec<Option<Vec<Sample>>> = pods.iter().map(|(_, p)| scrape(p)).collect();
     std::thread::sleep(args.window);
-    let mut groups: BTreeMap<(String, String), (usize, usize, Totals, Totals)> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String), (PodCounts, Totals, Totals)> = BTreeMap::new();
     for ((group, pod), before) in pods.iter().zip(first) {
         let ready = get(pod.admin, "/ready").is_ok_and(|(code, _)| code == 200);
         let after = scrape(pod);
-        let entry = groups
+        let (counts, totals_before, totals_after) = groups
             .entry((pod.namespace.clone(), group.clone()))
             .or_default();
-        entry.0 += 1;
+        counts.pods += 1;
+        counts.ready += usize::from(ready);
         if let (Some(before), Some(after)) = (before, after) {
-            entry.1 += usize::from(ready);
-            entry.2.add(&before);
-            entry.3.add(&after);
+            counts.meshed += 1;
+            totals_before.add(&before);
+            totals_after.add(&after);
         }
     }
     let stats: Vec<WorkloadStat> = groups
         .iter()
-        .map(|((ns, name), (pods, ready, before, after))| {
-            workload_stat(name, ns, *pods, *ready, before, after, args.window)
+        .map(|((ns, name), (counts, before, after))| {
+            workload_stat(name, ns, counts, before, after, args.window)
         })
         .collect();
     if args.output == Output::Json {
@@ -265,7 +279,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
             vec![
                 format!("{}/{}", s.namespace, s.name),
                 format!("{}/{}", s.ready, s.pods),
-                if s.meshed { "yes" } else { "no" }.into(),
+                format!("{}/{}", s.meshed_pods, s.pods),
                 s.success_rate
                     .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
                 format!("{:.1}", s.rps),

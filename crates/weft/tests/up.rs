@@ -440,6 +440,29 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
             assert!((0.5..=1.0).contains(&rate), "{s}");
         }
     }
+    // Linkerd's target forms pick one Deployment, or one pod.
+    for target in [&["deploy/web", "-n", "demo"][..], &["po", "web-0"][..]] {
+        let one = support::weft(
+            &[
+                &["stat"][..],
+                target,
+                &[
+                    "--mesh",
+                    MESH,
+                    "--state-root",
+                    state_root,
+                    "--window",
+                    "1s",
+                    "-o",
+                    "json",
+                ],
+            ]
+            .concat(),
+        );
+        let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+        assert_eq!(one.as_array().map(Vec::len), Some(1), "{target:?}: {one}");
+        assert_eq!(one[0]["meshed_pods"], 1, "{one}");
+    }
     let failed_votes = [("direction", "inbound"), ("classification", "failure")];
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&voting, "response_total", &failed_votes) == 0.0 {
@@ -467,7 +490,7 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
             })
         }
     };
-    let (ok, said) = ask(&["scale", "web", "3"]);
+    let (ok, said) = ask(&["scale", "deploy/web", "3"]);
     assert!(
         ok && said.contains("demo/web scaled to 3 (2 started, 0 stopped)"),
         "{said}"
@@ -492,7 +515,7 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
     up.wait_for(
         "emoji restarted and ready",
         Duration::from_secs(30),
-        row("demo/emoji", "1/1", Some("2")),
+        row("demo/emoji", "1/1", Some("1")),
     );
     let (ok, said) = ask(&["scale", "nope", "2"]);
     assert!(!ok && said.contains("no workload \"nope\""), "{said}");

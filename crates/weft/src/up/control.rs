@@ -53,19 +53,34 @@ impl Request {
 
 #[derive(Args)]
 pub struct ScaleArgs {
-    /// The Deployment, as `name` or `namespace/name`.
+    /// The Deployment: `deploy/web`, `web`, or `demo/web`.
     workload: String,
     replicas: u32,
+    #[command(flatten)]
+    namespaces: crate::target::NamespaceArgs,
     #[command(flatten)]
     mesh: crate::mesh::MeshArgs,
 }
 
 #[derive(Args)]
 pub struct RestartArgs {
-    /// The Deployment, as `name` or `namespace/name`.
+    /// The Deployment: `deploy/web`, `web`, or `demo/web`.
     workload: String,
     #[command(flatten)]
+    namespaces: crate::target::NamespaceArgs,
+    #[command(flatten)]
     mesh: crate::mesh::MeshArgs,
+}
+
+/// The one Deployment a request is about, as `name` or `namespace/name`.
+fn deployment(workload: &str, namespaces: &crate::target::NamespaceArgs) -> anyhow::Result<String> {
+    use crate::target::{Kind, Target};
+    let target = Target::parse(workload, None, namespaces).map_err(anyhow::Error::msg)?;
+    match (target.kind, target.namespace, target.name) {
+        (Kind::Deployment, Some(ns), Some(name)) => Ok(format!("{ns}/{name}")),
+        (Kind::Deployment, None, Some(name)) => Ok(name),
+        _ => bail!("{workload:?} is not one Deployment (say deploy/NAME)"),
+    }
 }
 
 fn ask(mesh: &crate::mesh::MeshArgs, request: Request) -> anyhow::Result<()> {
@@ -97,7 +112,7 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     ask(
         &args.mesh,
         Request::Scale {
-            workload: args.workload,
+            workload: deployment(&args.workload, &args.namespaces)?,
             replicas: args.replicas,
         },
     )
@@ -107,7 +122,7 @@ pub fn restart(args: RestartArgs) -> anyhow::Result<()> {
     ask(
         &args.mesh,
         Request::Restart {
-            workload: args.workload,
+            workload: deployment(&args.workload, &args.namespaces)?,
         },
     )
 }

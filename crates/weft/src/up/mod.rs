@@ -120,6 +120,8 @@ struct RunningPod {
     proxy: Supervised,
     app: Supervised,
     ready: bool,
+    /// `weft restart`s of this pod (each restarts both processes, counted once).
+    restarted: u32,
 }
 
 struct Mesh {
@@ -604,6 +606,7 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         proxy,
         app,
         ready: false,
+        restarted: 0,
     })
 }
 
@@ -957,6 +960,7 @@ fn apply(mesh: &mut Mesh, request: control::Request) -> anyhow::Result<String> {
             {
                 running.app.restart()?;
                 running.proxy.restart()?;
+                running.restarted += 1;
                 running.ready = false;
                 restarted += 1;
             }
@@ -966,26 +970,40 @@ fn apply(mesh: &mut Mesh, request: control::Request) -> anyhow::Result<String> {
     }
 }
 
-/// The workloads' state, one line each: ready pods, restarts.
+/// The workloads' state, one line each (every Deployment, scaled to zero
+/// too): ready pods, meshed pods (those whose proxy runs, as `linkerd stat`
+/// counts them), restarts.
 fn status_table(mesh: &Mesh) -> String {
-    let mut by_workload: BTreeMap<String, (usize, usize, u32, bool)> = BTreeMap::new();
+    #[derive(Default)]
+    struct Row {
+        ready: usize,
+        meshed: usize,
+        total: usize,
+        restarts: u32,
+    }
+    let mut by_workload: BTreeMap<String, Row> = mesh
+        .snapshot
+        .deployments
+        .keys()
+        .map(|k| (k.to_string(), Row::default()))
+        .collect();
     for r in &mesh.pods {
-        let entry = by_workload
+        let row = by_workload
             .entry(format!("{}/{}", r.pod.namespace, r.pod.deployment))
             .or_default();
-        entry.0 += usize::from(r.ready);
-        entry.1 += 1;
-        entry.2 += r.app.restarts + r.proxy.restarts;
-        entry.3 |= r.ready;
+        row.ready += usize::from(r.ready);
+        row.meshed += usize::from(r.proxy.pid().is_some());
+        row.total += 1;
+        row.restarts += r.restarted + r.app.restarts + r.proxy.restarts;
     }
     let rows: Vec<Vec<String>> = by_workload
         .iter()
-        .map(|(name, (ready, total, restarts, meshed))| {
+        .map(|(name, row)| {
             vec![
                 name.clone(),
-                format!("{ready}/{total}"),
-                if *meshed { "yes" } else { "-" }.into(),
-                restarts.to_string(),
+                format!("{}/{}", row.ready, row.total),
+                format!("{}/{}", row.meshed, row.total),
+                row.restarts.to_string(),
             ]
         })
         .collect();

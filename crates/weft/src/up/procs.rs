@@ -115,12 +115,12 @@ impl Supervised {
     }
 
     /// Stops the process (SIGTERM, then SIGKILL) and starts it again now:
-    /// `weft restart`.
+    /// `weft restart`. Not counted in `restarts` (crashes): the pod counts
+    /// it, once for its two processes.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         stop_all(&mut [self]);
         self.child = Some(spawn(&self.spec)?);
         self.started = Instant::now();
-        self.restarts += 1;
         self.backoff = BACKOFF_MIN;
         Ok(())
     }
