@@ -372,7 +372,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
     let checks = match &args.ca_dir {
         Some(dir) => ca_checks(dir, now),
         None => {
-            let state = args.mesh.state();
+            let state = args.mesh.running()?;
             let pods = crate::mesh::running_pods(&state)?;
             let logs = state.join("logs");
             let mut checks = control_plane_checks(crate::mesh::control_ip(&state), &logs);

@@ -35,12 +35,13 @@ pub struct PlanArgs {
 pub struct QueryArgs {
     /// What a proxy would look up: `web.demo.svc.cluster.local:80` or `198.18.100.1:80`.
     target: String,
-    /// The destination service.
-    #[arg(long, default_value = "127.0.0.1:8086", env = "WEFT_DESTINATION_ADDR")]
-    destination: String,
+    /// The destination service (default: the running local mesh's, with its
+    /// CA).
+    #[arg(long, env = "WEFT_DESTINATION_ADDR")]
+    destination: Option<String>,
     /// The CA directory: its trust anchors (`ca.crt`) verify the destination
-    /// service over TLS.
-    #[arg(long, env = "WEFT_CA_DIR", required_unless_present = "plaintext")]
+    /// service over TLS (default: the running local mesh's).
+    #[arg(long, env = "WEFT_CA_DIR")]
     ca_dir: Option<std::path::PathBuf>,
     /// Ask in plaintext: only for a destination service started without
     /// --identity-dir, on a network you trust.
@@ -49,15 +50,43 @@ pub struct QueryArgs {
     /// The identity the destination service proves over TLS.
     #[arg(long, default_value = weft_control::destination::DESTINATION_SERVICE_NAME)]
     destination_name: weft_identity::Identity,
+    #[command(flatten)]
+    mesh: crate::mesh::MeshArgs,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
+}
+
+impl QueryArgs {
+    /// Where to ask and which trust anchors verify the answer (`None`:
+    /// plaintext): as given, or the running mesh's.
+    fn service(&self) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
+        let ca_dir = |given: &Option<std::path::PathBuf>| -> anyhow::Result<_> {
+            match (given, self.plaintext) {
+                (_, true) => Ok(None),
+                (Some(dir), false) => Ok(Some(dir.clone())),
+                (None, false) => anyhow::bail!(
+                    "with --destination, say which CA verifies it (--ca-dir DIR), or --plaintext"
+                ),
+            }
+        };
+        match &self.destination {
+            Some(addr) => Ok((addr.clone(), ca_dir(&self.ca_dir)?)),
+            None => {
+                let state = self.mesh.running()?;
+                let ip = crate::mesh::control_ip(&state);
+                let ca = self.ca_dir.clone().unwrap_or_else(|| state.join("ca"));
+                Ok((format!("{ip}:8086"), ca_dir(&Some(ca))?))
+            }
+        }
+    }
 }
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn client(args: &QueryArgs) -> anyhow::Result<DestinationClient<tonic::transport::Channel>> {
-    let addr = &args.destination;
-    let anchors = match &args.ca_dir {
+    let (addr, ca_dir) = args.service()?;
+    let addr = &addr;
+    let anchors = match &ca_dir {
         Some(dir) => {
             let path = dir.join("ca.crt");
             let pem = std::fs::read_to_string(&path)
@@ -164,10 +193,8 @@ async fn first<T>(
                 } else {
                     ""
                 };
-                anyhow::anyhow!(
-                    "cannot reach the destination service at {}: {reason}{hint}",
-                    args.destination
-                )
+                let addr = args.service().map(|(addr, _)| addr).unwrap_or_default();
+                anyhow::anyhow!("cannot reach the destination service at {addr}: {reason}{hint}")
             }
             _ => anyhow::anyhow!("the destination service refused the {what} query: {reason}"),
         }

@@ -38,6 +38,29 @@ impl MeshArgs {
         });
         root.join(&self.mesh)
     }
+
+    /// The state directory of this mesh, which must be running (its control
+    /// socket exists). A mesh that root runs is named when another user
+    /// looks for it in their own state directory.
+    pub fn running(&self) -> anyhow::Result<PathBuf> {
+        let state = self.state();
+        if crate::up::socket(&state).exists() {
+            return Ok(state);
+        }
+        let roots = PathBuf::from("/run/weft").join(&self.mesh);
+        if self.state_root.is_none() && roots != state && crate::up::socket(&roots).exists() {
+            bail!(
+                "mesh {:?} is run by root (its state is in {}); run this command as root (sudo)",
+                self.mesh,
+                roots.display()
+            );
+        }
+        bail!(
+            "no mesh {:?} is running here (nothing in {}); start one with weft up",
+            self.mesh,
+            state.display()
+        )
+    }
 }
 
 /// Where a running mesh's control plane listens: the bridge in namespace

@@ -224,7 +224,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
     };
     // A pod counts once per group it is in: its Deployment, itself, or each
     // service that selects it.
-    let pods: Vec<(String, MeshPod)> = crate::mesh::running_pods(&args.mesh.state())?
+    let pods: Vec<(String, MeshPod)> = crate::mesh::running_pods(&args.mesh.running()?)?
         .into_iter()
         .flat_map(|p| {
             let groups = match kind {

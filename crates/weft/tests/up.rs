@@ -440,6 +440,30 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
             assert!((0.5..=1.0).contains(&rate), "{s}");
         }
     }
+    // Diagnostics find the running mesh's destination service and CA.
+    let endpoints = support::weft(&[
+        "diagnostics",
+        "endpoints",
+        "web-svc.demo.svc.cluster.local:80",
+        "--mesh",
+        MESH,
+        "--state-root",
+        state_root,
+        "-o",
+        "json",
+    ]);
+    let endpoints: serde_json::Value = serde_json::from_slice(&endpoints.stdout).unwrap();
+    assert_eq!(
+        endpoints["endpoints"][0]["address"],
+        format!("{web}:8080"),
+        "{endpoints}"
+    );
+    assert_eq!(
+        endpoints["endpoints"][0]["identity"],
+        "web.demo.serviceaccount.identity.weft.cluster.local",
+        "{endpoints}"
+    );
+
     // Linkerd's target forms pick one Deployment, or one pod.
     for target in [&["deploy/web", "-n", "demo"][..], &["po", "web-0"][..]] {
         let one = support::weft(

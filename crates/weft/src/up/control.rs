@@ -84,7 +84,7 @@ fn deployment(workload: &str, namespaces: &crate::target::NamespaceArgs) -> anyh
 }
 
 fn ask(mesh: &crate::mesh::MeshArgs, request: Request) -> anyhow::Result<()> {
-    let path = socket(&mesh.state());
+    let path = socket(&mesh.running()?);
     let mut stream = UnixStream::connect(&path).with_context(|| {
         format!(
             "no mesh {:?} is running here (cannot reach {}; is weft up running, and are you root?)",

@@ -17,7 +17,7 @@ mod procs;
 mod render;
 mod tokens;
 
-pub use control::{RestartArgs, ScaleArgs, restart, scale};
+pub use control::{RestartArgs, ScaleArgs, restart, scale, socket};
 pub use render::WORKLOAD_LABEL;
 
 use std::collections::BTreeMap;
