@@ -166,6 +166,17 @@ fn leftovers() -> Vec<String> {
     {
         found.push("bridge".into());
     }
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    found.extend(
+        String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .filter(|name| name.starts_with(&format!("w{MESH}-")))
+            .map(|name| format!("veth {name}")),
+    );
     found.extend(
         mesh_processes(MESH)
             .into_iter()
@@ -288,6 +299,20 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
     let state = std::env::temp_dir().join(format!("weft-up-test-{}", std::process::id()));
     let mut up = Up::start(&state);
     up.wait_for("every workload ready", Duration::from_secs(60), all_ready);
+
+    // A second namespace-mode mesh would share the bridge's subnet: refused.
+    let mut second = Up::start_as(&state, "wtest2", &[]);
+    second.wait_for(
+        "the second mesh refused",
+        Duration::from_secs(30),
+        |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("another mesh runs here in network namespaces"))
+        },
+    );
+    assert!(!second.child.wait().unwrap().success());
+    assert_eq!(mesh_processes("wtest2"), Vec::<u32>::new());
 
     // The destination service runs under its own uid, which the OS keeps
     // out of the CA directory: it could not read the issuer key if it tried.
@@ -633,6 +658,20 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
         out.contains("✔ identity service       ready (127.18.0.1:9990)"),
         "{out}"
     );
+
+    // A second rootless mesh would share the loopback addresses: refused.
+    let mut second = Up::start_in(&manifests, &state, "wrl2", &["--rootless"]);
+    second.wait_for(
+        "the second mesh refused",
+        Duration::from_secs(30),
+        |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("another rootless mesh (or program) runs here"))
+        },
+    );
+    assert!(!second.child.wait().unwrap().success());
+    assert_eq!(mesh_processes("wrl2"), Vec::<u32>::new());
 
     // Long after the first token expired, a proxy that starts again still
     // gets a certificate: the mesh re-mints tokens at half their life.

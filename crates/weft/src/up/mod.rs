@@ -332,7 +332,19 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
         &state.join("cluster"),
         &render::cluster_state(&mesh.snapshot, &mesh.plan, &BTreeMap::new())?,
     )?;
-    if !mesh.rootless {
+    if mesh.rootless {
+        // Rootless meshes share the loopback addresses: a second one would
+        // fail only in its logs and then report the first one's pods.
+        for port in [IDENTITY_PORT, DESTINATION_PORT] {
+            let addr = SocketAddr::from((mesh.control_ip, port));
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                bail!(
+                    "{addr} is taken ({e}): another rootless mesh (or program) runs here; \
+                     stop it first (one rootless mesh per host)"
+                );
+            }
+        }
+    } else {
         mesh.net.create_bridge()?;
         info!(bridge = %mesh.net.bridge(), addr = %BRIDGE_IP, "network ready");
     }

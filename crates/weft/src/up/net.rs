@@ -16,6 +16,11 @@ use anyhow::{Context, bail};
 use crate::plan::{BRIDGE_IP, PlannedService};
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
+    ip_output(args).map(drop)
+}
+
+/// Runs `ip ARGS`; its standard output.
+fn ip_output(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -27,7 +32,7 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The mesh's network objects, named after the mesh.
@@ -67,6 +72,19 @@ impl Network {
     /// Creates the bridge with the control plane's address.
     pub fn create_bridge(&self) -> anyhow::Result<()> {
         let bridge = self.bridge();
+        // Every mesh in namespace mode uses the same subnet: a second one on
+        // the host would route pods of both through two bridges. Refuse it.
+        let addrs = ip_output(&["-o", "-4", "addr", "show"])?;
+        let holder = addrs
+            .lines()
+            .find(|l| l.contains(&format!(" inet {BRIDGE_IP}/")))
+            .and_then(|l| l.split_whitespace().nth(1));
+        if let Some(holder) = holder {
+            anyhow::bail!(
+                "{BRIDGE_IP} is already on {holder}: another mesh runs here in network namespaces \
+                 (its bridge is wb-<name>); stop it first (one namespace-mode mesh per host)"
+            );
+        }
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{BRIDGE_IP}/16"), "dev", &bridge])?;
         ip(&["link", "set", &bridge, "up"])
@@ -84,8 +102,10 @@ impl Network {
     ) -> anyhow::Result<()> {
         let ns = self.namespace(pod);
         let (host_end, pod_end) = (
-            format!("w{}{index}h", self.mesh),
-            format!("w{}{index}p", self.mesh),
+            // The '-' keeps names of meshes that end in a digit apart:
+            // mesh "a" pod 12 and mesh "a1" pod 2 would otherwise both be "wa12h".
+            format!("w{}-{index}h", self.mesh),
+            format!("w{}-{index}p", self.mesh),
         );
         ip(&["netns", "add", &ns])?;
         disable_ipv6(&ns)?;
@@ -170,7 +190,7 @@ impl Network {
         // A namespace outlives its name while a process is still inside,
         // and its veth with it: delete the host ends too (each takes its
         // peer along).
-        let prefix = format!("w{}", self.mesh);
+        let prefix = format!("w{}-", self.mesh);
         if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 let Some(name) = line
