@@ -17,6 +17,7 @@ mod deployment;
 mod manifest;
 mod meta;
 mod profile;
+pub mod proxy;
 mod service;
 mod workload;
 

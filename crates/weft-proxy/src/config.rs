@@ -522,6 +522,25 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// `weft up` and the injector write `ProxySpec::env()`: every name in it
+    /// must be one of this proxy's settings, and the whole of it must load.
+    #[test]
+    fn the_spec_the_control_plane_writes_uses_these_settings() {
+        let env = weft_api::proxy::ProxySpec::example().env();
+        for (name, _) in &env {
+            assert!(
+                SETTINGS.iter().any(|s| s.name == name),
+                "{name} is not a weft-proxy setting"
+            );
+        }
+        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        match config(&vars) {
+            Ok(_) => {}
+            // The example's trust anchors are not PEM; everything before them loaded.
+            Err(e) => assert_eq!(e.var, IDENTITY_TRUST_ANCHORS.name, "{e}"),
+        }
+    }
+
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars
             .iter()

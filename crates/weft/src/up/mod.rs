@@ -510,48 +510,8 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
     };
     let control_ip = mesh.control_ip;
     let logs = mesh.state.join("logs");
-    let mut proxy_env = base_env(&mesh.name);
-    proxy_env.extend([
-        ("WEFT_PROXY_LOG".into(), "warn,weft_proxy=info".into()),
-        (
-            "WEFT_PROXY_IDENTITY_SVC_ADDR".into(),
-            format!("{control_ip}:{IDENTITY_PORT}"),
-        ),
-        (
-            "WEFT_PROXY_IDENTITY_SVC_NAME".into(),
-            weft_control::identity::IDENTITY_SERVICE_NAME.into(),
-        ),
-        (
-            "WEFT_PROXY_IDENTITY_LOCAL_NAME".into(),
-            pod.identity.clone(),
-        ),
-        (
-            "WEFT_PROXY_IDENTITY_TOKEN_FILE".into(),
-            path(token.path())?.into(),
-        ),
-        (
-            "WEFT_PROXY_IDENTITY_TRUST_ANCHORS".into(),
-            env.anchors.clone(),
-        ),
-        (
-            "WEFT_PROXY_DESTINATION_SVC_ADDR".into(),
-            format!("{control_ip}:{DESTINATION_PORT}"),
-        ),
-        (
-            "WEFT_PROXY_DESTINATION_SVC_NAME".into(),
-            weft_control::destination::DESTINATION_SERVICE_NAME.into(),
-        ),
-        // Pods and cluster IPs: never dialled in plaintext on a guess.
-        (
-            "WEFT_PROXY_MESH_NETWORKS".into(),
-            if mesh.rootless {
-                "198.18.0.0/15,127.18.0.0/15".into()
-            } else {
-                "198.18.0.0/15".into()
-            },
-        ),
-    ]);
     let mut app_env = base_env(&mesh.name);
+    let mut listeners = None;
     let app_ip = if mesh.rootless {
         // Other pods reach this one at pod.ip (its proxy's inbound
         // listener on the first port), which forwards to the program on
@@ -562,29 +522,39 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         if pod.ports.len() > 1 {
             warn!(pod = %pod.name, "rootless mode serves only the first port of a pod");
         }
-        proxy_env.extend([
-            (
-                "WEFT_PROXY_INBOUND_LISTEN_ADDR".into(),
-                format!("{}:{port}", pod.ip),
-            ),
-            (
-                "WEFT_PROXY_INBOUND_FORWARD_ADDR".into(),
-                format!("{app_ip}:{port}"),
-            ),
-            (
-                "WEFT_PROXY_OUTBOUND_LISTEN_ADDR".into(),
-                format!("{}:4140", pod.ip),
-            ),
-            (
-                "WEFT_PROXY_ADMIN_LISTEN_ADDR".into(),
-                format!("{}:4191", pod.ip),
-            ),
-        ]);
+        listeners = Some(weft_api::proxy::Listeners {
+            inbound: SocketAddr::from((pod.ip, port)),
+            inbound_forward: SocketAddr::from((app_ip, port)),
+            outbound: SocketAddr::from((pod.ip, 4140)),
+            admin: SocketAddr::from((pod.ip, 4191)),
+        });
         app_env.push(("http_proxy".into(), format!("http://{}:4140", pod.ip)));
         app_ip
     } else {
         pod.ip
     };
+    let spec = weft_api::proxy::ProxySpec {
+        log: "warn,weft_proxy=info".into(),
+        identity_service: weft_api::proxy::ServiceAddr {
+            addr: SocketAddr::from((control_ip, IDENTITY_PORT)),
+            name: weft_control::identity::IDENTITY_SERVICE_NAME.into(),
+        },
+        destination_service: weft_api::proxy::ServiceAddr {
+            addr: SocketAddr::from((control_ip, DESTINATION_PORT)),
+            name: weft_control::destination::DESTINATION_SERVICE_NAME.into(),
+        },
+        local_identity: pod.identity.clone(),
+        token_file: token.path().to_path_buf(),
+        trust_anchors: env.anchors.clone(),
+        mesh_networks: if mesh.rootless {
+            vec!["198.18.0.0/15".into(), "127.18.0.0/15".into()]
+        } else {
+            vec!["198.18.0.0/15".into()]
+        },
+        listeners,
+    };
+    let mut proxy_env = base_env(&mesh.name);
+    proxy_env.extend(spec.env());
     let proxy = Supervised::start(Spec {
         name: format!("{}/{} proxy", pod.namespace, pod.name),
         argv: launch(PROXY_UID, path(&env.proxy_bin)?),
