@@ -1060,7 +1060,10 @@ async fn the_control_plane_serves_tls_and_proves_its_identity() {
     );
     assert!(out.contains("198.18.0.10:8080"), "{out}");
     for (args, why) in [
-        (vec![addr.as_str()], "--ca-dir <CA_DIR>"),
+        (
+            vec![addr.as_str()],
+            "say which CA verifies it (--ca-dir DIR)",
+        ),
         (
             vec![addr.as_str(), "--plaintext"],
             "pass --ca-dir instead of --plaintext",
