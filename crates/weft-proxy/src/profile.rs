@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+pub use crate::http::retry::RetryBudget;
 use linkerd2_proxy_api::destination as api;
-use tower::retry::budget::{Budget, TpsBudget};
 use tracing::warn;
 
 /// A profile's routes and budget.
@@ -51,58 +51,6 @@ enum ResponseMatch {
     Any(Vec<ResponseMatch>),
     Not(Box<ResponseMatch>),
     Status { min: u16, max: u16 },
-}
-
-/// The retry budget: how many retries the proxy may add, shared by every
-/// request to the service.
-pub struct RetryBudget {
-    budget: TpsBudget,
-    /// (ratio, min per second, ttl): a new profile with the same values keeps
-    /// the same budget.
-    pub params: (f32, u32, Duration),
-}
-
-impl std::fmt::Debug for RetryBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryBudget")
-            .field("params", &self.params)
-            .finish()
-    }
-}
-
-impl RetryBudget {
-    /// Values are clamped to what the budget supports (the profile comes
-    /// from the network; it must not be able to stop the proxy).
-    pub fn new(ratio: f32, min_per_second: u32, ttl: Duration) -> Self {
-        let ratio = if ratio.is_finite() {
-            ratio.clamp(0.0, 1000.0)
-        } else {
-            0.2
-        };
-        let min_per_second = min_per_second.min(i32::MAX as u32 - 1);
-        let ttl = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
-        RetryBudget {
-            budget: TpsBudget::new(ttl, min_per_second, ratio),
-            params: (ratio, min_per_second, ttl),
-        }
-    }
-
-    /// Every original request adds to the budget.
-    pub fn deposit(&self) {
-        self.budget.deposit();
-    }
-
-    /// A retry takes from it; false when the budget is spent.
-    pub fn withdraw(&self) -> bool {
-        self.budget.withdraw()
-    }
-}
-
-impl Default for RetryBudget {
-    /// Linkerd's default: 20% extra load, at least 10 retries a second, over 10 s.
-    fn default() -> Self {
-        RetryBudget::new(0.2, 10, Duration::from_secs(10))
-    }
 }
 
 impl Profile {

@@ -52,6 +52,17 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Whether another attempt could succeed: not when the time is up, nor
+    /// when the client's own request is at fault.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            ProxyError::ResponseTimeout { .. }
+                | ProxyError::BadRequest(_)
+                | ProxyError::RequestBody(_)
+        )
+    }
+
     /// Whether the endpoint itself failed (for failure accrual), as opposed
     /// to the request or the proxy.
     pub fn is_endpoint_failure(&self) -> bool {

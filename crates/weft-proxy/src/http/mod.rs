@@ -15,6 +15,7 @@ pub mod body;
 pub mod client;
 pub mod error;
 pub mod headers;
+pub mod retry;
 pub mod strict;
 
 use std::convert::Infallible;
@@ -32,9 +33,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
-use self::body::{ProxyBody, Replay, RequestBody, ResponseEnd, grpc_status};
+use self::body::{ProxyBody, RequestBody, ResponseEnd, grpc_status};
 use self::client::{Endpoint, Lease};
 use self::error::ProxyError;
+use self::retry::RetryPolicy;
 use crate::balance::{NoEndpoint, Pick};
 use crate::discovery::{Answer, Resolution};
 use crate::drain::Watch;
@@ -504,83 +506,54 @@ async fn proxy(
         m.request_total.inc();
     }
     let retryable = route.is_some_and(|r| r.retryable) && !upgrade && !is_connect;
-    let prepared = match (retryable, resolution.as_ref()) {
-        (true, Some(resolution)) => Ok((replayable(req), resolution)),
-        _ => Err(req),
+    let retrying = match (retryable, resolution.as_ref(), profile.as_deref()) {
+        (true, Some(resolution), Some(profile)) => Some((resolution, &profile.budget)),
+        _ => None,
     };
-    let is_failure = |result: &Result<Response<Incoming>, ProxyError>| match result {
-        Ok(resp) => route.map_or(resp.status().is_server_error(), |r| {
-            r.is_failure(resp.status().as_u16())
-        }),
-        Err(_) => true,
+    let attempt_of = Attempt {
+        conn,
+        route,
+        route_metrics,
+        may_upgrade,
+        deadline,
     };
-
-    let (mut endpoint, mut pick, mut attempt) = (endpoint, pick, 1);
-    let result = match prepared {
-        Err(req) => {
-            if let Some(m) = route_metrics {
-                m.actual_request_total.inc();
-            }
+    let result = match retrying {
+        None => {
             let req = req.map(RequestBody::Streaming);
-            let result = send(conn, &endpoint, req, may_upgrade, deadline).await;
-            if let Some(pick) = pick {
-                pick.done(endpoint_failed(&result));
-            }
-            if let (Some(m), Ok(resp)) = (route_metrics, &result) {
-                m.status(resp.status().as_u16(), is_failure(&result))
-                    .actual_response
-                    .inc();
-            }
-            result
+            attempt_of.send(&endpoint, req, pick).await.0
         }
-        Ok(((head, mut body), resolution)) => loop {
-            let replay = body.handle();
-            let req = head.request(RequestBody::Replay(body));
-            if let Some(m) = route_metrics {
-                m.actual_request_total.inc();
-            }
-            let result = send(conn, &endpoint, req, may_upgrade, deadline).await;
-            if let Some(pick) = pick.take() {
-                pick.done(endpoint_failed(&result));
-            }
-            let failed = is_failure(&result);
-            if let (Some(m), Ok(resp)) = (route_metrics, &result) {
-                m.status(resp.status().as_u16(), failed)
-                    .actual_response
-                    .inc();
-            }
-            let timed_out = deadline.is_some_and(|(at, _)| Instant::now() >= at)
-                || matches!(result, Err(ProxyError::ResponseTimeout { .. }));
-            let budget = profile.as_ref().map(|p| &p.budget);
-            if !failed || timed_out || attempt >= MAX_ATTEMPTS {
-                break result;
-            }
-            // A body too big to replay ends the retries, before the budget pays.
-            let Some(again) = replay.again() else {
-                break result;
-            };
-            if !budget.is_some_and(|b| b.withdraw()) {
-                break result;
-            }
-            body = again;
-            // Another endpoint, chosen afresh; the failed answer is dropped.
-            match resolution.balancer.pick_avoiding(endpoint.addr) {
-                Ok(next) => {
-                    endpoint = conn
-                        .shared
-                        .clients
-                        .endpoint(Direction::Outbound, next.addr());
-                    pick = Some(next);
+        Some((resolution, budget)) => {
+            let policy = RetryPolicy { budget };
+            let (head, mut body) = retry::replayable(req);
+            let (mut endpoint, mut pick, mut attempt) = (endpoint, pick, 1);
+            loop {
+                let replay = body.handle();
+                let req = head.request(RequestBody::Replay(body));
+                let (result, failed) = attempt_of.send(&endpoint, req, pick.take()).await;
+                let timed_out = deadline.is_some_and(|(at, _)| Instant::now() >= at);
+                let Some(again) = policy.next(attempt, &result, failed, timed_out, &replay) else {
+                    break result;
+                };
+                body = again;
+                // Another endpoint, chosen afresh; the failed answer is dropped.
+                match resolution.balancer.pick_avoiding(endpoint.addr) {
+                    Ok(next) => {
+                        endpoint = conn
+                            .shared
+                            .clients
+                            .endpoint(Direction::Outbound, next.addr());
+                        pick = Some(next);
+                    }
+                    Err(_) => break result,
                 }
-                Err(_) => break result,
+                attempt += 1;
+                debug!(attempt, %addr, "retrying");
             }
-            attempt += 1;
-            debug!(attempt, %addr, "retrying");
-        },
+        }
     };
     if let Some(m) = route_metrics {
         let (code, failed) = match &result {
-            Ok(resp) => (resp.status().as_u16(), is_failure(&result)),
+            Ok(resp) => (resp.status().as_u16(), is_failure(route, &result)),
             Err(e) => (e.status().as_u16(), true),
         };
         let status = m.status(code, failed);
@@ -617,42 +590,54 @@ async fn proxy(
     Ok(resp.map(|body| ProxyBody::upstream(body, end)))
 }
 
-/// Attempts per request on a retryable route, the first included.
-const MAX_ATTEMPTS: u32 = 3;
-/// Largest request body kept for replay; a bigger one streams on but is
-/// not retried.
-const MAX_REPLAY_BODY: usize = 64 * 1024;
-
-/// What a retryable request needs to be sent again.
-struct RequestHead {
-    method: Method,
-    uri: Uri,
-    version: http::Version,
-    headers: HeaderMap,
+/// What every attempt of one request shares.
+struct Attempt<'a> {
+    conn: &'a HttpConn,
+    route: Option<&'a crate::profile::Route>,
+    route_metrics: Option<&'a crate::metrics::RouteMetrics>,
+    may_upgrade: bool,
+    deadline: Option<(Instant, std::time::Duration)>,
 }
 
-impl RequestHead {
-    fn request(&self, body: RequestBody) -> Request<RequestBody> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
-        req
+impl Attempt<'_> {
+    /// One attempt, the same whether it may be retried or not: sent within
+    /// the deadline, its outcome told to the balancer and counted on the
+    /// route. Also returns whether it failed by the route's classes.
+    async fn send(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<RequestBody>,
+        pick: Option<crate::balance::Pick>,
+    ) -> (Result<Response<Incoming>, ProxyError>, bool) {
+        if let Some(m) = self.route_metrics {
+            m.actual_request_total.inc();
+        }
+        let result = send(self.conn, endpoint, req, self.may_upgrade, self.deadline).await;
+        if let Some(pick) = pick {
+            pick.done(endpoint_failed(&result));
+        }
+        let failed = is_failure(self.route, &result);
+        if let (Some(m), Ok(resp)) = (self.route_metrics, &result) {
+            m.status(resp.status().as_u16(), failed)
+                .actual_response
+                .inc();
+        }
+        (result, failed)
     }
 }
 
-/// Splits a retryable request into what every attempt reuses: the head,
-/// and a body that streams through while keeping a copy for replays.
-fn replayable(req: Request<Incoming>) -> (RequestHead, Replay<Incoming>) {
-    let (parts, body) = req.into_parts();
-    let head = RequestHead {
-        method: parts.method,
-        uri: parts.uri,
-        version: parts.version,
-        headers: parts.headers,
-    };
-    (head, Replay::new(body, MAX_REPLAY_BODY))
+/// Whether a result is a failure: by the route's response classes, else a
+/// 5xx; an error always is.
+fn is_failure(
+    route: Option<&crate::profile::Route>,
+    result: &Result<Response<Incoming>, ProxyError>,
+) -> bool {
+    match result {
+        Ok(resp) => route.map_or(resp.status().is_server_error(), |r| {
+            r.is_failure(resp.status().as_u16())
+        }),
+        Err(_) => true,
+    }
 }
 
 /// Sends one attempt, within the request's deadline: HTTP/2 on the
