@@ -1,0 +1,100 @@
+//! Control-plane client metrics: `control_request_total`,
+//! `control_stream_failures_total`, `control_updates_total`,
+//! `control_streams_active`, by control-plane address.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::Metrics;
+use super::family::{Family, Series, SeriesLimits};
+
+/// The control-plane address a client talks to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControlLabels {
+    addr: String,
+}
+
+/// An open control-plane stream; dropping it ends the count.
+pub struct ActiveStream(Series<Gauge>);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The control-plane families.
+#[derive(Debug)]
+pub(super) struct ControlFamilies {
+    request_total: Family<ControlLabels, Counter>,
+    stream_failures_total: Family<ControlLabels, Counter>,
+    updates_total: Family<ControlLabels, Counter>,
+    streams_active: Family<ControlLabels, Gauge>,
+}
+
+impl ControlFamilies {
+    pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
+        let f = ControlFamilies {
+            request_total: Family::new(limits, Counter::default),
+            stream_failures_total: Family::new(limits, Counter::default),
+            updates_total: Family::new(limits, Counter::default),
+            streams_active: Family::new(limits, Gauge::default),
+        };
+        registry.register(
+            "control_request",
+            "Discovery streams opened to the control plane",
+            f.request_total.clone(),
+        );
+        registry.register(
+            "control_stream_failures",
+            "Discovery streams that failed or ended (each is retried with back-off)",
+            f.stream_failures_total.clone(),
+        );
+        registry.register(
+            "control_updates",
+            "Discovery updates received",
+            f.updates_total.clone(),
+        );
+        registry.register(
+            "control_streams_active",
+            "Discovery streams open now",
+            f.streams_active.clone(),
+        );
+        f
+    }
+}
+
+impl Metrics {
+    pub fn control_request(&self, addr: &str) {
+        self.control
+            .request_total
+            .get_or_create(&ControlLabels { addr: addr.into() })
+            .inc();
+    }
+
+    pub fn control_failure(&self, addr: &str) {
+        self.control
+            .stream_failures_total
+            .get_or_create(&ControlLabels { addr: addr.into() })
+            .inc();
+    }
+
+    pub fn control_update(&self, addr: &str) {
+        self.control
+            .updates_total
+            .get_or_create(&ControlLabels { addr: addr.into() })
+            .inc();
+    }
+
+    pub fn control_stream_active(&self, addr: &str) -> ActiveStream {
+        let gauge = self
+            .control
+            .streams_active
+            .get_or_create(&ControlLabels { addr: addr.into() })
+            .clone();
+        gauge.inc();
+        ActiveStream(gauge)
+    }
+}

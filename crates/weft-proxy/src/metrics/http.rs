@@ -1,0 +1,210 @@
+//! HTTP metrics: `request_total`, `response_total` (by status and
+//! classification), `response_latency_ms`. [`HttpConnMetrics`] keeps a
+//! connection's last few label sets, so the request path only bumps atomics.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::family::{Family, Series, SeriesLimits};
+use super::{Direction, DstLabels, HistogramFamily, Metrics, Tls, latency_histogram};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    direction: Direction,
+    #[prometheus(flatten)]
+    authority: AuthorityLabel,
+    target_addr: String,
+    #[prometheus(flatten)]
+    tls: Tls,
+    #[prometheus(flatten)]
+    dst: DstLabels,
+}
+
+/// The `authority` label, or none: inbound, the authority is the client's
+/// choice, and is left out unless `WEFT_PROXY_INBOUND_METRICS_AUTHORITY_LABELS=unsafe`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct AuthorityLabel(Option<String>);
+
+impl EncodeLabelSet for AuthorityLabel {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        use prometheus_client::encoding::EncodeLabel;
+        match &self.0 {
+            Some(authority) => ("authority", authority.as_str()).encode(encoder.encode_label()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    #[prometheus(flatten)]
+    request: RequestLabels,
+    status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    #[prometheus(flatten)]
+    request: RequestLabels,
+    status_code: u16,
+    classification: &'static str,
+}
+
+/// The HTTP families.
+#[derive(Debug)]
+pub(super) struct HttpFamilies {
+    request_total: Family<RequestLabels, Counter>,
+    response_total: Family<ResponseLabels, Counter>,
+    response_latency_ms: HistogramFamily<LatencyLabels>,
+}
+
+impl HttpFamilies {
+    pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
+        let f = HttpFamilies {
+            request_total: Family::new(limits, Counter::default),
+            response_total: Family::new(limits, Counter::default),
+            response_latency_ms: Family::new(limits, latency_histogram),
+        };
+        registry.register("request", "Total HTTP requests", f.request_total.clone());
+        registry.register("response", "Total HTTP responses", f.response_total.clone());
+        registry.register(
+            "response_latency_ms",
+            "Time from request to response headers in milliseconds",
+            f.response_latency_ms.clone(),
+        );
+        f
+    }
+}
+
+/// HTTP metrics of one connection: the label set is fixed except for the
+/// authority and the target (explicit proxy, or an endpoint chosen by the
+/// balancer), which take few values on one connection: the last few label
+/// sets are kept.
+#[derive(Debug)]
+pub struct HttpConnMetrics {
+    metrics: Arc<Metrics>,
+    direction: Direction,
+    tls: Tls,
+    recent: Mutex<Vec<Arc<AuthorityMetrics>>>,
+}
+
+/// Label sets kept per connection (e.g. one per balanced endpoint).
+const RECENT_LABEL_SETS: usize = 8;
+
+impl HttpConnMetrics {
+    pub fn new(metrics: Arc<Metrics>, direction: Direction, tls: Tls) -> Self {
+        HttpConnMetrics {
+            metrics,
+            direction,
+            tls,
+            recent: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Metrics for a request to `target_addr`; `endpoint` tells, for a new
+    /// label set, the identity the endpoint proves over mesh TLS if it is
+    /// meshed (outbound), and its discovery labels.
+    pub fn for_request(
+        &self,
+        authority: &str,
+        target_addr: SocketAddr,
+        endpoint: impl FnOnce() -> (Option<weft_identity::Identity>, DstLabels),
+    ) -> Arc<AuthorityMetrics> {
+        let authority = (self.direction == Direction::Outbound || self.metrics.inbound_authority)
+            .then_some(authority);
+        let mut recent = crate::lock(&self.recent);
+        if let Some(m) = recent
+            .iter()
+            .find(|m| m.target == target_addr && m.labels.authority.0.as_deref() == authority)
+        {
+            return m.clone();
+        }
+        let (server_id, dst) = endpoint();
+        let labels = RequestLabels {
+            direction: self.direction,
+            authority: AuthorityLabel(authority.map(str::to_string)),
+            target_addr: target_addr.to_string(),
+            tls: match server_id {
+                Some(id) => Tls::ToServer(id.as_str().into()),
+                None => self.tls.clone(),
+            },
+            dst,
+        };
+        let m = Arc::new(AuthorityMetrics {
+            target: target_addr,
+            request_total: self.metrics.http.request_total.get_or_create(&labels),
+            statuses: Mutex::new(Vec::new()),
+            labels,
+            metrics: self.metrics.clone(),
+        });
+        if recent.len() == RECENT_LABEL_SETS {
+            recent.remove(0);
+        }
+        recent.push(m.clone());
+        m
+    }
+}
+
+/// Request and response metrics for one (connection, authority).
+#[derive(Debug)]
+pub struct AuthorityMetrics {
+    target: SocketAddr,
+    pub request_total: Series<Counter>,
+    statuses: Mutex<Vec<StatusMetrics>>,
+    labels: RequestLabels,
+    metrics: Arc<Metrics>,
+}
+
+/// Handles for one status code: latency, and the response counters by
+/// classification (decided only at the end of the stream for gRPC).
+#[derive(Clone, Debug)]
+pub struct StatusMetrics {
+    code: u16,
+    pub latency_ms: Series<Histogram>,
+    pub success: Series<Counter>,
+    pub failure: Series<Counter>,
+}
+
+impl AuthorityMetrics {
+    pub fn status(&self, code: u16) -> StatusMetrics {
+        let mut statuses = crate::lock(&self.statuses);
+        if let Some(s) = statuses.iter().find(|s| s.code == code) {
+            return s.clone();
+        }
+        let response = |classification| ResponseLabels {
+            request: self.labels.clone(),
+            status_code: code,
+            classification,
+        };
+        let latency = LatencyLabels {
+            request: self.labels.clone(),
+            status_code: code,
+        };
+        let s = StatusMetrics {
+            code,
+            latency_ms: self
+                .metrics
+                .http
+                .response_latency_ms
+                .get_or_create(&latency),
+            success: self
+                .metrics
+                .http
+                .response_total
+                .get_or_create(&response("success")),
+            failure: self
+                .metrics
+                .http
+                .response_total
+                .get_or_create(&response("failure")),
+        };
+        statuses.push(s.clone());
+        s
+    }
+}
