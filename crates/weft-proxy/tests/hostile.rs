@@ -440,7 +440,7 @@ async fn without_discovery_an_in_mesh_address_is_refused_not_dialled_in_plaintex
     ];
     let url = format!("http://{app}/hello");
 
-    let guessing = Proxy::start(&down);
+    let guessing = start_proxy(&down);
     let via = format!("http://{}", guessing.outbound);
     let (ok, body, err) = curl(&["-x", &via, &url]).await;
     assert!(
@@ -450,7 +450,7 @@ async fn without_discovery_an_in_mesh_address_is_refused_not_dialled_in_plaintex
 
     let mut strict = down.to_vec();
     strict.push(("WEFT_PROXY_MESH_NETWORKS", "127.0.0.0/8".into()));
-    let strict = Proxy::start(&strict);
+    let strict = start_proxy(&strict);
     let via = format!("http://{}", strict.outbound);
     let (ok, answer, err) = curl(&["-i", "-x", &via, &url]).await;
     assert!(ok, "{err}");

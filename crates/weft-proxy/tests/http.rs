@@ -13,7 +13,7 @@ use weft_testkit::pb::{EchoRequest, echo_client::EchoClient};
 #[tokio::test]
 async fn explicit_proxy_http1_with_curl() {
     let server = spawn_server(weft_testkit::http::serve).await;
-    let proxy = Proxy::start(&[]);
+    let proxy = start_proxy(&[]);
     let via = format!("http://{}", proxy.outbound);
 
     let (ok, body, err) = curl(&["-x", &via, &format!("http://{server}/hello")]).await;
@@ -69,7 +69,7 @@ async fn explicit_proxy_http1_with_curl() {
 #[tokio::test]
 async fn explicit_proxy_connect_tunnel() {
     let server = spawn_server(weft_testkit::http::serve).await;
-    let proxy = Proxy::start(&[]);
+    let proxy = start_proxy(&[]);
     // -p makes curl tunnel through CONNECT, as HTTPS and gRPC clients do.
     let (ok, body, err) = curl(&[
         "-p",
@@ -136,7 +136,7 @@ async fn inbound_http1_status_codes_and_errors_are_classified() {
 async fn proxy_errors_are_explicit_502_and_504() {
     let server = spawn_server(weft_testkit::http::serve).await;
     let dead = loopback(free_port());
-    let proxy = Proxy::start(&[("WEFT_PROXY_RESPONSE_TIMEOUT", "300ms".into())]);
+    let proxy = start_proxy(&[("WEFT_PROXY_RESPONSE_TIMEOUT", "300ms".into())]);
     let via = format!("http://{}", proxy.outbound);
 
     let (_, out, _) = curl(&["-i", "-x", &via, &format!("http://{dead}/")]).await;
@@ -335,7 +335,7 @@ async fn websocket_upgrade_passes_through() {
 async fn large_streamed_bodies_keep_memory_bounded() {
     const GIB: u64 = 1 << 30;
     let server = spawn_server(weft_testkit::http::serve).await;
-    let proxy = Proxy::start(&[]);
+    let proxy = start_proxy(&[]);
     let via = format!("http://{}", proxy.outbound);
     let (rss_before, _) = proxy.memory_kib();
 
@@ -383,7 +383,7 @@ async fn large_streamed_bodies_keep_memory_bounded() {
 #[tokio::test]
 async fn grpc_client_pointed_at_the_explicit_proxy_is_routed_by_authority() {
     let server = spawn_server(weft_testkit::grpc::serve).await;
-    let proxy = Proxy::start(&[]);
+    let proxy = start_proxy(&[]);
     // The channel dials the proxy; its :authority names the real server.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound))
         .unwrap()

@@ -9,7 +9,7 @@ use support::*;
 
 #[tokio::test]
 async fn admin_endpoints() {
-    let proxy = Proxy::start(&[]);
+    let proxy = start_proxy(&[]);
     assert_eq!(http_get(proxy.admin, "/ready").map(|r| r.0), Some(200));
     assert_eq!(http_get(proxy.admin, "/live").map(|r| r.0), Some(200));
     assert_eq!(http_get(proxy.admin, "/nope").map(|r| r.0), Some(404));
@@ -46,7 +46,7 @@ async fn admin_endpoints() {
 async fn shutdown_is_off_unless_enabled() {
     // Any process in the pod reaches the admin port over loopback: by default
     // it cannot stop the proxy (and with it, the pod's traffic).
-    let proxy = Proxy::start(&[]);
+    let proxy = start_proxy(&[]);
     let (ok, body, err) = curl(&[
         "-w",
         "%{http_code}",
@@ -67,7 +67,7 @@ async fn shutdown_is_off_unless_enabled() {
 
 #[tokio::test]
 async fn shutdown_over_admin_drains_and_exits() {
-    let mut proxy = Proxy::start(&[("LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "true".into())]);
+    let proxy = start_proxy(&[("LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "true".into())]);
     let (ok, body, err) = curl(&["-X", "POST", &format!("http://{}/shutdown", proxy.admin)]).await;
     assert!(ok, "{err}");
     assert_eq!(body, "shutdown\n");
@@ -79,7 +79,7 @@ async fn shutdown_over_admin_drains_and_exits() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let server = spawn_server(weft_testkit::http::serve).await;
-    let mut proxy = Proxy::start(&[("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s".into())]);
+    let proxy = start_proxy(&[("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s".into())]);
     let via = format!("http://{}", proxy.outbound);
     let slow = {
         let url = format!("http://{server}/delay/1500");
@@ -160,7 +160,7 @@ fn a_port_in_use_is_reported_with_the_listener() {
 #[tokio::test]
 async fn the_grace_period_bounds_the_drain() {
     let server = spawn_server(weft_testkit::http::serve).await;
-    let mut proxy = Proxy::start(&[("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "300ms".into())]);
+    let proxy = start_proxy(&[("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "300ms".into())]);
     let via = format!("http://{}", proxy.outbound);
     let url = format!("http://{server}/delay/30000");
     let stuck = tokio::spawn(async move { curl(&["-x", &via, &url]).await });

@@ -160,7 +160,7 @@ async fn a_stalled_client_is_cut_off_without_blocking_others() {
 #[tokio::test]
 async fn garbage_to_the_explicit_proxy_is_closed_and_logged() {
     let server = spawn_server(weft_testkit::http::serve).await;
-    let proxy = Proxy::start(&[("WEFT_PROXY_OUTBOUND_DETECT_TIMEOUT", "300ms".into())]);
+    let proxy = start_proxy(&[("WEFT_PROXY_OUTBOUND_DETECT_TIMEOUT", "300ms".into())]);
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     s.write_all(&[0x16, 0x03, 0x01, 0x00, 0xff, 0x01, 0x00, 0x00])
         .await

@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod http;
 pub mod netns;
 pub mod ports;
+pub mod proxy;
 pub mod scrape;
 pub mod tcp;
 

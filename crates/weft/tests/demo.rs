@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{Destination, free_port, proxy_bin, workspace_bin};
-use weft_testkit::scrape::http_get;
 
 /// A demo program, killed when dropped.
 struct Program(Child);
@@ -87,25 +86,14 @@ fn the_demo_app_runs_through_the_proxy_by_service_names() {
         ("voting-0.yaml", &workload("voting-svc", voting)),
         ("web-0.yaml", &workload("web-svc", web)),
     ]);
-    let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _proxy = Program(
-        Command::new(proxy_bin())
-            .env("WEFT_PROXY_OUTBOUND_LISTEN_ADDR", outbound.to_string())
-            .env(
-                "WEFT_PROXY_INBOUND_LISTEN_ADDR",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env("WEFT_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())
-            .env(
-                "WEFT_PROXY_DESTINATION_SVC_ADDR",
-                destination.addr.to_string(),
-            )
-            .env("WEFT_PROXY_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let proxy = weft_testkit::proxy::Proxy::builder(proxy_bin())
+        .env(
+            "WEFT_PROXY_DESTINATION_SVC_ADDR",
+            destination.addr.to_string(),
+        )
+        .log_filter("warn")
+        .start();
+    let outbound = proxy.outbound;
     let via = format!("http://{outbound}");
     let proxied = [("http_proxy", via.clone())];
     let _emoji = program(&["emoji", "--listen", &emoji.to_string()], &[]);
@@ -157,7 +145,7 @@ fn the_demo_app_runs_through_the_proxy_by_service_names() {
     assert!(page.contains("<ol id=\"leaderboard\"><li>"), "{page}");
 
     // The proxy carried gRPC to both services by name, and the failures.
-    let metrics = http_get(admin, "/metrics").unwrap().1;
+    let metrics = proxy.metrics();
     let sum = |labels: &[(&str, &str)]| {
         weft_testkit::scrape::metric_sum(&metrics, "request_total", labels)
     };

@@ -6,15 +6,15 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Destination, free_port, proxy_bin};
+use support::Destination;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use weft_testkit::scrape::http_get;
+use weft_testkit::proxy::Proxy;
 
 const HOST: &str = "web.demo.svc.cluster.local";
 
@@ -109,67 +109,21 @@ fn serve(replicas: &[Replica], extra: &[(&str, &str)]) -> Destination {
     Destination::start(&files)
 }
 
-struct Proxy {
-    child: Child,
-    admin: SocketAddr,
-    outbound: SocketAddr,
-    log: std::path::PathBuf,
+/// A proxy that resolves through the destination service at `destination`.
+fn start_proxy(destination: SocketAddr) -> Proxy {
+    Proxy::builder(support::proxy_bin())
+        .env("WEFT_PROXY_DESTINATION_SVC_ADDR", destination.to_string())
+        .log_filter("warn,weft_proxy=info")
+        .start()
 }
 
-impl Proxy {
-    fn start(destination: SocketAddr) -> Proxy {
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log =
-            std::env::temp_dir().join(format!("weft-discovery-proxy-{}.log", outbound.port()));
-        let child = Command::new(proxy_bin())
-            .env_clear()
-            .env("WEFT_PROXY_OUTBOUND_LISTEN_ADDR", outbound.to_string())
-            .env("WEFT_PROXY_INBOUND_LISTEN_ADDR", inbound.to_string())
-            .env("WEFT_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())
-            .env(
-                "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
-                destination.to_string(),
-            )
-            .env("WEFT_PROXY_LOG", "warn,weft_proxy=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while http_get(admin, "/ready").is_none_or(|r| r.0 != 200) {
-            assert!(Instant::now() < deadline, "proxy not ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Proxy {
-            child,
-            admin,
-            outbound,
-            log,
-        }
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        support::admin_metric(self.admin, name, labels)
-    }
-
-    /// Requests the proxy sent to one endpoint.
-    fn requests_to(&self, addr: SocketAddr) -> f64 {
-        let target = addr.to_string();
-        self.metric(
-            "request_total",
-            &[("direction", "outbound"), ("target_addr", target.as_str())],
-        )
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
+/// Requests the proxy sent to one endpoint.
+fn requests_to(proxy: &Proxy, addr: SocketAddr) -> f64 {
+    let target = addr.to_string();
+    proxy.metric(
+        "request_total",
+        &[("direction", "outbound"), ("target_addr", target.as_str())],
+    )
 }
 
 /// A kept-alive explicit-proxy client: one request at a time.
@@ -288,13 +242,16 @@ async fn three_replicas_share_the_load_and_a_slow_one_gets_less() {
         replica(Duration::ZERO).await,
     ];
     let d = serve(&replicas, &[]);
-    let proxy = Proxy::start(d.addr);
+    let proxy = start_proxy(d.addr);
 
     let load = Load::start(proxy.outbound, 4).await;
     load.ok_after(3000).await;
     let (ok, failures) = load.stop().await;
     assert!(failures.is_empty(), "{failures:?}");
-    let counts: Vec<f64> = replicas.iter().map(|r| proxy.requests_to(r.addr)).collect();
+    let counts: Vec<f64> = replicas
+        .iter()
+        .map(|r| requests_to(&proxy, r.addr))
+        .collect();
     let total: f64 = counts.iter().sum();
     assert_eq!(
         total, ok as f64,
@@ -312,7 +269,7 @@ async fn three_replicas_share_the_load_and_a_slow_one_gets_less() {
     d.write("web-0.yaml", &workload("web-0", slow.addr));
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut client = Client::connect(proxy.outbound).await;
-    while proxy.requests_to(slow.addr) == 0.0 {
+    while requests_to(&proxy, slow.addr) == 0.0 {
         assert!(
             Instant::now() < deadline,
             "the new replica never got a request"
@@ -321,7 +278,7 @@ async fn three_replicas_share_the_load_and_a_slow_one_gets_less() {
     }
     let before: Vec<f64> = [slow.addr, replicas[1].addr, replicas[2].addr]
         .iter()
-        .map(|a| proxy.requests_to(*a))
+        .map(|a| requests_to(&proxy, *a))
         .collect();
     let load = Load::start(proxy.outbound, 4).await;
     load.ok_after(2000).await;
@@ -329,7 +286,7 @@ async fn three_replicas_share_the_load_and_a_slow_one_gets_less() {
     assert!(failures.is_empty(), "{failures:?}");
     let after: Vec<f64> = [slow.addr, replicas[1].addr, replicas[2].addr]
         .iter()
-        .map(|a| proxy.requests_to(*a))
+        .map(|a| requests_to(&proxy, *a))
         .collect();
     let got: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     let share = got[0] / got.iter().sum::<f64>();
@@ -349,7 +306,7 @@ async fn scaling_by_manifest_edits_and_a_control_plane_restart_lose_no_request()
         ("web.yaml", &service()),
         ("web-0.yaml", &workload("web-0", replicas[0].addr)),
     ]);
-    let proxy = Proxy::start(d.addr);
+    let proxy = start_proxy(d.addr);
     let load = Load::start(proxy.outbound, 3).await;
     load.ok_after(200).await;
 
@@ -361,7 +318,7 @@ async fn scaling_by_manifest_edits_and_a_control_plane_restart_lose_no_request()
         );
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while replicas.iter().any(|r| proxy.requests_to(r.addr) == 0.0) {
+    while replicas.iter().any(|r| requests_to(&proxy, r.addr) == 0.0) {
         assert!(Instant::now() < deadline, "not every replica got traffic");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -372,12 +329,12 @@ async fn scaling_by_manifest_edits_and_a_control_plane_restart_lose_no_request()
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let removed: Vec<f64> = replicas[1..]
         .iter()
-        .map(|r| proxy.requests_to(r.addr))
+        .map(|r| requests_to(&proxy, r.addr))
         .collect();
     load.ok_after(300).await;
     let later: Vec<f64> = replicas[1..]
         .iter()
-        .map(|r| proxy.requests_to(r.addr))
+        .map(|r| requests_to(&proxy, r.addr))
         .collect();
     assert_eq!(removed, later, "removed replicas get no more requests");
 
@@ -393,15 +350,15 @@ async fn scaling_by_manifest_edits_and_a_control_plane_restart_lose_no_request()
     // It comes back, and a change made meanwhile reaches the proxy.
     d.write("web-1.yaml", &workload("web-1", replicas[1].addr));
     d.restart();
-    let before = proxy.requests_to(replicas[1].addr);
+    let before = requests_to(&proxy, replicas[1].addr);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while proxy.requests_to(replicas[1].addr) == before {
+    while requests_to(&proxy, replicas[1].addr) == before {
         assert!(Instant::now() < deadline, "the proxy did not resynchronise");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, failures) = load.stop().await;
     assert!(failures.is_empty(), "{failures:?}");
-    let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+    let log = proxy.log();
     assert!(log.contains("serving the last known answer"), "{log}");
 }
 
@@ -416,7 +373,7 @@ async fn failing_replicas_are_ejected_and_an_empty_service_fails_fast() {
         ("web-0.yaml", &workload("web-0", alive.addr)),
         ("web-1.yaml", &workload("web-1", dead_addr)),
     ]);
-    let proxy = Proxy::start(d.addr);
+    let proxy = start_proxy(d.addr);
     let mut client = Client::connect(proxy.outbound).await;
     let mut failed = 0;
     for _ in 0..200 {
@@ -456,7 +413,7 @@ async fn failing_replicas_are_ejected_and_an_empty_service_fails_fast() {
     // At most 7 consecutive failures per endpoint before it is ejected.
     let failed = seen.iter().filter(|s| **s == 502).count();
     assert!(failed <= 2 * 7, "{seen:?}");
-    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    let log = proxy.log();
     assert!(
         log.contains("endpoint ejected after consecutive failures"),
         "{log}"
@@ -497,7 +454,7 @@ async fn a_killed_replica_costs_no_request_on_a_retryable_route_and_timeouts_ans
     let mut replicas: Vec<Replica> =
         futures_util::future::join_all((0..3).map(|_| replica(Duration::ZERO))).await;
     let d = serve(&replicas, &[("profile.yaml", PROFILE)]);
-    let proxy = Proxy::start(d.addr);
+    let proxy = start_proxy(d.addr);
     let root = [("rt_route", "root"), ("dst", "web.demo.svc.cluster.local")];
     // The profile arrives with the first resolution; wait until routes count.
     let mut client = Client::connect(proxy.outbound).await;
@@ -600,7 +557,7 @@ spec:
         ("web-1.yaml", &workload("web-1", b)),
         ("profile.yaml", profile),
     ]);
-    let proxy = Proxy::start(d.addr);
+    let proxy = start_proxy(d.addr);
     // GETs until the profile has arrived (its `warm` route counts them).
     let mut client = Client::connect(proxy.outbound).await;
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -4,97 +4,45 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use support::{Ca, WEB, free_port, proxy_bin};
+use support::{Ca, WEB, free_port};
+use weft_testkit::proxy::Proxy;
 use weft_testkit::scrape::http_get;
 
-struct Proxy {
-    child: Child,
-    admin: SocketAddr,
-    inbound: SocketAddr,
-    outbound: SocketAddr,
-    log: std::path::PathBuf,
+/// How long a proxy may take to get its first certificate.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// A proxy with identity WEB that gets its certificate from the identity
+/// service on `identity_port` (not waited for).
+fn start(ca: &Ca, identity_port: u16) -> Proxy {
+    start_with(ca, identity_port, &[])
 }
 
-impl Proxy {
-    fn start(ca: &Ca, identity_port: u16) -> Proxy {
-        Self::start_with(ca, identity_port, &[])
-    }
-
-    fn start_with(ca: &Ca, identity_port: u16, env: &[(&str, String)]) -> Proxy {
-        Self::start_as(ca, identity_port, WEB, env)
-    }
-
-    /// A proxy with identity `name`, listening on free loopback ports.
-    fn start_as(ca: &Ca, identity_port: u16, name: &str, env: &[(&str, String)]) -> Proxy {
-        let token_file = ca.dir.join(format!("{name}.token"));
-        std::fs::write(&token_file, ca.token(name, "1h")).unwrap();
-        let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = ca.dir.join(format!("proxy-{name}.log"));
-        let child = Command::new(proxy_bin())
-            .env_clear()
-            .env("WEFT_PROXY_INBOUND_LISTEN_ADDR", inbound.to_string())
-            .env("WEFT_PROXY_OUTBOUND_LISTEN_ADDR", outbound.to_string())
-            .env("WEFT_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())
-            .env(
-                "LINKERD2_PROXY_IDENTITY_SVC_ADDR",
-                format!("127.0.0.1:{identity_port}"),
-            )
-            .env(
-                "LINKERD2_PROXY_IDENTITY_SVC_NAME",
-                support::IDENTITY_SERVICE,
-            )
-            .env("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", name)
-            .env("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", &token_file)
-            .env("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", anchors)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Proxy {
-            child,
-            admin,
-            inbound,
-            outbound,
-            log,
-        }
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        support::admin_metric(self.admin, name, labels)
-    }
-
-    fn wait_ready(&self) {
-        self.wait_for("ready", Duration::from_secs(20), |p| {
-            http_get(p.admin, "/ready").is_some_and(|r| r.0 == 200)
-        });
-    }
-
-    fn wait_for(&self, what: &str, within: Duration, mut done: impl FnMut(&Proxy) -> bool) {
-        let deadline = Instant::now() + within;
-        while !done(self) {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            assert!(
-                Instant::now() < deadline,
-                "{what} within {within:?}; proxy log:\n{log}"
-            );
-            // Longer than the pool idle timeout: the next batch needs a new handshake.
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
+fn start_with(ca: &Ca, identity_port: u16, env: &[(&str, String)]) -> Proxy {
+    start_as(ca, identity_port, WEB, env)
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A proxy with identity `name`, listening on free loopback ports.
+fn start_as(ca: &Ca, identity_port: u16, name: &str, env: &[(&str, String)]) -> Proxy {
+    let token_file = ca.dir.join(format!("{name}.token"));
+    std::fs::write(&token_file, ca.token(name, "1h")).unwrap();
+    let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+    Proxy::builder(support::proxy_bin())
+        .env(
+            "WEFT_PROXY_IDENTITY_SVC_ADDR",
+            format!("127.0.0.1:{identity_port}"),
+        )
+        .env("WEFT_PROXY_IDENTITY_SVC_NAME", support::IDENTITY_SERVICE)
+        .env("WEFT_PROXY_IDENTITY_LOCAL_NAME", name)
+        .env(
+            "WEFT_PROXY_IDENTITY_TOKEN_FILE",
+            token_file.display().to_string(),
+        )
+        .env("WEFT_PROXY_IDENTITY_TRUST_ANCHORS", anchors)
+        .envs(env)
+        .spawn()
 }
 
 #[test]
@@ -102,7 +50,7 @@ fn the_proxy_is_ready_only_with_a_certificate_and_renews_it() {
     let ca = Ca::create();
     let identity_port = free_port();
     // The identity service is not running yet.
-    let proxy = Proxy::start(&ca, identity_port);
+    let proxy = start(&ca, identity_port);
     proxy.wait_for("failed Certify attempts", Duration::from_secs(10), |p| {
         p.metric("identity_cert_refresh_total", &[("result", "failure")]) >= 2.0
     });
@@ -112,7 +60,7 @@ fn the_proxy_is_ready_only_with_a_certificate_and_renews_it() {
 
     // Once it runs, the proxy gets a certificate and becomes ready.
     let (_server, _) = ca.serve(identity_port, "3s");
-    proxy.wait_ready();
+    proxy.wait_ready(READY_WITHIN);
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -356,14 +304,14 @@ async fn two_proxies_speak_mtls_and_never_fall_back_to_plaintext() {
     // The client side knows the server proxy is `web`, and (wrongly) that the
     // plaintext app is too: it must refuse to talk to the app in plaintext.
     let identities = format!("{}={WEB},{app_addr}={WEB}", server.inbound);
-    let client = Proxy::start_as(
+    let client = start_as(
         &ca,
         identity_port,
         CLIENT,
         &[("WEFT_PROXY_OUTBOUND_IDENTITIES", identities)],
     );
     for p in [&server, &client] {
-        p.wait_ready();
+        p.wait_ready(READY_WITHIN);
     }
 
     let curl = |url: String| {
@@ -593,7 +541,7 @@ async fn trust_anchor_rotation_with_a_bundle_under_load() {
 /// are short-lived, so load through it keeps making new mTLS handshakes.
 async fn meshed_pair(ca: &Ca, identity_port: u16) -> (Proxy, Proxy) {
     let (server, _) = web_server(ca, identity_port).await;
-    let client = Proxy::start_as(
+    let client = start_as(
         ca,
         identity_port,
         CLIENT,
@@ -606,7 +554,7 @@ async fn meshed_pair(ca: &Ca, identity_port: u16) -> (Proxy, Proxy) {
         ],
     );
     for p in [&server, &client] {
-        p.wait_ready();
+        p.wait_ready(READY_WITHIN);
     }
     (server, client)
 }
@@ -614,7 +562,7 @@ async fn meshed_pair(ca: &Ca, identity_port: u16) -> (Proxy, Proxy) {
 /// The server side: the test application behind a proxy with identity `web`.
 async fn web_server(ca: &Ca, identity_port: u16) -> (Proxy, SocketAddr) {
     let app_addr = spawn_app().await;
-    let server = Proxy::start_as(
+    let server = start_as(
         ca,
         identity_port,
         WEB,
@@ -641,8 +589,8 @@ async fn meshed_app(extra: impl FnOnce(SocketAddr) -> Vec<(&'static str, String)
     let app_addr = spawn_app().await;
     let mut env = vec![("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())];
     env.extend(extra(app_addr));
-    let proxy = Proxy::start_with(&ca, identity_port, &env);
-    proxy.wait_ready();
+    let proxy = start_with(&ca, identity_port, &env);
+    proxy.wait_ready(READY_WITHIN);
     let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
     MeshedApp {
         ca,
@@ -711,13 +659,13 @@ async fn opaque_tcp_rides_mtls_to_the_peer_proxy_port_with_a_transport_header() 
     tokio::spawn(weft_testkit::tcp::serve_greeter(greeter));
     // The server proxy is not in front of the greeter: only the transport
     // header can bring a connection to it.
-    let server = Proxy::start_as(
+    let server = start_as(
         &ca,
         identity_port,
         WEB,
         &[("WEFT_PROXY_INBOUND_FORWARD_ADDR", app_addr.to_string())],
     );
-    let client = Proxy::start_as(
+    let client = start_as(
         &ca,
         identity_port,
         CLIENT,
@@ -727,7 +675,7 @@ async fn opaque_tcp_rides_mtls_to_the_peer_proxy_port_with_a_transport_header() 
         )],
     );
     for p in [&server, &client] {
-        p.wait_ready();
+        p.wait_ready(READY_WITHIN);
     }
 
     // A CONNECT tunnel through the client proxy is opaque TCP to the greeter.
@@ -808,11 +756,7 @@ async fn opaque_tcp_rides_mtls_to_the_peer_proxy_port_with_a_transport_header() 
             answer.as_ref().is_ok_and(|a| a.is_empty()) || answer.is_err(),
             "{answer:?}"
         );
-        server.wait_for(why, Duration::from_secs(5), |p| {
-            std::fs::read_to_string(&p.log)
-                .unwrap_or_default()
-                .contains(why)
-        });
+        server.wait_for(why, Duration::from_secs(5), |p| p.log().contains(why));
     }
     // A good header from a raw client reaches the greeter.
     let answer = mesh_opaque(
@@ -865,7 +809,7 @@ async fn http1_between_meshed_proxies_rides_one_http2_connection() {
         &ca,
         identity_port,
     );
-    let client = Proxy::start_as(
+    let client = start_as(
         &ca,
         identity_port,
         CLIENT,
@@ -881,7 +825,7 @@ async fn http1_between_meshed_proxies_rides_one_http2_connection() {
         ],
     );
     for p in [&server, &client] {
-        p.wait_ready();
+        p.wait_ready(READY_WITHIN);
     }
     let via = format!("http://{}", client.outbound);
     let url = |path: &str| format!("http://web.demo.svc.cluster.local{path}");
@@ -1004,7 +948,7 @@ async fn the_control_plane_serves_tls_and_proves_its_identity() {
 
     // A proxy that expects another name for the identity service gets no
     // certificate, and says why.
-    let wrong = Proxy::start_as(
+    let wrong = start_as(
         &ca,
         identity_port,
         WEB,
@@ -1014,7 +958,7 @@ async fn the_control_plane_serves_tls_and_proves_its_identity() {
         p.metric("identity_cert_refresh_total", &[("result", "failure")]) >= 1.0
     });
     assert_eq!(http_get(wrong.admin, "/ready").map(|r| r.0), Some(503));
-    let log = std::fs::read_to_string(&wrong.log).unwrap();
+    let log = wrong.log();
     assert!(log.contains(&format!("TLS with {CLIENT}")), "{log}");
 
     // Nothing answers a plaintext Certify: tokens never cross in the clear.
