@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let lines = weft_api::yaml_lines(text).count().max(1);
     for p in &problems {
         assert_eq!(p.file, "fuzz.yaml", "{p}");
-        assert!(p.line >= 1 && p.line <= lines + 1, "{p} (the text has {lines} lines)");
+        assert!(
+            p.line >= 1 && p.line <= lines + 1,
+            "{p} (the text has {lines} lines)"
+        );
         assert!(!p.reason.is_empty(), "{p}");
     }
 });

@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     for sample in parse(text) {
         assert!(!sample.name.is_empty());
     }
-    let line = format!("request_total{{authority=\"{}\",le=\"+Inf\"}} 7", escape(text));
+    let line = format!(
+        "request_total{{authority=\"{}\",le=\"+Inf\"}} 7",
+        escape(text)
+    );
     let samples = parse(&line);
     assert_eq!(samples.len(), 1, "{line:?}");
     assert_eq!(samples[0].label("authority"), Some(text));

@@ -2,6 +2,9 @@
 //! passes, and passes only a prefix of what it got.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -9,11 +12,7 @@ use weft_proxy::http::strict::{Limits, Shared, StrictIo};
 use weft_proxy::metrics::{Direction, Metrics};
 
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::block_on(async {
         let shared = Shared::new(Direction::Inbound, Metrics::new(Default::default(), false));
         let limits = Limits {
             max_head: 4096,

@@ -9,7 +9,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let keys = TokenKeys::new(TokenKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap());
+    let keys = TokenKeys::new(
+        TokenKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap(),
+    );
     // Without the key, nothing verifies.
     assert!(keys.verify(text, SystemTime::now()).is_err());
     let _ = TokenKeys::parse(text);

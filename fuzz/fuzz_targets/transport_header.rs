@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use weft_proxy::transport_header::TransportHeader;
 
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut input = data;
     if let Ok(header) = rt.block_on(TransportHeader::read(&mut input)) {
         let mut again = &header.encode()[..];

@@ -1,6 +1,6 @@
 //! One way to run a control-plane gRPC service: bind, serve TLS with the
 //! service's own identity (or plaintext where told), start the admin server
-//! with the service's metrics, and stop on Ctrl-C. Every service (identity,
+//! with the service's metrics, and stop on SIGTERM or Ctrl-C. Every service (identity,
 //! destination, and later policy) starts through [`serve`], so they bind,
 //! log, shut down and fail alike.
 
@@ -25,7 +25,7 @@ pub struct Serving {
     pub tls: Option<Arc<dyn ResolvesServerCert>>,
 }
 
-/// Serves `router` until Ctrl-C, or until the service or its admin server
+/// Serves `router` until SIGTERM or Ctrl-C, or until the service or its admin server
 /// fails.
 pub async fn serve(serving: Serving, router: Router) -> anyhow::Result<()> {
     let Serving {
@@ -40,9 +40,7 @@ pub async fn serve(serving: Serving, router: Router) -> anyhow::Result<()> {
         .with_context(|| format!("binding the {what} to {listen}"))?;
     info!(addr = %listener.local_addr()?, tls = tls.is_some(), "{what} listening");
     let admin = tokio::spawn(crate::admin::serve(admin_listen, Arc::new(registry)));
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let shutdown = crate::shutdown_signal();
     let server = async move {
         match tls {
             Some(tls) => {

@@ -24,3 +24,20 @@ pub mod metrics_text;
 pub mod secure_fs;
 pub mod serving_tls;
 pub mod store;
+
+/// Resolves on SIGTERM or Ctrl-C: how every long-running part of the
+/// control plane (its services, `weft up`) learns to stop cleanly.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -383,7 +383,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
         }
     };
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&checks)?),
         Output::Table => {
             let width = checks.iter().map(|c| c.check.len()).max().unwrap_or(0);
             for c in &checks {
@@ -392,9 +392,9 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
                     Status::Warn => "‼",
                     Status::Fail => "✖",
                 };
-                println!("{mark} {:width$}  {}", c.check, c.message);
+                outln!("{mark} {:width$}  {}", c.check, c.message);
                 if let Some(hint) = &c.hint {
-                    println!("  {:width$}  hint: {hint}", "");
+                    outln!("  {:width$}  hint: {hint}", "");
                 }
             }
         }

@@ -138,7 +138,7 @@ fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     }
     let plan = crate::plan::plan(&snapshot, &Default::default())?;
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        outln!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());
     }
     let services: Vec<Vec<String>> = plan
@@ -156,7 +156,7 @@ fn plan(args: &PlanArgs) -> anyhow::Result<()> {
         })
         .collect();
     print_table(&["SERVICE", "CLUSTER-IP", "PORTS", "DNS NAME"], &services);
-    println!();
+    outln!();
     let pods: Vec<Vec<String>> = plan
         .pods
         .iter()
@@ -272,11 +272,11 @@ async fn endpoints(args: QueryArgs) -> anyhow::Result<()> {
             })
             .collect();
         let out = json!({"target": args.target, "exists": exists, "labels": set_labels, "endpoints": endpoints});
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     if addrs.is_empty() {
-        println!(
+        outln!(
             "{}: {}",
             args.target,
             if exists {
@@ -399,7 +399,7 @@ async fn profile(args: QueryArgs) -> anyhow::Result<()> {
                 "failure_when": failures,
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let name = if p.fully_qualified_name.is_empty() {
@@ -407,13 +407,13 @@ async fn profile(args: QueryArgs) -> anyhow::Result<()> {
     } else {
         p.fully_qualified_name.as_str()
     };
-    println!("service       {name}");
+    outln!("service       {name}");
     if let Some(e) = &p.endpoint {
-        println!("endpoint      {} {}", address(e), identity(e));
+        outln!("endpoint      {} {}", address(e), identity(e));
     }
-    println!("opaque        {}", p.opaque_protocol);
+    outln!("opaque        {}", p.opaque_protocol);
     if let Some(b) = budget {
-        println!(
+        outln!(
             "retry budget  {}% extra, at least {}/s, over {}",
             b.retry_ratio * 100.0,
             b.min_retries_per_second,
@@ -421,10 +421,10 @@ async fn profile(args: QueryArgs) -> anyhow::Result<()> {
         );
     }
     if routes.is_empty() {
-        println!("routes        none (every request is one default route)");
+        outln!("routes        none (every request is one default route)");
         return Ok(());
     }
-    println!();
+    outln!();
     let rows: Vec<Vec<String>> = routes
         .into_iter()
         .map(|(name, condition, retryable, timeout, failures)| {

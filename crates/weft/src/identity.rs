@@ -91,7 +91,7 @@ pub fn run(cmd: IdentityCmd) -> anyhow::Result<()> {
             .block_on(crate::show::run(args)),
         IdentityCmd::Ca(CaCmd::RotateTokenKey(args)) => {
             let keys = ca_dir::rotate_token_key(&args.dir, args.retire)?;
-            println!(
+            outln!(
                 "token key {} signs from now on; {} key(s) verify",
                 keys.keys()[0].id(),
                 keys.keys().len()
@@ -101,7 +101,7 @@ pub fn run(cmd: IdentityCmd) -> anyhow::Result<()> {
         IdentityCmd::Token(args) => {
             let identity: Identity = args.identity.parse()?;
             let keys = ca_dir::load_token_keys(&args.dir)?;
-            println!("{}", keys.mint(&identity, args.ttl, SystemTime::now())?);
+            outln!("{}", keys.mint(&identity, args.ttl, SystemTime::now())?);
             Ok(())
         }
     }
@@ -116,7 +116,7 @@ fn create(args: &CreateArgs) -> anyhow::Result<()> {
         args.force,
     )?;
     let days = |d: Duration| d.as_secs() / 86_400;
-    println!(
+    outln!(
         "created trust anchor (valid {} days) and issuer (valid {} days) in {}",
         days(args.anchor_validity),
         days(args.issuer_validity),
@@ -127,7 +127,7 @@ fn create(args: &CreateArgs) -> anyhow::Result<()> {
 
 fn rotate_issuer(args: &RotateArgs) -> anyhow::Result<()> {
     ca_dir::rotate_issuer(&args.dir, &args.trust_domain, args.issuer_validity)?;
-    println!(
+    outln!(
         "rotated the issuer in {} (valid {} days)",
         args.dir.display(),
         args.issuer_validity.as_secs() / 86_400

@@ -1,5 +1,19 @@
 //! `weft`: the control plane (`weft control ...`) and the operator's CLI.
 
+/// `println!` for a command's output: when the reader has gone (`weft stat
+/// -o json | head`), the command ends quietly, as Unix tools do, instead of
+/// panicking. (SIGPIPE stays ignored: the CLI's own sockets report a closed
+/// peer as an error.)
+macro_rules! outln {
+    () => { $crate::output::write_out(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::write_out(format_args!($($arg)*), true) };
+}
+
+/// `print!` likewise.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_out(format_args!($($arg)*), false) };
+}
+
 mod check;
 mod control;
 mod diagnostics;
@@ -61,14 +75,6 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    if cli.command.prints_and_exits() {
-        // `weft stat -o json | head` must end quietly when head is done,
-        // as other Unix tools do, instead of panicking in println!. Only
-        // for one-shot commands: the services and `weft up` handle a
-        // closed socket as an error, never as a signal.
-        // SAFETY: setting a signal's disposition before any thread starts.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    }
     match cli.command {
         Cmd::Identity(cmd) => identity::run(cmd),
         Cmd::Check(args) => {
@@ -83,12 +89,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Stat(args) => stat::run(args),
         Cmd::Scale(args) => up::scale(args),
         Cmd::Restart(args) => up::restart(args),
-    }
-}
-
-impl Cmd {
-    fn prints_and_exits(&self) -> bool {
-        !matches!(self, Cmd::Up(_) | Cmd::Control(_))
     }
 }
 

@@ -1,5 +1,7 @@
 //! How CLI commands print: aligned tables for people, JSON for scripts.
 
+use std::io::Write as _;
+
 use clap::ValueEnum;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -12,7 +14,7 @@ pub enum Output {
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut out = Vec::new();
     write_table(&mut out, headers, rows);
-    print!("{}", String::from_utf8_lossy(&out));
+    out!("{}", String::from_utf8_lossy(&out));
 }
 
 /// The same table, written into `out`.
@@ -31,5 +33,29 @@ pub fn write_table(out: &mut Vec<u8>, headers: &[&str], rows: &[Vec<String>]) {
     line(&mut headers.iter().copied());
     for row in rows {
         line(&mut row.iter().map(String::as_str));
+    }
+}
+
+/// Writes a command's output (see `outln!`): a closed pipe ends the process
+/// with success, any other failure to write with an error.
+pub fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                stdout.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("weft: cannot write the output: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -109,7 +109,7 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<()> {
         verified,
     };
     match args.output {
-        crate::output::Output::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
+        crate::output::Output::Json => outln!("{}", serde_json::to_string_pretty(&shown)?),
         crate::output::Output::Table => {
             let remaining = Duration::from_secs(shown.remaining_seconds.max(0) as u64);
             let rows = [
@@ -134,7 +134,7 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<()> {
                 ("verified", shown.verified.clone()),
             ];
             for (name, value) in rows {
-                println!("{name:<12} {value}");
+                outln!("{name:<12} {value}");
             }
         }
     }

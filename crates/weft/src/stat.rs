@@ -269,7 +269,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
         })
         .collect();
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&json!(stats))?);
+        outln!("{}", serde_json::to_string_pretty(&json!(stats))?);
         return Ok(());
     }
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));

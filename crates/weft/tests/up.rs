@@ -208,6 +208,18 @@ fn program_of(pod: &str) -> Option<u32> {
     })
 }
 
+/// A second mesh of the same mode is refused, saying `why`, and leaves
+/// nothing running.
+fn refused_second_mesh(mut second: Up, mesh: &str, why: &str) {
+    second.wait_for(
+        "the second mesh refused",
+        Duration::from_secs(30),
+        |lines| lines.iter().any(|l| l.contains(why)),
+    );
+    assert!(!second.child.wait().unwrap().success());
+    assert_eq!(mesh_processes(mesh), Vec::<u32>::new());
+}
+
 /// The pid of the proxy that reads `token`.
 fn proxy_of(mesh: &str, token: &std::path::Path) -> u32 {
     let marker = format!("WEFT_PROXY_IDENTITY_TOKEN_FILE={}", token.display());
@@ -301,18 +313,11 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
     up.wait_for("every workload ready", Duration::from_secs(60), all_ready);
 
     // A second namespace-mode mesh would share the bridge's subnet: refused.
-    let mut second = Up::start_as(&state, "wtest2", &[]);
-    second.wait_for(
-        "the second mesh refused",
-        Duration::from_secs(30),
-        |lines| {
-            lines
-                .iter()
-                .any(|l| l.contains("another mesh runs here in network namespaces"))
-        },
+    refused_second_mesh(
+        Up::start_as(&state, "wtest2", &[]),
+        "wtest2",
+        "another mesh runs here in network namespaces",
     );
-    assert!(!second.child.wait().unwrap().success());
-    assert_eq!(mesh_processes("wtest2"), Vec::<u32>::new());
 
     // The destination service runs under its own uid, which the OS keeps
     // out of the CA directory: it could not read the issuer key if it tried.
@@ -660,18 +665,11 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
     );
 
     // A second rootless mesh would share the loopback addresses: refused.
-    let mut second = Up::start_in(&manifests, &state, "wrl2", &["--rootless"]);
-    second.wait_for(
-        "the second mesh refused",
-        Duration::from_secs(30),
-        |lines| {
-            lines
-                .iter()
-                .any(|l| l.contains("another rootless mesh (or program) runs here"))
-        },
+    refused_second_mesh(
+        Up::start_in(&manifests, &state, "wrl2", &["--rootless"]),
+        "wrl2",
+        "another rootless mesh (or program) runs here",
     );
-    assert!(!second.child.wait().unwrap().success());
-    assert_eq!(mesh_processes("wrl2"), Vec::<u32>::new());
 
     // Long after the first token expired, a proxy that starts again still
     // gets a certificate: the mesh re-mints tokens at half their life.

@@ -36,33 +36,36 @@ pub(super) struct ControlFamilies {
 
 impl ControlFamilies {
     pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
-        let f = ControlFamilies {
-            request_total: Family::new(limits, Counter::default),
-            stream_failures_total: Family::new(limits, Counter::default),
-            updates_total: Family::new(limits, Counter::default),
-            streams_active: Family::new(limits, Gauge::default),
-        };
-        registry.register(
-            "control_request",
-            "Discovery streams opened to the control plane",
-            f.request_total.clone(),
-        );
-        registry.register(
-            "control_stream_failures",
-            "Discovery streams that failed or ended (each is retried with back-off)",
-            f.stream_failures_total.clone(),
-        );
-        registry.register(
-            "control_updates",
-            "Discovery updates received",
-            f.updates_total.clone(),
-        );
-        registry.register(
-            "control_streams_active",
-            "Discovery streams open now",
-            f.streams_active.clone(),
-        );
-        f
+        ControlFamilies {
+            request_total: Family::registered(
+                registry,
+                "control_request",
+                "Discovery streams opened to the control plane",
+                limits,
+                Counter::default,
+            ),
+            stream_failures_total: Family::registered(
+                registry,
+                "control_stream_failures",
+                "Discovery streams that failed or ended (each is retried with back-off)",
+                limits,
+                Counter::default,
+            ),
+            updates_total: Family::registered(
+                registry,
+                "control_updates",
+                "Discovery updates received",
+                limits,
+                Counter::default,
+            ),
+            streams_active: Family::registered(
+                registry,
+                "control_streams_active",
+                "Discovery streams open now",
+                limits,
+                Gauge::default,
+            ),
+        }
     }
 }
 

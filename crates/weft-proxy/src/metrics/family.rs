@@ -202,6 +202,26 @@ impl EncodeLabelSet for Overflow {
     }
 }
 
+impl<L, M> Family<L, M>
+where
+    L: Clone + Hash + Eq + EncodeLabelSet + Send + Sync + fmt::Debug + 'static,
+    M: Clone + EncodeMetric + TypedMetric + Send + Sync + fmt::Debug + 'static,
+{
+    /// A family registered in `registry` as `name` (prometheus-client
+    /// appends `_total` to counters): a metric is one line where it is kept.
+    pub fn registered(
+        registry: &mut prometheus_client::registry::Registry,
+        name: &str,
+        help: &str,
+        limits: SeriesLimits,
+        make: fn() -> M,
+    ) -> Self {
+        let family = Family::new(limits, make);
+        registry.register(name, help, family.clone());
+        family
+    }
+}
+
 impl<L, M> EncodeMetric for Family<L, M>
 where
     L: Clone + Hash + Eq + EncodeLabelSet,

@@ -66,19 +66,29 @@ pub(super) struct HttpFamilies {
 
 impl HttpFamilies {
     pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
-        let f = HttpFamilies {
-            request_total: Family::new(limits, Counter::default),
-            response_total: Family::new(limits, Counter::default),
-            response_latency_ms: Family::new(limits, latency_histogram),
-        };
-        registry.register("request", "Total HTTP requests", f.request_total.clone());
-        registry.register("response", "Total HTTP responses", f.response_total.clone());
-        registry.register(
-            "response_latency_ms",
-            "Time from request to response headers in milliseconds",
-            f.response_latency_ms.clone(),
-        );
-        f
+        HttpFamilies {
+            request_total: Family::registered(
+                registry,
+                "request",
+                "Total HTTP requests",
+                limits,
+                Counter::default,
+            ),
+            response_total: Family::registered(
+                registry,
+                "response",
+                "Total HTTP responses",
+                limits,
+                Counter::default,
+            ),
+            response_latency_ms: Family::registered(
+                registry,
+                "response_latency_ms",
+                "Time from request to response headers in milliseconds",
+                limits,
+                latency_histogram,
+            ),
+        }
     }
 }
 

@@ -82,9 +82,7 @@ impl Metrics {
         let tcp = tcp::TcpFamilies::register(&mut registry, limits);
         let http = http::HttpFamilies::register(&mut registry, limits);
         let mut errors = |name: &str, help: &str| {
-            let family = Family::new(limits, Counter::default);
-            registry.register(name, help, family.clone());
-            family
+            Family::registered(&mut registry, name, help, limits, Counter::default)
         };
         let inbound_http_errors_total = errors(
             "inbound_http_errors",

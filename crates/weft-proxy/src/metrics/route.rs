@@ -47,39 +47,43 @@ pub(super) struct RouteFamilies {
 
 impl RouteFamilies {
     pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
-        let f = RouteFamilies {
-            request_total: Family::new(limits, Counter::default),
-            response_total: Family::new(limits, Counter::default),
-            response_latency_ms: Family::new(limits, latency_histogram),
-            actual_request_total: Family::new(limits, Counter::default),
-            actual_response_total: Family::new(limits, Counter::default),
-        };
-        registry.register(
-            "route_request",
-            "Requests matching a profile route (each counted once, however often retried)",
-            f.request_total.clone(),
-        );
-        registry.register(
-            "route_response",
-            "Responses to requests matching a profile route, as the client saw them",
-            f.response_total.clone(),
-        );
-        registry.register(
-            "route_response_latency_ms",
-            "Time to response headers for a profile route, retries included",
-            f.response_latency_ms.clone(),
-        );
-        registry.register(
-            "route_actual_request",
-            "Requests sent for a profile route, retries included",
-            f.actual_request_total.clone(),
-        );
-        registry.register(
-            "route_actual_response",
-            "Responses received for a profile route, retries included",
-            f.actual_response_total.clone(),
-        );
-        f
+        RouteFamilies {
+            request_total: Family::registered(
+                registry,
+                "route_request",
+                "Requests matching a profile route (each counted once, however often retried)",
+                limits,
+                Counter::default,
+            ),
+            response_total: Family::registered(
+                registry,
+                "route_response",
+                "Responses to requests matching a profile route, as the client saw them",
+                limits,
+                Counter::default,
+            ),
+            response_latency_ms: Family::registered(
+                registry,
+                "route_response_latency_ms",
+                "Time to response headers for a profile route, retries included",
+                limits,
+                latency_histogram,
+            ),
+            actual_request_total: Family::registered(
+                registry,
+                "route_actual_request",
+                "Requests sent for a profile route, retries included",
+                limits,
+                Counter::default,
+            ),
+            actual_response_total: Family::registered(
+                registry,
+                "route_actual_response",
+                "Responses received for a profile route, retries included",
+                limits,
+                Counter::default,
+            ),
+        }
     }
 }
 

@@ -35,46 +35,50 @@ pub(super) struct TcpFamilies {
 
 impl TcpFamilies {
     pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
-        let f = TcpFamilies {
-            open_total: Family::new(limits, Counter::default),
-            close_total: Family::new(limits, Counter::default),
-            open_connections: Family::new(limits, Gauge::default),
-            read_bytes_total: Family::new(limits, Counter::default),
-            write_bytes_total: Family::new(limits, Counter::default),
-            connection_duration_ms: Family::new(limits, duration_histogram),
-        };
-        // prometheus-client appends `_total` to counters.
-        registry.register(
-            "tcp_open",
-            "Total TCP connections opened",
-            f.open_total.clone(),
-        );
-        registry.register(
-            "tcp_close",
-            "Total TCP connections closed",
-            f.close_total.clone(),
-        );
-        registry.register(
-            "tcp_open_connections",
-            "TCP connections currently open",
-            f.open_connections.clone(),
-        );
-        registry.register(
-            "tcp_read_bytes",
-            "Bytes read from the peer",
-            f.read_bytes_total.clone(),
-        );
-        registry.register(
-            "tcp_write_bytes",
-            "Bytes written to the peer",
-            f.write_bytes_total.clone(),
-        );
-        registry.register(
-            "tcp_connection_duration_ms",
-            "Lifetime of closed TCP connections in milliseconds",
-            f.connection_duration_ms.clone(),
-        );
-        f
+        TcpFamilies {
+            open_total: Family::registered(
+                registry,
+                "tcp_open",
+                "Total TCP connections opened",
+                limits,
+                Counter::default,
+            ),
+            close_total: Family::registered(
+                registry,
+                "tcp_close",
+                "Total TCP connections closed",
+                limits,
+                Counter::default,
+            ),
+            open_connections: Family::registered(
+                registry,
+                "tcp_open_connections",
+                "TCP connections currently open",
+                limits,
+                Gauge::default,
+            ),
+            read_bytes_total: Family::registered(
+                registry,
+                "tcp_read_bytes",
+                "Bytes read from the peer",
+                limits,
+                Counter::default,
+            ),
+            write_bytes_total: Family::registered(
+                registry,
+                "tcp_write_bytes",
+                "Bytes written to the peer",
+                limits,
+                Counter::default,
+            ),
+            connection_duration_ms: Family::registered(
+                registry,
+                "tcp_connection_duration_ms",
+                "Lifetime of closed TCP connections in milliseconds",
+                limits,
+                duration_histogram,
+            ),
+        }
     }
 }
 

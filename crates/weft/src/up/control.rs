@@ -102,7 +102,7 @@ fn ask(mesh: &crate::mesh::MeshArgs, request: Request) -> anyhow::Result<()> {
     match reply.trim().strip_prefix("error: ") {
         Some(e) => bail!("{e}"),
         None => {
-            println!("{}", reply.trim().trim_start_matches("ok: "));
+            outln!("{}", reply.trim().trim_start_matches("ok: "));
             Ok(())
         }
     }

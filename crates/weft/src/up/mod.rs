@@ -97,10 +97,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let rootless = rootless_reason(args.rootless);
     match &rootless {
         None => {
-            println!("mode: network namespaces (a pod per replica, traffic captured by iptables)")
+            outln!("mode: network namespaces (a pod per replica, traffic captured by iptables)")
         }
         Some(why) => {
-            println!(
+            outln!(
                 "mode: rootless on loopback, proxies in explicit-proxy mode (http_proxy), because {why}"
             );
             eprintln!("{ROOTLESS_WARNING}");
@@ -654,14 +654,14 @@ fn proxy_ready(ip: Ipv4Addr) -> bool {
 }
 
 async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
-    println!(
+    outln!(
         "mesh {:?} is starting: {} pods; logs in {}",
         mesh.name,
         mesh.pods.len(),
         mesh.state.join("logs").display()
     );
     print_pods(mesh);
-    println!(
+    outln!(
         "control plane: identity {ip}:{IDENTITY_PORT}, destination {ip}:{DESTINATION_PORT} (TLS; CA in {})\n",
         mesh.state.join("ca").display(),
         ip = mesh.control_ip,
@@ -685,7 +685,7 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
     edits.mark_unchanged();
     let mut shown = String::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let shutdown = shutdown_signal();
+    let shutdown = weft_control::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -699,7 +699,7 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
                 if changed.is_ok() {
                     let snapshot = (**edits.borrow_and_update()).clone();
                     match apply_manifests(mesh, snapshot) {
-                        Ok(done) => println!("{done}"),
+                        Ok(done) => outln!("{done}"),
                         Err(e) => warn!(error = format!("{e:#}"), "cannot apply the edited manifests"),
                     }
                 }
@@ -729,7 +729,7 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
         }
         let table = status_table(mesh);
         if table != shown {
-            print!("{table}");
+            out!("{table}");
             let _ = std::io::stdout().flush();
             shown = table;
         }
@@ -1003,7 +1003,7 @@ fn status_table(mesh: &Mesh) -> String {
 /// Stops every process (programs, then proxies, then the control plane)
 /// and removes the network.
 fn teardown(mesh: &mut Mesh) {
-    println!("stopping mesh {:?}", mesh.name);
+    outln!("stopping mesh {:?}", mesh.name);
     let mut apps: Vec<&mut Supervised> = mesh.pods.iter_mut().map(|r| &mut r.app).collect();
     procs::stop_all(&mut apps);
     let mut proxies: Vec<&mut Supervised> = mesh.pods.iter_mut().map(|r| &mut r.proxy).collect();
@@ -1024,7 +1024,7 @@ fn teardown(mesh: &mut Mesh) {
     } else {
         "pod namespaces removed"
     };
-    println!(
+    outln!(
         "stopped: {removed} {what}; logs kept in {}",
         mesh.state.join("logs").display()
     );
@@ -1069,22 +1069,6 @@ fn kill_strays(name: &str) -> usize {
         std::thread::sleep(Duration::from_millis(20));
     }
     killed.len()
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]
