@@ -144,7 +144,11 @@ where
         max_head: config.http_max_head_size,
         head_timeout: config.http_header_read_timeout,
     };
-    let header_read_timeout = config.http_header_read_timeout;
+    // The strict reader times a head from its first byte and answers 408;
+    // hyper's timer runs from when it starts waiting, so with the same value
+    // it could close the connection first, with no answer. It is the
+    // backstop for connections that send nothing, at twice the value.
+    let header_read_timeout = config.http_header_read_timeout.saturating_mul(2);
     let strict = conn.strict.clone();
     let svc = service_fn(move |req| handle(conn.clone(), req));
     match strict {
@@ -167,7 +171,7 @@ where
         Some(strict) => {
             let io = TokioIo::new(strict::StrictIo::new(io, limits, strict));
             // Heads reach hyper whole and checked; its own timer bounds idle
-            // keep-alive connections, and its buffer stays small.
+            // keep-alive connections (see above), and its buffer stays small.
             let c = Box::pin(
                 http1::Builder::new()
                     .timer(TokioTimer::new())
