@@ -162,12 +162,23 @@ impl Proxy {
         }
     }
 
-    /// Sum of every sample of `name` whose labels include all of `labels`
-    /// (0 when the admin server does not answer).
+    /// Sum of every sample of `name` whose labels include all of `labels`.
+    /// A proxy that is still starting gets a few seconds to answer; one that
+    /// never does fails the test (a dead proxy must not read as zero).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        http_get(self.admin, "/metrics")
-            .map(|(_, text)| metric_sum(&text, name, labels))
-            .unwrap_or(0.0)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some((200, text)) = http_get(self.admin, "/metrics") {
+                return metric_sum(&text, name, labels);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the admin server at {} does not answer:\n{}",
+                self.admin,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// (VmRSS, VmHWM) in KiB.
