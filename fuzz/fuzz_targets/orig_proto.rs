@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         .header("l5d-orig-proto", value)
         .body(())
         .unwrap();
-    if let Ok(true) = weft_proxy::http::downgrade(&mut req) {
+    if let Ok(true) = weft_proxy::http::orig_proto::downgrade(&mut req) {
         assert!(matches!(
             req.version(),
             http::Version::HTTP_10 | http::Version::HTTP_11

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -540,10 +542,6 @@ pub struct Index {
     metrics: DestinationMetrics,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Index {
     /// Starts following the store; the index lives as long as the runtime.
     pub fn start(
@@ -590,11 +588,11 @@ impl Index {
         self.metrics
             .targets
             .get_or_create(&ENDPOINTS)
-            .set(lock(&self.endpoints).len() as i64);
+            .set(self.endpoints.lock().len() as i64);
         self.metrics
             .targets
             .get_or_create(&PROFILE)
-            .set(lock(&self.profiles).len() as i64);
+            .set(self.profiles.lock().len() as i64);
         debug!(version = snapshot.version, elapsed = ?started.elapsed(), "index refreshed");
     }
 
@@ -612,7 +610,7 @@ impl Index {
 }
 
 fn refresh<T: PartialEq>(watches: &Watches<T>, compute: impl Fn(&Target) -> T) {
-    lock(watches).retain(|target, tx| {
+    watches.lock().retain(|target, tx| {
         if tx.receiver_count() == 0 {
             return false;
         }
@@ -634,7 +632,8 @@ fn subscribe<T>(
     compute: impl FnOnce() -> T,
 ) -> watch::Receiver<Arc<T>> {
     // Computed under the lock, so a concurrent refresh cannot be missed.
-    lock(watches)
+    watches
+        .lock()
         .entry(target.clone())
         .or_insert_with(|| watch::channel(Arc::new(compute())).0)
         .subscribe()

@@ -53,7 +53,7 @@ pub trait CredentialVerifier: Send + Sync + 'static {
 /// without a restart; a file that does not load keeps the last good keys).
 pub struct MintedTokens {
     file: PathBuf,
-    current: std::sync::Mutex<(Arc<TokenKeys>, Option<SystemTime>)>,
+    current: parking_lot::Mutex<(Arc<TokenKeys>, Option<SystemTime>)>,
 }
 
 impl MintedTokens {
@@ -61,13 +61,13 @@ impl MintedTokens {
         let file = dir.join(TOKEN_KEY);
         let stamp = modified(&file);
         Ok(MintedTokens {
-            current: std::sync::Mutex::new((Arc::new(load_token_keys(dir)?), stamp)),
+            current: parking_lot::Mutex::new((Arc::new(load_token_keys(dir)?), stamp)),
             file,
         })
     }
 
     fn keys(&self) -> Arc<TokenKeys> {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.lock();
         let stamp = modified(&self.file);
         if stamp != current.1 {
             match crate::secure_fs::read_key(&self.file)
@@ -139,7 +139,7 @@ impl IdentityMetrics {
 pub struct CaSource {
     dir: PathBuf,
     leaf_lifetime: Duration,
-    current: std::sync::Mutex<(Arc<Ca>, Vec<Option<SystemTime>>)>,
+    current: parking_lot::Mutex<(Arc<Ca>, Vec<Option<SystemTime>>)>,
 }
 
 impl CaSource {
@@ -149,7 +149,7 @@ impl CaSource {
         Ok(CaSource {
             dir: dir.to_path_buf(),
             leaf_lifetime,
-            current: std::sync::Mutex::new((ca, stamp)),
+            current: parking_lot::Mutex::new((ca, stamp)),
         })
     }
 
@@ -167,7 +167,7 @@ impl CaSource {
     /// The CA to sign with: reloaded if the files changed and the new ones are
     /// good; otherwise the last good one.
     pub fn get(&self) -> Arc<Ca> {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.lock();
         let stamp = Self::stamp(&self.dir);
         if stamp != current.1 {
             match load_ca(&self.dir, self.leaf_lifetime) {

@@ -17,7 +17,9 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -91,7 +93,7 @@ impl ServingIdentity {
     /// changed. A failed re-issue keeps the old one (and says so).
     fn current(&self) -> Arc<CertifiedKey> {
         let ca = self.ca.get();
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.lock();
         if !Arc::ptr_eq(&ca, &current.by) || SystemTime::now() >= current.renew_at {
             match issue(ca, &self.name) {
                 Ok(issued) => *current = issued,
@@ -199,7 +201,7 @@ impl CertifiedIdentity {
 impl ResolvesServerCert for CertifiedIdentity {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let current = self.credentials.borrow().clone()?;
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = self.cached.lock();
         if let Some((creds, key)) = cached.as_ref()
             && Arc::ptr_eq(creds, &current)
         {

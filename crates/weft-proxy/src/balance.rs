@@ -18,11 +18,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use crate::lock;
+use parking_lot::Mutex;
+use std::time::{Duration, Instant};
 
 /// Consecutive failures that eject an endpoint (Linkerd's default).
 pub const EJECT_AFTER: u32 = 7;
@@ -63,7 +63,7 @@ impl EndpointLoad {
     }
 
     fn cost(&self, now: Instant) -> f64 {
-        let (rtt, at) = *lock(&self.rtt);
+        let (rtt, at) = *self.rtt.lock();
         let decayed = decay(rtt, now.duration_since(at));
         decayed * f64::from(self.pending.load(Ordering::Relaxed) + 1)
     }
@@ -78,7 +78,7 @@ impl EndpointLoad {
     fn observe(&self, now: Instant, rtt: Duration, failed: bool) {
         self.pending.fetch_sub(1, Ordering::Relaxed);
         {
-            let mut est = lock(&self.rtt);
+            let mut est = self.rtt.lock();
             // A fast failure (a refused connection) must not look attractive:
             // it counts as twice the current estimate, at least 10 ms.
             let sample = if failed {
@@ -185,7 +185,7 @@ impl Balancer {
     /// Replaces the endpoint set; endpoints still present keep their load and
     /// health, so an update never resets what was learned.
     pub fn update(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
-        let mut current = lock(&self.endpoints);
+        let mut current = self.endpoints.lock();
         let known: HashMap<SocketAddr, Arc<EndpointLoad>> =
             current.iter().map(|e| (e.addr, e.clone())).collect();
         let next: Vec<_> = addrs
@@ -201,7 +201,7 @@ impl Balancer {
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.endpoints).len()
+        self.endpoints.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -220,7 +220,7 @@ impl Balancer {
     }
 
     fn pick_at(&self, now: Instant, avoid: Option<SocketAddr>) -> Result<Pick, NoEndpoint> {
-        let endpoints = lock(&self.endpoints).clone();
+        let endpoints = self.endpoints.lock().clone();
         let usable = |e: &Arc<EndpointLoad>| !e.is_ejected(now) && Some(e.addr) != avoid;
         let mut candidates = endpoints.iter().filter(|e| usable(e)).count();
         let mut eligible: &dyn Fn(&Arc<EndpointLoad>) -> bool = &usable;

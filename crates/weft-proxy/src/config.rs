@@ -255,7 +255,7 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     pub worker_threads: usize,
     pub identity: Option<CertifyConfig>,
-    pub outbound_identities: std::collections::HashMap<SocketAddr, crate::tcp::MeshEndpoint>,
+    pub outbound_identities: std::collections::HashMap<SocketAddr, crate::dial::MeshEndpoint>,
     pub destination: Option<ControlAddr>,
     pub destination_suffixes: Vec<String>,
     pub destination_context: String,
@@ -396,7 +396,7 @@ impl Config {
                         let port = port.map(parse_port).transpose()?;
                         Ok((
                             addr,
-                            crate::tcp::MeshEndpoint {
+                            crate::dial::MeshEndpoint {
                                 identity,
                                 opaque_transport_port: port,
                                 // Only discovery knows the peer's protocols.

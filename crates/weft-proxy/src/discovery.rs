@@ -11,7 +11,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use linkerd2_proxy_api::destination as api;
@@ -22,10 +24,9 @@ use tracing::{debug, info, warn};
 use weft_identity::verify::TrustAnchors;
 
 use crate::balance::Balancer;
-use crate::lock;
+use crate::dial::{Dialer, MeshEndpoint};
 use crate::metrics::{DstLabels, Metrics};
 use crate::profile::Profile;
-use crate::tcp::{Dialer, MeshEndpoint};
 use weft_identity::control::ControlAddr;
 
 /// Resolutions unused for this long are dropped (their streams closed).
@@ -91,7 +92,7 @@ impl Resolution {
 
     /// The current answer, waiting up to `timeout` for the first one.
     pub async fn answer(&self, timeout: Duration) -> Option<Arc<Answer>> {
-        *lock(&self.last_used) = Instant::now();
+        *self.last_used.lock() = Instant::now();
         if let Some(a) = self.answer.borrow().clone() {
             return Some(a);
         }
@@ -139,8 +140,8 @@ impl Discovery {
     }
 
     /// The shared resolution of `target` (`ip:port` or `host:port`).
-    pub fn resolve(self: &Arc<Self>, target: &str) -> Arc<Resolution> {
-        let mut map = lock(&self.resolutions);
+    pub fn subscribe(self: &Arc<Self>, target: &str) -> Arc<Resolution> {
+        let mut map = self.resolutions.lock();
         if let Some(r) = map.get(target) {
             return r.clone();
         }
@@ -168,7 +169,7 @@ impl Discovery {
             let unheld = map
                 .iter()
                 .filter(|(_, r)| Arc::strong_count(r) == 1)
-                .min_by_key(|(_, r)| *lock(&r.last_used))
+                .min_by_key(|(_, r)| *r.last_used.lock())
                 .map(|(target, _)| target.clone());
             match unheld {
                 Some(oldest) => {
@@ -189,7 +190,7 @@ impl Discovery {
 
     /// How many resolutions are kept for reuse.
     pub fn kept(&self) -> usize {
-        lock(&self.resolutions).len()
+        self.resolutions.lock().len()
     }
 }
 
@@ -199,8 +200,8 @@ async fn sweep(discovery: std::sync::Weak<Discovery>) {
         tokio::time::sleep(IDLE_EXPIRY / 4).await;
         let Some(d) = discovery.upgrade() else { return };
         let now = Instant::now();
-        lock(&d.resolutions).retain(|_, r| {
-            Arc::strong_count(r) > 1 || now.duration_since(*lock(&r.last_used)) < IDLE_EXPIRY
+        d.resolutions.lock().retain(|_, r| {
+            Arc::strong_count(r) > 1 || now.duration_since(*r.last_used.lock()) < IDLE_EXPIRY
         });
     }
 }
@@ -446,17 +447,17 @@ mod tests {
         )
         .unwrap();
         for n in 0..MAX_RESOLUTIONS + 500 {
-            discovery.resolve(&format!("attacker-{n}.svc.cluster.local:80"));
+            discovery.subscribe(&format!("attacker-{n}.svc.cluster.local:80"));
         }
         assert_eq!(discovery.kept(), MAX_RESOLUTIONS);
 
         // Held ones are never evicted; a new one past them is not kept.
         let held: Vec<_> = (0..MAX_RESOLUTIONS)
-            .map(|n| discovery.resolve(&format!("held-{n}:80")))
+            .map(|n| discovery.subscribe(&format!("held-{n}:80")))
             .collect();
-        let extra = discovery.resolve("one-more:80");
+        let extra = discovery.subscribe("one-more:80");
         assert_eq!(discovery.kept(), MAX_RESOLUTIONS);
-        assert!(Arc::ptr_eq(&held[0], &discovery.resolve("held-0:80")));
+        assert!(Arc::ptr_eq(&held[0], &discovery.subscribe("held-0:80")));
         assert_eq!(Arc::strong_count(&extra), 1);
     }
 }

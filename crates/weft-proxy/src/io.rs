@@ -1,9 +1,16 @@
-//! I/O wrappers shared by every path: byte counting for TCP metrics.
+//! I/O shared by every path: byte counting for TCP metrics, and opaque
+//! copying.
+//!
+//! Half-close is preserved when copying: when one side finishes sending, the
+//! other side's write half is shut down and the opposite direction keeps
+//! flowing. A connection idle in both directions for the configured time is
+//! closed.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -92,5 +99,37 @@ fn record_write(conn: &TcpConn, res: &Poll<io::Result<usize>>) {
         Poll::Ready(Ok(n)) => conn.add_written(*n),
         Poll::Ready(Err(e)) => conn.set_error(e),
         Poll::Pending => {}
+    }
+}
+
+/// Copies between `client` and `server` until both directions have ended, an
+/// error occurs, or nothing moves for `idle_timeout`.
+pub async fn copy_bidirectional<C, S>(
+    mut client: C,
+    mut server: S,
+    client_conn: &TcpConn,
+    idle_timeout: Duration,
+) -> io::Result<(u64, u64)>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+    tokio::pin!(copy);
+    let mut seen = client_conn.bytes_total();
+    loop {
+        tokio::select! {
+            res = &mut copy => return res,
+            _ = tokio::time::sleep(idle_timeout) => {
+                let now = client_conn.bytes_total();
+                if now == seen {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no bytes in either direction for {idle_timeout:?}"),
+                    ));
+                }
+                seen = now;
+            }
+        }
     }
 }

@@ -18,22 +18,17 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod detect;
+pub mod dial;
 pub mod discovery;
 pub mod drain;
 pub mod http;
+pub mod inbound;
 pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
+pub mod outbound;
 pub mod profile;
 pub mod proxy;
-pub mod tcp;
 pub mod tls;
 pub mod transport_header;
-
-/// Locks a mutex, carrying on past a poisoned one: every lock in the proxy
-/// guards state that stays consistent even if a holder panicked (caches,
-/// counters, pools), and one panicking task must not take the proxy down.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}

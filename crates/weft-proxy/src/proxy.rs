@@ -1,14 +1,13 @@
-//! The proxy's listeners and what happens to each accepted connection.
+//! The proxy's process: its listeners, the state every connection shares,
+//! readiness, signals and drain. Each accepted connection goes to its side:
 //!
 //! ```text
-//! accept ─▶ original destination ─▶ opaque port? ─▶ detect ─┬▶ HTTP/1, HTTP/2 ─▶ http::serve
-//!                                                          └▶ opaque ─▶ tcp::copy_bidirectional
+//! inbound listener  ─▶ inbound::serve  (mesh TLS, transport header, identity, to the application)
+//! outbound listener ─▶ outbound::serve (target, discovery, balancing, to an endpoint)
 //! ```
 //!
-//! Outbound, a connection that was not redirected (its original destination is
-//! the listener itself) is an explicit-proxy client: each HTTP request names its
-//! target (absolute URI, CONNECT or Host). Inbound, such a connection goes to
-//! `WEFT_PROXY_INBOUND_FORWARD_ADDR` if one is set.
+//! Both sides read the original destination and detect the protocol the
+//! same way ([`Accepted`], [`detect_unless_opaque`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,13 +20,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
-use crate::detect::{self, PrefixedIo, Protocol};
+use crate::config::PortSet;
+use crate::detect::{self, Protocol};
 use crate::drain::{Drain, ShutdownTrigger, Watch};
-use crate::http::{self, HttpConn, client::Clients};
+use crate::http::pool::Pools;
 use crate::io::Metered;
-use crate::metrics::{Direction, HttpConnMetrics, Metrics, Peer, TcpConn, TcpLabels, Tls};
-use crate::transport_header::{SessionProtocol, TransportHeader};
-use crate::{admin, orig_dst, tcp};
+use crate::metrics::{Direction, Metrics, TcpConn};
+use crate::{admin, dial, inbound, orig_dst, outbound};
 
 /// State shared by every connection.
 #[derive(Debug)]
@@ -36,7 +35,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Present when identity is on: terminates inbound mesh TLS.
     pub mesh_tls: Option<Arc<crate::tls::MeshTls>>,
-    pub clients: Arc<Clients>,
+    pub pools: Arc<Pools>,
     /// Present when a destination service is configured.
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
@@ -122,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ))),
         _ => None,
     };
-    let dialer = Arc::new(tcp::Dialer {
+    let dialer = Arc::new(dial::Dialer {
         metrics: metrics.clone(),
         inbound_connect_timeout: config.inbound_connect_timeout,
         outbound_connect_timeout: config.outbound_connect_timeout,
@@ -142,7 +141,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let shared = Arc::new(Shared {
         discovery,
-        clients: Clients::new(dialer, config.http_pool_idle_timeout),
+        pools: Pools::new(dialer, config.http_pool_idle_timeout),
         metrics,
         mesh_tls,
         config,
@@ -244,16 +243,16 @@ async fn accept_loop(
                     continue;
                 };
                 let span = info_span!("conn", dir = %direction, %client);
-                let conn = serve_connection(
-                    shared.clone(),
-                    direction,
-                    stream,
-                    listen_addr,
-                    watch.clone(),
-                );
+                let (shared, watch) = (shared.clone(), watch.clone());
                 tokio::spawn(
                     async move {
-                        conn.await;
+                        let Some(accepted) = Accepted::new(stream, listen_addr) else {
+                            return;
+                        };
+                        match direction {
+                            Direction::Inbound => inbound::serve(shared, accepted, watch).await,
+                            Direction::Outbound => outbound::serve(shared, accepted, watch).await,
+                        }
                         drop(permit);
                     }
                     .instrument(span),
@@ -268,342 +267,84 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
-    direction: Direction,
-    stream: TcpStream,
-    listen_addr: SocketAddr,
-    watch: Watch,
-) {
-    let _ = stream.set_nodelay(true);
-    let local = match stream.local_addr() {
-        Ok(a) => a,
-        Err(e) => return debug!(error = %e, "connection closed before it could be served"),
-    };
-    let orig = match orig_dst::original_dst(&stream) {
-        Ok(a) => a,
-        Err(e) => return warn!(error = %e, "cannot read the original destination; closing"),
-    };
-    let config = &shared.config;
-    let target = match direction {
-        _ if orig != local => Some(orig),
-        Direction::Inbound => match config.inbound_forward_addr {
-            Some(addr) => Some(addr),
-            None => {
-                return warn!(
-                    %local,
-                    "inbound connection was not redirected and WEFT_PROXY_INBOUND_FORWARD_ADDR is unset; closing"
-                );
-            }
-        },
-        Direction::Outbound => None,
-    };
-    let tls = match direction {
-        Direction::Inbound => Tls::NotProvidedByRemote,
-        Direction::Outbound => Tls::NotProvidedByServiceDiscovery,
-    };
-    let labels = |target: Option<SocketAddr>, tls: Tls| {
-        let target = target.unwrap_or(local).to_string();
-        TcpLabels::new(direction, Peer::Src, target, tls)
-    };
-    let client_conn = shared.metrics.tcp_accepted(labels(target, tls.clone()));
-    let mut io = Metered::new(stream, client_conn.clone());
+/// An accepted connection, with the addresses its side decides by.
+pub struct Accepted {
+    pub stream: TcpStream,
+    /// The address the client connected to (the listener, unless redirected).
+    pub local: SocketAddr,
+    /// The original destination; `local` when the connection was not redirected.
+    pub orig: SocketAddr,
+    /// The listener's own address, to refuse requests that would loop.
+    pub listen_addr: SocketAddr,
+}
 
-    let (opaque_ports, detect_timeout) = match direction {
-        Direction::Inbound => (&config.inbound_opaque_ports, config.inbound_detect_timeout),
-        Direction::Outbound => (
-            &config.outbound_opaque_ports,
-            config.outbound_detect_timeout,
-        ),
-    };
-    let (protocol, prefix) = match target {
-        Some(t) if opaque_ports.contains(t.port()) => (Protocol::Opaque, Bytes::new()),
-        _ => match detect::detect(&mut io, detect_timeout).await {
-            Ok(detected) => detected,
-            Err(e) => return debug!(error = %e, "connection failed during protocol detection"),
-        },
-    };
-    debug!(?target, protocol = protocol.as_str(), "serving");
-    if protocol == Protocol::Tls
-        && direction == Direction::Inbound
-        && let (Some(mesh), Some(target)) = (shared.mesh_tls.clone(), target)
-        && let Some(local) = mesh.local_identity()
-        && detect::client_hello_sni(&prefix).as_deref() == Some(local.as_str())
-    {
-        let io = PrefixedIo::new(prefix, io);
-        // Boxed, like every stage after detection, so that a connection still
-        // being detected (or refused) holds only a small future.
-        let accepted = Box::pin(accept_mesh_tls(&shared, &mesh, io, target, detect_timeout));
-        let Some(mesh) = accepted.await else {
-            return;
+impl Accepted {
+    /// `None` (logged) when the connection cannot be served.
+    fn new(stream: TcpStream, listen_addr: SocketAddr) -> Option<Self> {
+        // Small writes (request heads, gRPC frames) must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(error = %e, "connection closed before it could be served");
+                return None;
+            }
         };
-        let tls = Tls::FromClient(mesh.client_id.as_ref().map(|c| c.as_str().into()));
-        client_conn.label(labels(Some(mesh.target), tls.clone()));
-        if mesh.client_id.is_none() && requires_identity(&shared, mesh.target) {
-            return refuse_unidentified(&shared, mesh.target);
-        }
-        let conn = Conn {
-            shared,
-            direction,
-            target: Some(mesh.target),
+        let orig = match orig_dst::original_dst(&stream) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "cannot read the original destination; closing");
+                return None;
+            }
+        };
+        Some(Accepted {
+            stream,
+            local,
+            orig,
             listen_addr,
-            tls,
-            client_id: mesh.client_id,
-            watch,
-        };
-        return Box::pin(conn.serve(
-            PrefixedIo::new(mesh.prefix, mesh.io),
-            client_conn,
-            mesh.protocol,
-        ))
-        .await;
+        })
     }
-    client_conn.label(labels(target, tls.clone()));
-    if direction == Direction::Inbound
-        && let Some(target) = target
-        && requires_identity(&shared, target)
-    {
-        return refuse_unidentified(&shared, target);
+
+    /// Whether iptables (or a test) redirected the connection here.
+    pub fn redirected(&self) -> bool {
+        self.orig != self.local
     }
-    let conn = Conn {
-        shared,
-        direction,
-        target,
-        listen_addr,
-        tls,
-        client_id: None,
-        watch,
-    };
-    Box::pin(conn.serve(PrefixedIo::new(prefix, io), client_conn, protocol)).await
 }
 
-/// Whether inbound connections to `target` must carry a verified client identity.
-fn requires_identity(shared: &Shared, target: SocketAddr) -> bool {
-    shared
-        .config
-        .inbound_require_identity_ports
-        .contains(target.port())
-}
-
-fn refuse_unidentified(shared: &Shared, target: SocketAddr) {
-    shared
-        .metrics
-        .tcp_accept_error(Direction::Inbound, "identity_required");
-    debug!(%target, "refused a connection without a verified client identity (WEFT_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS)");
-}
-
-type MeshServerIo = tokio_rustls::server::TlsStream<PrefixedIo<Metered<TcpStream>>>;
-
-/// An inbound mesh TLS connection, terminated, with what it carries.
-struct MeshAccepted {
-    io: MeshServerIo,
-    client_id: Option<weft_identity::Identity>,
-    /// The original target, or the one its transport header names.
-    target: SocketAddr,
-    protocol: Protocol,
-    prefix: Bytes,
-}
-
-/// Terminates mesh TLS, then learns what the connection carries: from the
-/// transport header if the client negotiated one, else by detection. `None`
-/// when the connection was refused (the reason is logged).
-async fn accept_mesh_tls(
-    shared: &Shared,
-    mesh: &crate::tls::MeshTls,
-    io: PrefixedIo<Metered<TcpStream>>,
-    target: SocketAddr,
-    detect_timeout: std::time::Duration,
-) -> Option<MeshAccepted> {
-    let Some(config) = mesh.server_config() else {
-        warn!("mesh TLS requested but no server configuration; closing");
-        return None;
-    };
-    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
-    let mut tls = match tokio::time::timeout(detect_timeout, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            info!(error = %e, "mesh TLS handshake refused");
-            return None;
-        }
-        Err(_) => {
-            info!(?detect_timeout, "mesh TLS handshake timed out");
-            return None;
-        }
-    };
-    let client_id = crate::tls::peer_identity(tls.get_ref().1);
-    debug!(client_id = ?client_id.as_ref().map(|c| c.as_str()), "mesh TLS established");
-    if crate::tls::expects_transport_header(tls.get_ref().1) {
-        let header = match tokio::time::timeout(detect_timeout, TransportHeader::read(&mut tls))
-            .await
-        {
-            Ok(Ok(header)) => header,
-            Ok(Err(e)) => {
-                info!(error = %e, client_id = ?client_id.as_ref().map(|c| c.as_str()), "refused a mesh connection with a bad transport header");
-                return None;
-            }
-            Err(_) => {
-                info!(?detect_timeout, "no transport header in time; closing");
-                return None;
-            }
-        };
-        let target = match transport_target(&shared.config, target, &header) {
-            Ok(target) => target,
-            Err(why) => {
-                info!(port = header.port, name = ?header.name, "refused a transport header: {why}");
-                return None;
-            }
-        };
-        let protocol = match header.protocol {
-            None => Protocol::Opaque,
-            Some(SessionProtocol::Http1) => Protocol::Http1,
-            Some(SessionProtocol::Http2) => Protocol::Http2,
-        };
-        return Some(MeshAccepted {
-            io: tls,
-            client_id,
-            target,
-            protocol,
-            prefix: Bytes::new(),
-        });
-    }
-    let (protocol, prefix) = match detect::detect(&mut tls, detect_timeout).await {
-        Ok(detected) => detected,
-        Err(e) => {
-            debug!(error = %e, "mesh TLS connection failed during protocol detection");
-            return None;
-        }
-    };
-    Some(MeshAccepted {
-        io: tls,
-        client_id,
-        target,
-        protocol,
-        prefix,
-    })
-}
-
-/// Where a transport header sends the connection: the same host as the
-/// original target, at the header's port.
-fn transport_target(
-    config: &Config,
-    target: SocketAddr,
-    header: &TransportHeader,
-) -> Result<SocketAddr, &'static str> {
-    if header.name.is_some() {
-        return Err("it names a gateway target, and Weft proxies are not gateways");
-    }
-    if header.port == config.inbound_addr.port() {
-        return Err("it names the proxy's own inbound port, which would loop");
-    }
-    Ok(SocketAddr::new(target.ip(), header.port))
-}
-
-/// A connection after detection (and, for mesh TLS, after termination).
-struct Conn {
-    shared: Arc<Shared>,
-    direction: Direction,
+/// The connection's protocol: opaque without looking when its target port
+/// is configured so, else detected from its first bytes. `None` (logged)
+/// when the connection failed during detection.
+pub async fn detect_unless_opaque<I: AsyncRead + Unpin>(
+    io: &mut I,
     target: Option<SocketAddr>,
-    listen_addr: SocketAddr,
-    tls: Tls,
-    client_id: Option<weft_identity::Identity>,
-    watch: Watch,
-}
-
-impl Conn {
-    async fn serve<I>(self, io: I, client_conn: Arc<TcpConn>, protocol: Protocol)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        match (protocol, self.target) {
-            (Protocol::Http1 | Protocol::Http2, _) => {
-                let metrics =
-                    HttpConnMetrics::new(self.shared.metrics.clone(), self.direction, self.tls);
-                let conn = HttpConn::new(
-                    self.direction,
-                    self.target,
-                    protocol == Protocol::Http2,
-                    self.listen_addr,
-                    self.shared.clone(),
-                    metrics,
-                    self.client_id,
-                    self.watch,
-                );
-                match http::serve(io, Arc::new(conn)).await {
-                    Err(e) if e.is_parse() || e.is_timeout() => {
-                        info!(error = %e, "closed HTTP connection: client sent a malformed or incomplete request")
-                    }
-                    Err(e) => debug!(error = %e, "HTTP connection ended with an error"),
-                    Ok(()) => {}
-                }
+    opaque_ports: &PortSet,
+    timeout: std::time::Duration,
+) -> Option<(Protocol, Bytes)> {
+    match target {
+        Some(t) if opaque_ports.contains(t.port()) => Some((Protocol::Opaque, Bytes::new())),
+        _ => match detect::detect(io, timeout).await {
+            Ok(detected) => Some(detected),
+            Err(e) => {
+                debug!(error = %e, "connection failed during protocol detection");
+                None
             }
-            // Inbound, a client that says nothing is not passed to the
-            // application: opaque is a port's configuration, never a fallback
-            // (server-speaks-first ports belong in WEFT_PROXY_INBOUND_OPAQUE_PORTS).
-            (Protocol::Nothing, _) if self.direction == Direction::Inbound => {
-                self.shared
-                    .metrics
-                    .tcp_accept_error(self.direction, "detect_timeout");
-                debug!(
-                    "closed: the client sent nothing before the detect timeout and the port is not opaque"
-                )
-            }
-            (Protocol::Tls | Protocol::Opaque | Protocol::Nothing, Some(target)) => {
-                forward_opaque(&self.shared, self.direction, io, client_conn, target).await
-            }
-            (Protocol::Tls | Protocol::Opaque | Protocol::Nothing, None) => {
-                info!(
-                    "explicit-proxy client did not speak HTTP; closing (set http_proxy only for HTTP clients)"
-                )
-            }
-        }
+        },
     }
 }
 
-async fn forward_opaque<I>(
+/// Copies an opaque connection to its server until either ends.
+pub async fn copy_opaque<C, S>(
     shared: &Shared,
-    direction: Direction,
-    client: I,
-    client_conn: Arc<TcpConn>,
+    client: C,
+    server: S,
+    client_conn: &Arc<TcpConn>,
     target: SocketAddr,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    // With discovery, each outbound connection is balanced on its own.
-    let (target, pick) = match (&shared.discovery, direction) {
-        (Some(discovery), Direction::Outbound) => {
-            let resolution = discovery.resolve(&target.to_string());
-            match http::choose(&resolution, shared.config.discovery_timeout).await {
-                Ok(http::Choice::Pick(pick)) => (pick.addr(), Some(pick)),
-                Ok(http::Choice::Unknown) => (target, None),
-                Ok(http::Choice::NoAnswer) if http::may_guess(&shared.config, target) => {
-                    (target, None)
-                }
-                Ok(http::Choice::NoAnswer) => {
-                    return info!(
-                        %target,
-                        "opaque connection refused: no answer from the destination service, and the target is in WEFT_PROXY_MESH_NETWORKS"
-                    );
-                }
-                Err(e) => return info!(error = %e, "opaque connection refused"),
-            }
-        }
-        _ => (target, None),
-    };
-    let connected = shared
-        .clients
-        .dialer
-        .connect_opaque(direction, target)
-        .await;
-    if let Some(pick) = pick {
-        pick.done(connected.is_err());
-    }
-    let server = match connected {
-        Ok(s) => s,
-        Err(e) => return info!(error = %e, "opaque connection refused: endpoint unreachable"),
-    };
-    match tcp::copy_bidirectional(client, server, &client_conn, shared.config.tcp_idle_timeout)
-        .await
-    {
+    let idle = shared.config.tcp_idle_timeout;
+    match crate::io::copy_bidirectional(client, server, client_conn, idle).await {
         Ok((sent, received)) => debug!(%target, sent, received, "opaque connection closed"),
         Err(e) => {
             client_conn.set_error(&e);
@@ -617,3 +358,6 @@ async fn forward_opaque<I>(
         }
     }
 }
+
+/// A client connection, metered from its first byte.
+pub type ClientIo = Metered<TcpStream>;

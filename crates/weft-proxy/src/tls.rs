@@ -7,7 +7,9 @@
 //! Configurations are rebuilt only when the credentials change (a renewal),
 //! not per connection.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rustls::ClientConfig;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -97,7 +99,7 @@ impl MeshTls {
     /// The server configuration for the current certificate.
     pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
         let creds = self.creds.borrow().clone()?;
-        let mut cached = crate::lock(&self.cached);
+        let mut cached = self.cached.lock();
         if let Some((c, config)) = cached.as_ref()
             && Arc::ptr_eq(c, &creds)
         {
@@ -130,7 +132,7 @@ impl MeshTls {
             .borrow()
             .clone()
             .ok_or(MeshConnectError::NoCertificate)?;
-        let mut cached = crate::lock(&self.cached_client);
+        let mut cached = self.cached_client.lock();
         if let Some((c, config)) = cached.as_ref()
             && Arc::ptr_eq(c, &creds)
         {

@@ -7,7 +7,9 @@
 //! only then is a gRPC response's outcome known (its `grpc-status` trailer).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -16,7 +18,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::lock;
 use crate::metrics::family::Series;
 
 /// How a response will be classified once it ends.
@@ -241,7 +242,7 @@ impl<B: Body<Data = Bytes> + Unpin> Replay<B> {
     /// The body for another attempt, from the start; `None` once the body
     /// is too big to replay. Retires every earlier reader.
     pub fn again(&self) -> Option<Replay<B>> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.spent {
             return None;
         }
@@ -255,7 +256,7 @@ impl<B: Body<Data = Bytes> + Unpin> Replay<B> {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.generation != self.generation {
             // Superseded by a newer attempt: this one is over.
             return Poll::Ready(None);
@@ -303,7 +304,7 @@ impl<B: Body<Data = Bytes> + Unpin> Replay<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         state.generation != self.generation
             || (state.inner.is_none()
                 && self.position >= state.chunks.len()
@@ -311,7 +312,7 @@ impl<B: Body<Data = Bytes> + Unpin> Replay<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        lock(&self.state).hint
+        self.state.lock().hint
     }
 }
 

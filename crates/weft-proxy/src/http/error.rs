@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
-use crate::tcp::{ConnectError, DialError};
+use crate::dial::{ConnectError, DialError};
 use crate::tls::MeshConnectError;
 
 impl From<DialError> for ProxyError {

@@ -107,7 +107,7 @@ const UPGRADE_REFUSED: u8 = 2;
 /// What the request handler and the reader tell each other.
 #[derive(Debug)]
 pub struct Shared {
-    violation: std::sync::Mutex<Option<Violation>>,
+    violation: parking_lot::Mutex<Option<Violation>>,
     upgrade: AtomicU8,
     upgrade_waker: AtomicWaker,
     direction: Direction,
@@ -117,7 +117,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(direction: Direction, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Shared {
-            violation: std::sync::Mutex::new(None),
+            violation: parking_lot::Mutex::new(None),
             upgrade: AtomicU8::new(UPGRADE_PENDING),
             upgrade_waker: AtomicWaker::new(),
             direction,
@@ -128,7 +128,7 @@ impl Shared {
     /// Why the client's bytes were refused, if they were: a request whose
     /// body failed then failed because of its client, not its server.
     pub fn violation(&self) -> Option<Violation> {
-        crate::lock(&self.violation).clone()
+        self.violation.lock().clone()
     }
 
     /// Tells the reader how an Upgrade or CONNECT request ended: `switched`,
@@ -150,7 +150,7 @@ impl Shared {
             "refused an HTTP/1 request that breaks RFC 9112"
         );
         self.metrics.http_error(self.direction, violation.kind());
-        *crate::lock(&self.violation) = Some(violation.clone());
+        *self.violation.lock() = Some(violation.clone());
     }
 }
 

@@ -19,8 +19,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder};
@@ -119,7 +121,7 @@ impl<L, M> Clone for Family<L, M> {
 
 impl<L, M> fmt::Debug for Family<L, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let len = crate::lock(&self.inner).series.len();
+        let len = self.inner.lock().series.len();
         f.debug_struct("Family")
             .field("series", &len)
             .field("limits", &self.limits)
@@ -143,7 +145,7 @@ impl<L: Clone + Hash + Eq, M: Clone> Family<L, M> {
     /// The series for `labels`, made if new and there is room; else the
     /// overflow series.
     pub fn get_or_create(&self, labels: &L) -> Series<M> {
-        let mut inner = crate::lock(&self.inner);
+        let mut inner = self.inner.lock();
         if let Some(entry) = inner.series.get_mut(labels) {
             return entry.handle();
         }
@@ -184,7 +186,7 @@ impl<L: Clone + Hash + Eq, M: Clone> Family<L, M> {
 
     /// How many label sets the family holds now (the overflow series aside).
     pub fn len(&self) -> usize {
-        crate::lock(&self.inner).series.len()
+        self.inner.lock().series.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -228,7 +230,7 @@ where
     M: Clone + EncodeMetric + TypedMetric,
 {
     fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
-        let mut inner = crate::lock(&self.inner);
+        let mut inner = self.inner.lock();
         // Scrapes are when idle series go, so the exposition shows what is live.
         self.evict(&mut inner, Instant::now());
         for (labels, entry) in &inner.series {
@@ -245,7 +247,7 @@ where
     }
 
     fn is_empty(&self) -> bool {
-        let inner = crate::lock(&self.inner);
+        let inner = self.inner.lock();
         inner.series.is_empty() && inner.overflow.is_none()
     }
 }

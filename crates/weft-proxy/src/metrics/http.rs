@@ -4,7 +4,9 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -128,7 +130,7 @@ impl HttpConnMetrics {
     ) -> Arc<AuthorityMetrics> {
         let authority = (self.direction == Direction::Outbound || self.metrics.inbound_authority)
             .then_some(authority);
-        let mut recent = crate::lock(&self.recent);
+        let mut recent = self.recent.lock();
         if let Some(m) = recent
             .iter()
             .find(|m| m.target == target_addr && m.labels.authority.0.as_deref() == authority)
@@ -183,7 +185,7 @@ pub struct StatusMetrics {
 
 impl AuthorityMetrics {
     pub fn status(&self, code: u16) -> StatusMetrics {
-        let mut statuses = crate::lock(&self.statuses);
+        let mut statuses = self.statuses.lock();
         if let Some(s) = statuses.iter().find(|s| s.code == code) {
             return s.clone();
         }

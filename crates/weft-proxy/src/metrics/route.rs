@@ -2,7 +2,9 @@
 //! `route_response_latency_ms`, and the `route_actual_*` pair that counts
 //! retries too.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -124,7 +126,7 @@ pub struct RouteStatus {
 
 impl RouteMetrics {
     pub fn status(&self, code: u16, failure: bool) -> RouteStatus {
-        let mut statuses = crate::lock(&self.statuses);
+        let mut statuses = self.statuses.lock();
         if let Some((_, _, s)) = statuses
             .iter()
             .find(|(c, f, _)| *c == code && *f == failure)

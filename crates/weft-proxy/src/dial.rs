@@ -1,14 +1,14 @@
-//! Opaque TCP: connect to the target and copy bytes both ways.
-//!
-//! Half-close is preserved: when one side finishes sending, the other side's
-//! write half is shut down and the opposite direction keeps flowing. A
-//! connection idle in both directions for the configured time is closed.
+//! The dialer: every connection the proxy opens goes through it. Inbound,
+//! plain TCP to the application; outbound, TCP with a timeout and then mesh
+//! TLS for an endpoint with a known identity (never plaintext to one).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,8 +17,7 @@ use tokio::net::TcpStream;
 use weft_identity::Identity;
 
 use crate::io::Metered;
-use crate::metrics::Direction;
-use crate::metrics::{Metrics, Peer, TcpConn, TcpLabels, Tls};
+use crate::metrics::{Direction, Metrics, Peer, TcpConn, TcpLabels, Tls};
 use crate::tls::{MeshConnectError, MeshTls};
 use crate::transport_header::TransportHeader;
 
@@ -152,14 +151,15 @@ pub struct MeshEndpoint {
     pub http2_upgrade: bool,
 }
 
-/// Opens connections to endpoints: TCP with a timeout, then mesh TLS for an
-/// endpoint with a known identity (never plaintext to such an endpoint).
+/// Opens connections: to the local application (inbound), and to endpoints
+/// (outbound: TCP with a timeout, then mesh TLS for an endpoint with a known
+/// identity, never plaintext to such an endpoint).
 #[derive(Debug)]
 pub struct Dialer {
     pub metrics: Arc<Metrics>,
     pub inbound_connect_timeout: Duration,
     pub outbound_connect_timeout: Duration,
-    /// Meshed outbound endpoints: configured statically, and learned from
+    /// Meshed endpoints: configured statically, and learned from
     /// the destination service. An address keeps the identity it was last
     /// given (addresses are not reused across identities within a mesh).
     pub outbound_identities: RwLock<HashMap<SocketAddr, MeshEndpoint>>,
@@ -167,82 +167,69 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    /// The identity an endpoint must prove, if it is meshed.
-    pub fn identity(&self, direction: Direction, addr: SocketAddr) -> Option<Identity> {
-        self.mesh_endpoint(direction, addr).map(|e| e.identity)
+    /// The identity an outbound endpoint must prove, if it is meshed.
+    pub fn identity(&self, addr: SocketAddr) -> Option<Identity> {
+        self.mesh_endpoint(addr).map(|e| e.identity)
     }
 
-    fn mesh_endpoint(&self, direction: Direction, addr: SocketAddr) -> Option<MeshEndpoint> {
-        match direction {
-            Direction::Outbound => self
-                .outbound_identities
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&addr)
-                .cloned(),
-            Direction::Inbound => None,
-        }
+    fn mesh_endpoint(&self, addr: SocketAddr) -> Option<MeshEndpoint> {
+        self.outbound_identities.read().get(&addr).cloned()
     }
 
-    /// Whether HTTP/1 requests to `addr` may travel as HTTP/2 (outbound, to
-    /// a meshed endpoint whose proxy said it takes them).
+    /// Whether HTTP/1 requests to `addr` may travel as HTTP/2 (a meshed
+    /// endpoint whose proxy said it takes them).
     pub fn http2_upgrade(&self, addr: SocketAddr) -> bool {
-        self.mesh_endpoint(Direction::Outbound, addr)
-            .is_some_and(|e| e.http2_upgrade)
+        self.mesh_endpoint(addr).is_some_and(|e| e.http2_upgrade)
     }
 
     /// Records what discovery says about a meshed endpoint.
     pub fn learn(&self, addr: SocketAddr, endpoint: MeshEndpoint) {
-        let mut map = self
-            .outbound_identities
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut map = self.outbound_identities.write();
         if map.get(&addr) != Some(&endpoint) {
             map.insert(addr, endpoint);
         }
     }
 
-    /// A connection for HTTP to `addr`.
-    pub async fn connect(
-        &self,
-        direction: Direction,
-        addr: SocketAddr,
-    ) -> Result<EndpointIo, DialError> {
-        self.dial(direction, addr, false).await
+    /// Inbound: a plain connection to the application at `addr`.
+    pub async fn connect_local(&self, addr: SocketAddr) -> Result<EndpointIo, DialError> {
+        let io = connect(
+            &self.metrics,
+            Direction::Inbound,
+            addr,
+            addr,
+            self.inbound_connect_timeout,
+            Tls::NotProvidedByRemote,
+        )
+        .await?;
+        Ok(EndpointIo::Plain(io))
     }
 
-    /// A connection for opaque bytes to `addr`: to a meshed endpoint that
-    /// takes transport headers, via its proxy port with a header.
-    pub async fn connect_opaque(
-        &self,
-        direction: Direction,
-        addr: SocketAddr,
-    ) -> Result<EndpointIo, DialError> {
-        self.dial(direction, addr, true).await
+    /// Outbound: a connection for HTTP to the endpoint `addr`.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<EndpointIo, DialError> {
+        self.dial(addr, false).await
     }
 
-    async fn dial(
-        &self,
-        direction: Direction,
-        addr: SocketAddr,
-        opaque: bool,
-    ) -> Result<EndpointIo, DialError> {
-        let endpoint = self.mesh_endpoint(direction, addr);
-        let (timeout, tls) = match (direction, &endpoint) {
-            (Direction::Inbound, _) => (self.inbound_connect_timeout, Tls::NotProvidedByRemote),
-            (Direction::Outbound, Some(e)) => (
-                self.outbound_connect_timeout,
-                Tls::ToServer(e.identity.as_str().into()),
-            ),
-            (Direction::Outbound, None) => (
-                self.outbound_connect_timeout,
-                Tls::NotProvidedByServiceDiscovery,
-            ),
+    /// Outbound: a connection for opaque bytes to `addr`; to a meshed
+    /// endpoint that takes transport headers, via its proxy port with a header.
+    pub async fn connect_opaque(&self, addr: SocketAddr) -> Result<EndpointIo, DialError> {
+        self.dial(addr, true).await
+    }
+
+    async fn dial(&self, addr: SocketAddr, opaque: bool) -> Result<EndpointIo, DialError> {
+        let timeout = self.outbound_connect_timeout;
+        let connect = |dial_addr, tls| {
+            connect(
+                &self.metrics,
+                Direction::Outbound,
+                dial_addr,
+                addr,
+                timeout,
+                tls,
+            )
         };
-        let Some(endpoint) = endpoint else {
-            return Ok(EndpointIo::Plain(
-                connect(&self.metrics, direction, addr, addr, timeout, tls).await?,
-            ));
+        let Some(endpoint) = self.mesh_endpoint(addr) else {
+            let io = connect(addr, Tls::NotProvidedByServiceDiscovery).await?;
+            return Ok(EndpointIo::Plain(io));
         };
         let mesh = self.mesh.as_ref().ok_or(MeshConnectError::NoCertificate)?;
         let (dial_addr, header) = match endpoint.opaque_transport_port {
@@ -252,42 +239,11 @@ impl Dialer {
             ),
             _ => (addr, None),
         };
-        let io = connect(&self.metrics, direction, dial_addr, addr, timeout, tls).await?;
+        let tls = Tls::ToServer(endpoint.identity.as_str().into());
+        let io = connect(dial_addr, tls).await?;
         Ok(EndpointIo::Mesh(Box::new(
             mesh.connect(io, &endpoint.identity, header.as_ref())
                 .await?,
         )))
-    }
-}
-
-/// Copies between `client` and `server` until both directions have ended, an
-/// error occurs, or nothing moves for `idle_timeout`.
-pub async fn copy_bidirectional<C, S>(
-    mut client: C,
-    mut server: S,
-    client_conn: &TcpConn,
-    idle_timeout: Duration,
-) -> io::Result<(u64, u64)>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
-    tokio::pin!(copy);
-    let mut seen = client_conn.bytes_total();
-    loop {
-        tokio::select! {
-            res = &mut copy => return res,
-            _ = tokio::time::sleep(idle_timeout) => {
-                let now = client_conn.bytes_total();
-                if now == seen {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no bytes in either direction for {idle_timeout:?}"),
-                    ));
-                }
-                seen = now;
-            }
-        }
     }
 }

@@ -1,9 +1,9 @@
-//! Connections to endpoints, kept and reused.
+//! Connection pools: the connections to each endpoint, kept and reused.
 //!
 //! HTTP/1: a client connection carries one request at a time, so it leases one
 //! upstream connection ([`Lease`]) and keeps it for as long as it lives; the
 //! next request goes straight out on it, with no pool look-up. When the client
-//! connection ends, the upstream connection goes back to its endpoint's idle
+//! connection ends, the upstream connection goes back to its pool's idle
 //! list for other clients. A request that finds its reused connection closed by
 //! the server before anything was sent is retried once on a fresh connection.
 //! HTTP/1 requests that arrived multiplexed on HTTP/2 (from a peer proxy,
@@ -14,11 +14,13 @@
 //! connection, re-established when it closes.
 //!
 //! Idle connections older than the pool idle timeout are closed by a sweeper,
-//! and endpoints unused for [`ENDPOINT_EXPIRY`] are forgotten.
+//! and pools unused for [`POOL_EXPIRY`] are forgotten.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -29,19 +31,18 @@ use tracing::debug;
 
 use super::body::RequestBody;
 use super::error::ProxyError;
-use crate::lock;
+use crate::dial::{Dialer, EndpointIo};
 use crate::metrics::Direction;
-use crate::tcp::{Dialer, EndpointIo};
 
 type Http1Sender = http1::SendRequest<RequestBody>;
 type Http2Sender = http2::SendRequest<RequestBody>;
 
-/// Endpoints unused for this long are dropped from the map.
-const ENDPOINT_EXPIRY: Duration = Duration::from_secs(600);
+/// Pools unused for this long are dropped from the map.
+const POOL_EXPIRY: Duration = Duration::from_secs(600);
 
-/// Connections to one endpoint in one direction.
+/// The connections to one endpoint in one direction.
 #[derive(Debug)]
-pub struct Endpoint {
+pub struct Pool {
     pub addr: SocketAddr,
     direction: Direction,
     dialer: Arc<Dialer>,
@@ -52,11 +53,13 @@ pub struct Endpoint {
     last_used: Mutex<Instant>,
 }
 
-impl Endpoint {
+impl Pool {
     async fn dial(&self) -> Result<TokioIo<EndpointIo>, ProxyError> {
-        Ok(TokioIo::new(
-            self.dialer.connect(self.direction, self.addr).await?,
-        ))
+        let io = match self.direction {
+            Direction::Inbound => self.dialer.connect_local(self.addr).await?,
+            Direction::Outbound => self.dialer.connect(self.addr).await?,
+        };
+        Ok(TokioIo::new(io))
     }
 
     async fn new_http1(&self) -> Result<Http1Sender, ProxyError> {
@@ -78,7 +81,7 @@ impl Endpoint {
     /// a response stay listed (they become ready when it ends); closed ones
     /// are dropped.
     fn idle_http1(&self) -> Option<Http1Sender> {
-        let mut idle = lock(&self.idle_http1);
+        let mut idle = self.idle_http1.lock();
         idle.retain(|(sender, _)| !sender.is_closed());
         let ready = idle.iter().rposition(|(sender, _)| sender.is_ready())?;
         Some(idle.swap_remove(ready).0)
@@ -86,16 +89,16 @@ impl Endpoint {
 
     fn release_http1(&self, sender: Http1Sender) {
         if !sender.is_closed() {
-            lock(&self.idle_http1).push((sender, Instant::now()));
+            self.idle_http1.lock().push((sender, Instant::now()));
         }
     }
 
     async fn http2(&self) -> Result<Http2Sender, ProxyError> {
-        if let Some(s) = lock(&self.http2).as_ref().filter(|s| !s.is_closed()) {
+        if let Some(s) = self.http2.lock().as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
         let _dialing = self.http2_dialing.lock().await;
-        if let Some(s) = lock(&self.http2).as_ref().filter(|s| !s.is_closed()) {
+        if let Some(s) = self.http2.lock().as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
         let io = self.dial().await?;
@@ -110,7 +113,7 @@ impl Endpoint {
                 debug!(%addr, error = %e, "endpoint HTTP/2 connection ended with an error");
             }
         });
-        *lock(&self.http2) = Some(sender.clone());
+        *self.http2.lock() = Some(sender.clone());
         Ok(sender)
     }
 
@@ -184,32 +187,33 @@ impl Endpoint {
     }
 
     fn touch(&self) {
-        *lock(&self.last_used) = Instant::now();
+        *self.last_used.lock() = Instant::now();
     }
 
     /// Closes idle HTTP/1 connections older than `max_idle`.
     fn sweep(&self, now: Instant, max_idle: Duration) {
-        lock(&self.idle_http1)
+        self.idle_http1
+            .lock()
             .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < max_idle);
     }
 }
 
 /// The HTTP/1 connection a client connection is using, returned to its
-/// endpoint's idle list when the client connection ends.
+/// pool's idle list when the client connection ends.
 #[derive(Debug, Default)]
-pub struct Lease(Mutex<Option<(Arc<Endpoint>, Http1Sender)>>);
+pub struct Lease(Mutex<Option<(Arc<Pool>, Http1Sender)>>);
 
 impl Lease {
-    /// Sends one HTTP/1 request to `endpoint` on the leased connection, or on an
+    /// Sends one HTTP/1 request through `pool` on the leased connection, or on an
     /// idle or new one.
     pub async fn send_http1(
         &self,
-        endpoint: &Arc<Endpoint>,
+        pool: &Arc<Pool>,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let held = lock(&self.0).take();
+        let held = self.0.lock().take();
         let reused = match held {
-            Some((e, sender)) if Arc::ptr_eq(&e, endpoint) && !sender.is_closed() => Some(sender),
+            Some((e, sender)) if Arc::ptr_eq(&e, pool) && !sender.is_closed() => Some(sender),
             Some((other, sender)) => {
                 other.release_http1(sender);
                 None
@@ -217,21 +221,21 @@ impl Lease {
             None => None,
         }
         .or_else(|| {
-            // A lease holds the endpoint alive; only a checkout counts as use.
-            endpoint.touch();
-            endpoint.idle_http1()
+            // A lease holds the pool alive; only a checkout counts as use.
+            pool.touch();
+            pool.idle_http1()
         });
 
-        let (sender, resp) = endpoint.send_http1_on(reused, req).await?;
-        *lock(&self.0) = Some((endpoint.clone(), sender));
+        let (sender, resp) = pool.send_http1_on(reused, req).await?;
+        *self.0.lock() = Some((pool.clone(), sender));
         Ok(resp)
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some((endpoint, sender)) = lock(&self.0).take() {
-            endpoint.release_http1(sender);
+        if let Some((pool, sender)) = self.0.lock().take() {
+            pool.release_http1(sender);
         }
     }
 }
@@ -242,30 +246,41 @@ struct Key {
     addr: SocketAddr,
 }
 
-/// Every endpoint the proxy talks to.
+/// Every endpoint's pool.
 #[derive(Debug)]
-pub struct Clients {
+pub struct Pools {
     pub dialer: Arc<Dialer>,
-    endpoints: Mutex<HashMap<Key, Arc<Endpoint>>>,
+    pools: Mutex<HashMap<Key, Arc<Pool>>>,
 }
 
-impl Clients {
-    /// Creates the endpoint table and its sweeper (which ends with the table).
+impl Pools {
+    /// Creates the table and its sweeper (which ends with the table).
     pub fn new(dialer: Arc<Dialer>, pool_idle_timeout: Duration) -> Arc<Self> {
-        let clients = Arc::new(Clients {
+        let pools = Arc::new(Pools {
             dialer,
-            endpoints: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
         });
-        tokio::spawn(sweep(Arc::downgrade(&clients), pool_idle_timeout));
-        clients
+        tokio::spawn(sweep(Arc::downgrade(&pools), pool_idle_timeout));
+        pools
     }
 
-    pub fn endpoint(&self, direction: Direction, addr: SocketAddr) -> Arc<Endpoint> {
+    /// The pool of connections to the local application at `addr`.
+    pub fn inbound(&self, addr: SocketAddr) -> Arc<Pool> {
+        self.get(Direction::Inbound, addr)
+    }
+
+    /// The pool of connections to the endpoint `addr`.
+    pub fn outbound(&self, addr: SocketAddr) -> Arc<Pool> {
+        self.get(Direction::Outbound, addr)
+    }
+
+    fn get(&self, direction: Direction, addr: SocketAddr) -> Arc<Pool> {
         let key = Key { direction, addr };
-        lock(&self.endpoints)
+        self.pools
+            .lock()
             .entry(key)
             .or_insert_with(|| {
-                Arc::new(Endpoint {
+                Arc::new(Pool {
                     addr,
                     direction,
                     dialer: self.dialer.clone(),
@@ -279,18 +294,18 @@ impl Clients {
     }
 }
 
-async fn sweep(clients: Weak<Clients>, max_idle: Duration) {
+async fn sweep(pools: Weak<Pools>, max_idle: Duration) {
     let period = (max_idle / 2).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(period).await;
-        let Some(clients) = clients.upgrade() else {
+        let Some(pools) = pools.upgrade() else {
             return;
         };
         let now = Instant::now();
-        lock(&clients.endpoints).retain(|_, e| {
+        pools.pools.lock().retain(|_, e| {
             e.sweep(now, max_idle);
             // Keep endpoints someone still holds (a lease, a request) or used lately.
-            Arc::strong_count(e) > 1 || now.duration_since(*lock(&e.last_used)) < ENDPOINT_EXPIRY
+            Arc::strong_count(e) > 1 || now.duration_since(*e.last_used.lock()) < POOL_EXPIRY
         });
     }
 }

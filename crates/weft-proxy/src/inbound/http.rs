@@ -1,0 +1,93 @@
+//! Inbound requests: every request of a connection goes to the one
+//! application address it was accepted for. Before it does, an HTTP/1
+//! request a peer proxy carried over HTTP/2 is restored, and
+//! `l5d-client-id` is set from the client's verified certificate and from
+//! nothing else.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::http::body::{ProxyBody, RequestBody};
+use crate::http::error::ProxyError;
+use crate::http::pool::Pool;
+use crate::http::{Attempt, Exchange, HttpConn, headers, orig_proto, request_target, respond};
+use crate::metrics::AuthorityMetrics;
+
+/// The header that tells the application who the client is.
+pub const L5D_CLIENT_ID: &str = "l5d-client-id";
+
+/// What an inbound HTTP connection knows.
+pub struct Conn {
+    /// The application's address.
+    pool: Arc<Pool>,
+    /// The `l5d-client-id` the application sees, from the client's verified
+    /// mesh certificate.
+    client_id: Option<http::HeaderValue>,
+}
+
+impl Conn {
+    pub fn new(pool: Arc<Pool>, client_id: Option<weft_identity::Identity>) -> Self {
+        Conn {
+            pool,
+            client_id: client_id.and_then(|id| http::HeaderValue::from_str(id.as_str()).ok()),
+        }
+    }
+
+    /// Forwards one request to the application.
+    pub async fn forward(
+        &self,
+        conn: &HttpConn,
+        mut req: Request<Incoming>,
+        exchange: &Exchange,
+    ) -> (
+        Arc<AuthorityMetrics>,
+        Result<Response<ProxyBody>, ProxyError>,
+    ) {
+        let addr = self.pool.addr;
+        let metrics = conn
+            .metrics
+            .for_request(exchange.authority(), addr, Default::default);
+        metrics.request_total.inc();
+        let result = async {
+            let upgrade = headers::is_upgrade(&req);
+            let is_connect = req.method() == Method::CONNECT;
+            let version = req.version();
+            headers::strip_hop_by_hop(req.headers_mut(), version, upgrade);
+            let downgraded = conn.http2 && orig_proto::downgrade(&mut req)?;
+            let absolute = conn.http2 && !downgraded;
+            request_target(&mut req, absolute, exchange.authority.clone(), addr)?;
+            // Only this proxy may say who the client is: whatever came from
+            // outside is dropped, and the verified identity is set after every
+            // other header change, so nothing the client sent (a `Connection`
+            // header naming it, say) can remove it.
+            let headers = req.headers_mut();
+            headers.remove(L5D_CLIENT_ID);
+            if let Some(id) = &self.client_id {
+                headers.insert(L5D_CLIENT_ID, id.clone());
+            }
+            let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            let timeout = conn.shared.config.response_timeout;
+            let attempt = Attempt {
+                conn,
+                route: None,
+                route_metrics: None,
+                may_upgrade: false,
+                deadline: timeout.map(|t| (exchange.started + t, t)),
+            };
+            let req = req.map(RequestBody::Streaming);
+            let (result, _) = attempt.send(&self.pool, req, None).await;
+            Ok(respond(
+                conn,
+                result?,
+                on_client_upgrade,
+                is_connect,
+                &metrics,
+                exchange,
+            ))
+        }
+        .await;
+        (metrics, result)
+    }
+}

@@ -1,0 +1,292 @@
+//! The inbound side: connections from other workloads (or their proxies)
+//! to this proxy's application.
+//!
+//! ```text
+//! accepted ─▶ target (original destination, or WEFT_PROXY_INBOUND_FORWARD_ADDR)
+//!          ─▶ opaque port? else detect
+//!          ─▶ TLS with SNI = our identity? terminate mesh TLS ─▶ transport header, or detect again
+//!          ─▶ identity required on this port? ─▶ [authorization: issue 12]
+//!          ─┬▶ HTTP/1, HTTP/2 ─▶ http::serve (inbound::http: orig-proto, l5d-client-id)
+//!           ├▶ opaque, TLS    ─▶ copied to the application
+//!           └▶ nothing        ─▶ closed (opaque is a port's setting, never a fallback)
+//! ```
+//!
+//! Every decision about who may reach the application is made here, before
+//! a byte is passed on: the client identity comes only from a verified
+//! certificate, and authorization will sit where the identity check is.
+
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info, warn};
+use weft_identity::Identity;
+
+use crate::detect::{self, PrefixedIo, Protocol};
+use crate::drain::Watch;
+use crate::http::{HttpConn, Side};
+use crate::io::Metered;
+use crate::metrics::{Direction, HttpConnMetrics, Peer, TcpConn, TcpLabels, Tls};
+use crate::proxy::{Accepted, ClientIo, Shared, copy_opaque, detect_unless_opaque};
+use crate::tls::MeshTls;
+use crate::transport_header::{SessionProtocol, TransportHeader};
+
+/// Serves one inbound connection to its end.
+pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
+    let config = &shared.config;
+    let local = accepted.local;
+    let target = if accepted.redirected() {
+        accepted.orig
+    } else {
+        match config.inbound_forward_addr {
+            Some(addr) => addr,
+            None => {
+                return warn!(
+                    %local,
+                    "inbound connection was not redirected and WEFT_PROXY_INBOUND_FORWARD_ADDR is unset; closing"
+                );
+            }
+        }
+    };
+    let labels = |target: SocketAddr, tls: Tls| {
+        TcpLabels::new(Direction::Inbound, Peer::Src, target.to_string(), tls)
+    };
+    let client_conn = shared
+        .metrics
+        .tcp_accepted(labels(target, Tls::NotProvidedByRemote));
+    let mut io = Metered::new(accepted.stream, client_conn.clone());
+    let detect_timeout = config.inbound_detect_timeout;
+    let Some((protocol, prefix)) = detect_unless_opaque(
+        &mut io,
+        Some(target),
+        &config.inbound_opaque_ports,
+        detect_timeout,
+    )
+    .await
+    else {
+        return;
+    };
+    debug!(%target, protocol = protocol.as_str(), "serving");
+    if protocol == Protocol::Tls
+        && let Some(mesh) = shared.mesh_tls.clone()
+        && let Some(local) = mesh.local_identity()
+        && detect::client_hello_sni(&prefix).as_deref() == Some(local.as_str())
+    {
+        let io = PrefixedIo::new(prefix, io);
+        // Boxed, like every stage after detection, so that a connection still
+        // being detected (or refused) holds only a small future.
+        let accepted = Box::pin(accept_mesh_tls(&shared, &mesh, io, target, detect_timeout));
+        let Some(mesh) = accepted.await else {
+            return;
+        };
+        let tls = Tls::FromClient(mesh.client_id.as_ref().map(|c| c.as_str().into()));
+        client_conn.label(labels(mesh.target, tls.clone()));
+        let conn = Conn {
+            target: mesh.target,
+            tls,
+            client_id: mesh.client_id,
+        };
+        let io = PrefixedIo::new(mesh.prefix, mesh.io);
+        return Box::pin(conn.serve(shared, io, client_conn, mesh.protocol, watch)).await;
+    }
+    client_conn.label(labels(target, Tls::NotProvidedByRemote));
+    let conn = Conn {
+        target,
+        tls: Tls::NotProvidedByRemote,
+        client_id: None,
+    };
+    let io = PrefixedIo::new(prefix, io);
+    Box::pin(conn.serve(shared, io, client_conn, protocol, watch)).await
+}
+
+type MeshServerIo = tokio_rustls::server::TlsStream<PrefixedIo<ClientIo>>;
+
+/// An inbound mesh TLS connection, terminated, with what it carries.
+struct MeshAccepted {
+    io: MeshServerIo,
+    client_id: Option<Identity>,
+    /// The original target, or the one its transport header names.
+    target: SocketAddr,
+    protocol: Protocol,
+    prefix: Bytes,
+}
+
+/// Terminates mesh TLS, then learns what the connection carries: from the
+/// transport header if the client negotiated one, else by detection. `None`
+/// when the connection was refused (the reason is logged).
+async fn accept_mesh_tls(
+    shared: &Shared,
+    mesh: &MeshTls,
+    io: PrefixedIo<ClientIo>,
+    target: SocketAddr,
+    detect_timeout: std::time::Duration,
+) -> Option<MeshAccepted> {
+    let Some(config) = mesh.server_config() else {
+        warn!("mesh TLS requested but no server configuration; closing");
+        return None;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
+    let mut tls = match tokio::time::timeout(detect_timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(error = %e, "mesh TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            info!(?detect_timeout, "mesh TLS handshake timed out");
+            return None;
+        }
+    };
+    let client_id = crate::tls::peer_identity(tls.get_ref().1);
+    debug!(client_id = ?client_id.as_ref().map(|c| c.as_str()), "mesh TLS established");
+    if crate::tls::expects_transport_header(tls.get_ref().1) {
+        let header = match tokio::time::timeout(detect_timeout, TransportHeader::read(&mut tls))
+            .await
+        {
+            Ok(Ok(header)) => header,
+            Ok(Err(e)) => {
+                info!(error = %e, client_id = ?client_id.as_ref().map(|c| c.as_str()), "refused a mesh connection with a bad transport header");
+                return None;
+            }
+            Err(_) => {
+                info!(?detect_timeout, "no transport header in time; closing");
+                return None;
+            }
+        };
+        let target = match transport_target(shared.config.inbound_addr, target, &header) {
+            Ok(target) => target,
+            Err(why) => {
+                info!(port = header.port, name = ?header.name, "refused a transport header: {why}");
+                return None;
+            }
+        };
+        let protocol = match header.protocol {
+            None => Protocol::Opaque,
+            Some(SessionProtocol::Http1) => Protocol::Http1,
+            Some(SessionProtocol::Http2) => Protocol::Http2,
+        };
+        return Some(MeshAccepted {
+            io: tls,
+            client_id,
+            target,
+            protocol,
+            prefix: Bytes::new(),
+        });
+    }
+    let (protocol, prefix) = match detect::detect(&mut tls, detect_timeout).await {
+        Ok(detected) => detected,
+        Err(e) => {
+            debug!(error = %e, "mesh TLS connection failed during protocol detection");
+            return None;
+        }
+    };
+    Some(MeshAccepted {
+        io: tls,
+        client_id,
+        target,
+        protocol,
+        prefix,
+    })
+}
+
+/// Where a transport header sends the connection: the same host as the
+/// original target, at the header's port.
+fn transport_target(
+    inbound_addr: SocketAddr,
+    target: SocketAddr,
+    header: &TransportHeader,
+) -> Result<SocketAddr, &'static str> {
+    if header.name.is_some() {
+        return Err("it names a gateway target, and Weft proxies are not gateways");
+    }
+    if header.port == inbound_addr.port() {
+        return Err("it names the proxy's own inbound port, which would loop");
+    }
+    Ok(SocketAddr::new(target.ip(), header.port))
+}
+
+/// An inbound connection after detection (and, for mesh TLS, termination):
+/// its target and who the client proved to be.
+struct Conn {
+    target: SocketAddr,
+    tls: Tls,
+    client_id: Option<Identity>,
+}
+
+impl Conn {
+    async fn serve<I>(
+        self,
+        shared: Arc<Shared>,
+        io: I,
+        client_conn: Arc<TcpConn>,
+        protocol: Protocol,
+        watch: Watch,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if let Err(refused) = self.admit(&shared) {
+            shared
+                .metrics
+                .tcp_accept_error(Direction::Inbound, refused.error);
+            return debug!(target = %self.target, "refused: {}", refused.why);
+        }
+        match protocol {
+            Protocol::Http1 | Protocol::Http2 => {
+                let metrics =
+                    HttpConnMetrics::new(shared.metrics.clone(), Direction::Inbound, self.tls);
+                let side = Side::Inbound(http::Conn::new(
+                    shared.pools.inbound(self.target),
+                    self.client_id,
+                ));
+                let conn = HttpConn::new(side, protocol == Protocol::Http2, shared, metrics, watch);
+                crate::http::serve_logged(io, conn).await
+            }
+            // A client that says nothing is not passed to the application:
+            // opaque is a port's configuration, never a fallback
+            // (server-speaks-first ports belong in WEFT_PROXY_INBOUND_OPAQUE_PORTS).
+            Protocol::Nothing => {
+                shared
+                    .metrics
+                    .tcp_accept_error(Direction::Inbound, "detect_timeout");
+                debug!(
+                    "closed: the client sent nothing before the detect timeout and the port is not opaque"
+                )
+            }
+            Protocol::Tls | Protocol::Opaque => {
+                let server = match shared.pools.dialer.connect_local(self.target).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return info!(error = %e, "opaque connection refused: endpoint unreachable");
+                    }
+                };
+                copy_opaque(&shared, io, server, &client_conn, self.target).await
+            }
+        }
+    }
+
+    /// Whether this connection may reach the application. Authorization
+    /// policy (issue 12) decides here.
+    fn admit(&self, shared: &Shared) -> Result<(), Refused> {
+        let required = shared
+            .config
+            .inbound_require_identity_ports
+            .contains(self.target.port());
+        if required && self.client_id.is_none() {
+            return Err(Refused {
+                error: "identity_required",
+                why: "no verified client identity, and the port is in WEFT_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a connection may not reach the application.
+struct Refused {
+    /// The `inbound_tcp_accept_errors_total` error label.
+    error: &'static str,
+    why: &'static str,
+}

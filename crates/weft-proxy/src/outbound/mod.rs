@@ -1,0 +1,235 @@
+//! The outbound side: connections from this proxy's application to the
+//! services it calls.
+//!
+//! ```text
+//! accepted ─▶ redirected? target = original destination; else explicit proxy (each request names one)
+//!          ─▶ opaque port? else detect
+//!          ─┬▶ HTTP/1, HTTP/2 ─▶ http::serve (outbound::http: route ─▶ backend ─▶ endpoint)
+//!           ├▶ opaque, TLS, nothing ─▶ service ─▶ endpoint, copied (mesh TLS to a meshed one)
+//!           └▶ explicit proxy, not HTTP ─▶ closed
+//! ```
+//!
+//! A request or connection finds its endpoint in three steps: the
+//! [`Service`] it addressed (with its profile's routes), the [`Backend`]
+//! that serves it (today one per service; traffic splits give a route
+//! several, each with its own resolution and balancer), and the
+//! [`Endpoint`] the backend's balancer picks.
+
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info};
+
+use crate::balance::{NoEndpoint, Pick};
+use crate::config::Config;
+use crate::detect::{PrefixedIo, Protocol};
+use crate::discovery::{Answer, Resolution};
+use crate::drain::Watch;
+use crate::http::error::ProxyError;
+use crate::http::{HttpConn, Side};
+use crate::io::Metered;
+use crate::metrics::{Direction, HttpConnMetrics, Peer, TcpConn, TcpLabels, Tls};
+use crate::proxy::{Accepted, Shared, copy_opaque, detect_unless_opaque};
+
+/// Serves one outbound connection to its end.
+pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
+    let config = &shared.config;
+    // Not redirected: an explicit-proxy client, whose requests name their targets.
+    let target = accepted.redirected().then_some(accepted.orig);
+    let labels = TcpLabels::new(
+        Direction::Outbound,
+        Peer::Src,
+        target.unwrap_or(accepted.local).to_string(),
+        Tls::NotProvidedByServiceDiscovery,
+    );
+    let client_conn = shared.metrics.tcp_accepted(labels.clone());
+    let mut io = Metered::new(accepted.stream, client_conn.clone());
+    let Some((protocol, prefix)) = detect_unless_opaque(
+        &mut io,
+        target,
+        &config.outbound_opaque_ports,
+        config.outbound_detect_timeout,
+    )
+    .await
+    else {
+        return;
+    };
+    debug!(?target, protocol = protocol.as_str(), "serving");
+    client_conn.label(labels);
+    let io = PrefixedIo::new(prefix, io);
+    match (protocol, target) {
+        (Protocol::Http1 | Protocol::Http2, _) => {
+            let metrics = HttpConnMetrics::new(
+                shared.metrics.clone(),
+                Direction::Outbound,
+                Tls::NotProvidedByServiceDiscovery,
+            );
+            let side = Side::Outbound(http::Conn::new(&shared, target, accepted.listen_addr));
+            let conn = HttpConn::new(side, protocol == Protocol::Http2, shared, metrics, watch);
+            Box::pin(crate::http::serve_logged(io, conn)).await
+        }
+        (Protocol::Tls | Protocol::Opaque | Protocol::Nothing, Some(target)) => {
+            Box::pin(forward_opaque(&shared, io, client_conn, target)).await
+        }
+        (Protocol::Tls | Protocol::Opaque | Protocol::Nothing, None) => {
+            info!(
+                "explicit-proxy client did not speak HTTP; closing (set http_proxy only for HTTP clients)"
+            )
+        }
+    }
+}
+
+/// An opaque connection to `target`: with discovery, balanced on its own
+/// over the target service's endpoints.
+async fn forward_opaque<I>(
+    shared: &Shared,
+    client: I,
+    client_conn: Arc<TcpConn>,
+    target: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let service = match &shared.discovery {
+        Some(discovery) => {
+            let resolution = discovery.subscribe(&target.to_string());
+            Service::discovered(&shared.config, resolution, Some(target)).await
+        }
+        None => Ok(Service::addr(target)),
+    };
+    let Endpoint { addr, pick } = match service.and_then(|s| s.backend.endpoint()) {
+        Ok(endpoint) => endpoint,
+        Err(e) => return info!(error = %e, "opaque connection refused"),
+    };
+    let connected = shared.pools.dialer.connect_opaque(addr).await;
+    if let Some(pick) = pick {
+        pick.done(connected.is_err());
+    }
+    let server = match connected {
+        Ok(s) => s,
+        Err(e) => return info!(error = %e, "opaque connection refused: endpoint unreachable"),
+    };
+    copy_opaque(shared, client, server, &client_conn, addr).await
+}
+
+/// The service a request or connection addressed: the first of the three
+/// steps to an endpoint.
+pub struct Service {
+    /// The destination service's view of the target, when discovery is on
+    /// for it: its profile's routes apply even when it knows no endpoints.
+    pub discovery: Option<Arc<Resolution>>,
+    /// What serves its requests.
+    pub backend: Backend,
+}
+
+/// What serves a service's requests, the second step. Today a service has
+/// one backend; traffic splits will give a route several, weighted, each
+/// with its own resolution and balancer.
+pub enum Backend {
+    /// Balanced over the endpoints the destination service answers.
+    Balanced(Arc<Resolution>),
+    /// An address as given: no discovery, or the destination service does
+    /// not know it (or has not answered, and the address may be guessed).
+    Addr(SocketAddr),
+}
+
+impl Service {
+    /// A target without discovery.
+    pub fn addr(addr: SocketAddr) -> Self {
+        Service {
+            discovery: None,
+            backend: Backend::Addr(addr),
+        }
+    }
+
+    /// What discovery makes of `resolution`, waiting for its first answer
+    /// at most the discovery timeout; `fallback` is the address as given,
+    /// dialled when the destination service does not know the target.
+    pub async fn discovered(
+        config: &Config,
+        resolution: Arc<Resolution>,
+        fallback: Option<SocketAddr>,
+    ) -> Result<Service, ProxyError> {
+        let timeout = config.discovery_timeout;
+        let refused = || ProxyError::DiscoveryTimeout {
+            target: resolution.target.clone(),
+            timeout,
+        };
+        let backend = match resolution.answer(timeout).await.as_deref() {
+            Some(Answer::Endpoints(_)) => Backend::Balanced(resolution.clone()),
+            Some(Answer::Unknown) => fallback.map(Backend::Addr).ok_or_else(refused)?,
+            None => fallback
+                .filter(|addr| may_guess(config, *addr))
+                .map(Backend::Addr)
+                .ok_or_else(refused)?,
+        };
+        Ok(Service {
+            discovery: Some(resolution),
+            backend,
+        })
+    }
+
+    /// The routes requests are matched against (none for an opaque service).
+    pub fn profile(&self) -> Option<Arc<crate::profile::Profile>> {
+        self.discovery
+            .as_ref()
+            .and_then(|d| d.profile())
+            .filter(|p| !p.opaque)
+    }
+}
+
+impl Backend {
+    /// The endpoint for one request or connection, the third step: the
+    /// balancer's pick (to be told how it went), or the address as given.
+    pub fn endpoint(&self) -> Result<Endpoint, ProxyError> {
+        match self {
+            Backend::Addr(addr) => Ok(Endpoint {
+                addr: *addr,
+                pick: None,
+            }),
+            Backend::Balanced(resolution) => {
+                let pick = pick(resolution, None)?;
+                Ok(Endpoint {
+                    addr: pick.addr(),
+                    pick: Some(pick),
+                })
+            }
+        }
+    }
+}
+
+/// The endpoint chosen for one request or connection.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The balancer's choice, to be told how the request went.
+    pub pick: Option<Pick>,
+}
+
+/// The backend balancer's choice, avoiding `avoid` (a retry's failed endpoint).
+pub fn pick(backend: &Resolution, avoid: Option<SocketAddr>) -> Result<Pick, ProxyError> {
+    let picked = match avoid {
+        Some(avoid) => backend.balancer.pick_avoiding(avoid),
+        None => backend.balancer.pick(),
+    };
+    picked.map_err(|e| match e {
+        NoEndpoint::Empty => ProxyError::NoEndpoints {
+            target: backend.target.clone(),
+        },
+        NoEndpoint::AllEjected(count) => ProxyError::AllEjected {
+            target: backend.target.clone(),
+            count,
+        },
+    })
+}
+
+/// Whether `addr` may be dialled as addressed when the destination service
+/// has not answered: not when it is in the mesh's networks, where it may be
+/// a meshed endpoint that must be reached over mTLS.
+fn may_guess(config: &Config, addr: SocketAddr) -> bool {
+    !config
+        .mesh_networks
+        .iter()
+        .any(|net| net.contains(addr.ip()))
+}
