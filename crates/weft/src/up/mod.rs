@@ -15,6 +15,7 @@ mod control;
 mod net;
 mod procs;
 mod render;
+mod runtime;
 mod tokens;
 
 pub use control::{RestartArgs, ScaleArgs, restart, scale, socket};
@@ -30,10 +31,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tracing::{info, warn};
 
-use self::net::Network;
 use self::procs::{Spec, Supervised};
+use self::runtime::Runtime;
 use self::tokens::TokenFile;
-use crate::plan::{BRIDGE_IP, Pod};
+use crate::plan::Pod;
 
 /// The proxy's uid in every pod; the capture rules let its traffic out.
 const PROXY_UID: u32 = 2102;
@@ -125,11 +126,10 @@ struct RunningPod {
 }
 
 struct Mesh {
-    /// Loopback addresses and explicit-proxy mode instead of namespaces.
-    rootless: bool,
+    /// Where pods run: network namespaces, or rootless on loopback.
+    runtime: Box<dyn Runtime>,
     control_ip: Ipv4Addr,
     name: String,
-    net: Network,
     state: PathBuf,
     control: Vec<Supervised>,
     pods: Vec<RunningPod>,
@@ -144,8 +144,6 @@ struct Mesh {
     token_ttl: Duration,
     /// The destination service's token, once the control plane starts.
     destination_token: Option<TokenFile>,
-    /// veth numbers are never reused within a run.
-    next_index: usize,
 }
 
 /// What starting a pod needs besides the pod itself.
@@ -157,10 +155,10 @@ struct PodEnv {
 
 async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
     let name = args.mesh.mesh.clone();
-    let net = Network::new(&name)?;
+    let mut runtime = runtime::new(&name, rootless)?;
     let state = args.mesh.state();
     let strays = kill_strays(&name);
-    let stale = if rootless { 0 } else { net.delete_all() };
+    let stale = runtime.remove_stale();
     if strays + stale > 0 {
         info!(
             processes = strays,
@@ -179,11 +177,11 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
             args.dir.display()
         );
     }
-    let plan = plan_for(&snapshot, &BTreeMap::new(), rootless)?;
+    let plan = plan_for(&snapshot, &BTreeMap::new(), &*runtime)?;
     // Ours, and closed to others: another local user must not be able to
     // plant a CA or read a token here. Proxies (their own uid) pass through
     // the state and pods directories to their token, without listing them.
-    let passable = if rootless { 0o700 } else { 0o711 };
+    let passable = runtime.state_dir_mode();
     if let Some(root) = state.parent() {
         weft_control::secure_fs::owned_dir(root, passable)?;
     }
@@ -192,17 +190,11 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
     for dir in ["ca", "logs"] {
         weft_control::secure_fs::private_dir(&state.join(dir))?;
     }
-    let mode = if rootless { "rootless" } else { "namespaces" };
-    std::fs::write(state.join("mode"), mode).context("writing the mesh's mode")?;
+    std::fs::write(state.join("mode"), runtime.mode()).context("writing the mesh's mode")?;
     let mut mesh = Mesh {
-        rootless,
-        control_ip: if rootless {
-            crate::plan::ROOTLESS_CONTROL_IP
-        } else {
-            BRIDGE_IP
-        },
+        control_ip: runtime.control_ip(),
+        runtime,
         name,
-        net,
         state: state.clone(),
         control: Vec::new(),
         pods: Vec::new(),
@@ -213,7 +205,6 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
         pod_env: None,
         token_ttl: args.token_ttl,
         destination_token: None,
-        next_index: 0,
     };
     let outcome = match start(&mut mesh).await {
         Ok(()) => supervise(&mut mesh).await,
@@ -223,18 +214,14 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
     outcome
 }
 
-/// The plan, with pod addresses on loopback in rootless mode.
+/// The plan, with pod addresses as the runtime gives them.
 fn plan_for(
     snapshot: &weft_control::store::Snapshot,
     replicas: &BTreeMap<weft_api::Key, u32>,
-    rootless: bool,
+    runtime: &dyn Runtime,
 ) -> anyhow::Result<crate::plan::Plan> {
     let mut plan = crate::plan::plan(snapshot, replicas)?;
-    if rootless {
-        for pod in &mut plan.pods {
-            pod.ip = crate::plan::rootless_addrs(pod.ip).0;
-        }
-    }
+    runtime.place(&mut plan);
     Ok(plan)
 }
 
@@ -316,12 +303,7 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
     // service reads the issuer key; in namespace mode the destination
     // service runs under its own uid, with its token, a copy of the trust
     // anchors and the cluster state it reads in directories it owns.
-    // SAFETY: geteuid has no preconditions.
-    let destination_uid = if mesh.rootless {
-        unsafe { libc::geteuid() }
-    } else {
-        DESTINATION_UID
-    };
+    let destination_uid = mesh.runtime.uid(DESTINATION_UID);
     let control_dir = state.join("control");
     for dir in [&control_dir, &state.join("cluster")] {
         handed_dir(dir, destination_uid)?;
@@ -332,22 +314,7 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
         &state.join("cluster"),
         &render::cluster_state(&mesh.snapshot, &mesh.plan, &BTreeMap::new())?,
     )?;
-    if mesh.rootless {
-        // Rootless meshes share the loopback addresses: a second one would
-        // fail only in its logs and then report the first one's pods.
-        for port in [IDENTITY_PORT, DESTINATION_PORT] {
-            let addr = SocketAddr::from((mesh.control_ip, port));
-            if let Err(e) = std::net::TcpListener::bind(addr) {
-                bail!(
-                    "{addr} is taken ({e}): another rootless mesh (or program) runs here; \
-                     stop it first (one rootless mesh per host)"
-                );
-            }
-        }
-    } else {
-        mesh.net.create_bridge()?;
-        info!(bridge = %mesh.net.bridge(), addr = %BRIDGE_IP, "network ready");
-    }
+    mesh.runtime.prepare()?;
     let control_ip = mesh.control_ip;
     let destination_token = TokenFile::create(
         &ca,
@@ -395,8 +362,8 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
         ),
     ];
     for (name, mut argv) in control {
-        if name == "destination" && !mesh.rootless {
-            argv.splice(0..0, as_uid(DESTINATION_UID));
+        if name == "destination" {
+            argv.splice(0..0, mesh.runtime.as_user(DESTINATION_UID));
         }
         let mut env = base_env(&mesh.name);
         env.push(("WEFT_LOG".into(), "info".into()));
@@ -449,41 +416,15 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         .as_ref()
         .context("the control plane is not up")?;
     let ca = &env.ca;
-    let ns = mesh.net.namespace(&pod.name);
-    if !mesh.rootless {
-        let index = mesh.next_index;
-        mesh.next_index += 1;
-        mesh.net.create_pod(
-            &pod.name,
-            index,
-            pod.ip,
-            &pod.namespace,
-            &mesh.plan.services,
-        )?;
-        run_command(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            path(&env.proxy_bin)?,
-            "init",
-            "--proxy-uid",
-            &PROXY_UID.to_string(),
-            "--skip-inbound-ports",
-            "4190,4191",
-        ])?;
-    }
+    let proxy_bin = path(&env.proxy_bin)?;
+    mesh.runtime
+        .create_pod(pod, &mesh.plan.services, proxy_bin)?;
     // Made afresh (a crashed run's is gone), then handed to the proxy's uid:
     // only it can open its token.
     let pod_dir = mesh.state.join("pods").join(&pod.name);
     let _ = std::fs::remove_dir_all(&pod_dir);
     weft_control::secure_fs::private_dir(&pod_dir)?;
-    // SAFETY: geteuid has no preconditions.
-    let owner = if mesh.rootless {
-        unsafe { libc::geteuid() }
-    } else {
-        PROXY_UID
-    };
+    let owner = mesh.runtime.uid(PROXY_UID);
     let token = TokenFile::create(
         ca,
         &pod.identity,
@@ -494,45 +435,13 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
     std::os::unix::fs::chown(&pod_dir, Some(owner), Some(owner))
         .with_context(|| format!("giving {} to uid {owner}", pod_dir.display()))?;
 
-    // Namespace mode: inside the pod's namespace, as the given uid.
-    // Rootless: as this user, on the pod's loopback addresses.
-    let launch = |uid: u32, program: &str| -> Vec<String> {
-        if mesh.rootless {
-            return vec![program.to_string()];
-        }
-        let mut argv: Vec<String> = ["ip", "netns", "exec", &ns]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        argv.extend(as_uid(uid));
-        argv.push(program.to_string());
-        argv
-    };
     let control_ip = mesh.control_ip;
     let logs = mesh.state.join("logs");
+    let addressing = mesh.runtime.addressing(pod);
     let mut app_env = base_env(&mesh.name);
-    let mut listeners = None;
-    let app_ip = if mesh.rootless {
-        // Other pods reach this one at pod.ip (its proxy's inbound
-        // listener on the first port), which forwards to the program on
-        // its own address; the program sends through its proxy.
-        let [_, _, a, b] = pod.ip.octets();
-        let app_ip = Ipv4Addr::new(127, 19, a, b);
-        let port = pod.ports.first().map_or(4143, |(_, p)| *p);
-        if pod.ports.len() > 1 {
-            warn!(pod = %pod.name, "rootless mode serves only the first port of a pod");
-        }
-        listeners = Some(weft_api::proxy::Listeners {
-            inbound: SocketAddr::from((pod.ip, port)),
-            inbound_forward: SocketAddr::from((app_ip, port)),
-            outbound: SocketAddr::from((pod.ip, 4140)),
-            admin: SocketAddr::from((pod.ip, 4191)),
-        });
-        app_env.push(("http_proxy".into(), format!("http://{}:4140", pod.ip)));
-        app_ip
-    } else {
-        pod.ip
-    };
+    if let Some(proxy) = addressing.http_proxy {
+        app_env.push(("http_proxy".into(), proxy));
+    }
     let spec = weft_api::proxy::ProxySpec {
         log: "warn,weft_proxy=info".into(),
         identity_service: weft_api::proxy::ServiceAddr {
@@ -546,18 +455,14 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
         local_identity: pod.identity.clone(),
         token_file: token.path().to_path_buf(),
         trust_anchors: env.anchors.clone(),
-        mesh_networks: if mesh.rootless {
-            vec!["198.18.0.0/15".into(), "127.18.0.0/15".into()]
-        } else {
-            vec!["198.18.0.0/15".into()]
-        },
-        listeners,
+        mesh_networks: addressing.mesh_networks,
+        listeners: addressing.listeners,
     };
     let mut proxy_env = base_env(&mesh.name);
     proxy_env.extend(spec.env());
     let proxy = Supervised::start(Spec {
         name: format!("{}/{} proxy", pod.namespace, pod.name),
-        argv: launch(PROXY_UID, path(&env.proxy_bin)?),
+        argv: mesh.runtime.launch(&pod.name, PROXY_UID, proxy_bin),
         env: proxy_env,
         log: logs.join(format!("{}.proxy.log", pod.name)),
     })?;
@@ -565,12 +470,12 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
     let program = pod.argv.first().context("a pod without a command")?;
     let program = procs::resolve_program(program, &mesh.manifests)?;
     let uid = workload_uid(mesh, &pod.namespace, &pod.deployment);
-    let mut argv = launch(uid, path(&program)?);
+    let mut argv = mesh.runtime.launch(&pod.name, uid, path(&program)?);
     argv.extend(pod.argv.iter().skip(1).cloned());
     app_env.extend([
         ("POD_NAME".into(), pod.name.clone()),
         ("POD_NAMESPACE".into(), pod.namespace.clone()),
-        ("POD_IP".into(), app_ip.to_string()),
+        ("POD_IP".into(), addressing.app_ip.to_string()),
     ]);
     for (name, value) in &pod.env {
         let value = expand(value, &app_env);
@@ -596,7 +501,7 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
 fn stop_pod(mesh: &Mesh, mut running: RunningPod) {
     procs::stop_all(&mut [&mut running.app]);
     procs::stop_all(&mut [&mut running.proxy]);
-    mesh.net.delete_pod(&running.pod.name);
+    mesh.runtime.delete_pod(&running.pod.name);
     let _ = std::fs::remove_dir_all(mesh.state.join("pods").join(&running.pod.name));
 }
 
@@ -612,24 +517,6 @@ fn handed_dir(dir: &Path, uid: u32) -> anyhow::Result<()> {
     weft_control::secure_fs::private_dir(dir)?;
     std::os::unix::fs::chown(dir, Some(uid), Some(uid))
         .with_context(|| format!("giving {} to uid {uid}", dir.display()))
-}
-
-/// The command prefix that runs a program as `uid` (and its group), with no
-/// supplementary groups.
-fn as_uid(uid: u32) -> Vec<String> {
-    let uid = uid.to_string();
-    [
-        "setpriv",
-        "--reuid",
-        &uid,
-        "--regid",
-        &uid,
-        "--clear-groups",
-        "--",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
 }
 
 fn path(p: &Path) -> anyhow::Result<&str> {
@@ -840,15 +727,9 @@ fn reconcile(mesh: &mut Mesh, plan: crate::plan::Plan) -> anyhow::Result<(usize,
         }
     }
     mesh.pods.sort_by_key(|r| key(&r.pod));
-    if services_changed && !mesh.rootless {
-        for r in &mesh.pods {
-            if let Err(e) =
-                mesh.net
-                    .write_hosts(&r.pod.name, r.pod.ip, &r.pod.namespace, &mesh.plan.services)
-            {
-                warn!(pod = %r.pod.name, error = format!("{e:#}"), "cannot update the hosts file");
-            }
-        }
+    if services_changed {
+        let pods: Vec<&Pod> = mesh.pods.iter().map(|r| &r.pod).collect();
+        mesh.runtime.services_changed(&pods, &mesh.plan.services);
     }
     publish(mesh);
     Ok((started - replaced, stopped, replaced))
@@ -883,7 +764,7 @@ fn apply_manifests(
     for k in edited {
         mesh.replicas.remove(&k);
     }
-    let plan = plan_for(&snapshot, &mesh.replicas, mesh.rootless)?;
+    let plan = plan_for(&snapshot, &mesh.replicas, &*mesh.runtime)?;
     mesh.snapshot = snapshot;
     let (started, stopped, replaced) = reconcile(mesh, plan)?;
     Ok(format!(
@@ -925,7 +806,7 @@ fn apply(mesh: &mut Mesh, request: control::Request) -> anyhow::Result<String> {
             let key = find_workload(mesh, &workload)?;
             let mut overrides = mesh.replicas.clone();
             overrides.insert(key.clone(), replicas);
-            let plan = plan_for(&mesh.snapshot, &overrides, mesh.rootless)?;
+            let plan = plan_for(&mesh.snapshot, &overrides, &*mesh.runtime)?;
             mesh.replicas = overrides;
             let (added, removed, _) = reconcile(mesh, plan)?;
             Ok(format!(
@@ -1011,21 +892,12 @@ fn teardown(mesh: &mut Mesh) {
     let mut control: Vec<&mut Supervised> = mesh.control.iter_mut().collect();
     procs::stop_all(&mut control);
     kill_strays(&mesh.name);
-    let removed = if mesh.rootless {
-        mesh.pods.len()
-    } else {
-        mesh.net.delete_all()
-    };
+    let removed = mesh.runtime.teardown(mesh.pods.len());
     let _ = std::fs::remove_dir_all(mesh.state.join("cluster"));
     let _ = std::fs::remove_dir_all(mesh.state.join("pods"));
     let _ = std::fs::remove_file(mesh.state.join("control.sock"));
-    let what = if mesh.rootless {
-        "pods"
-    } else {
-        "pod namespaces removed"
-    };
     outln!(
-        "stopped: {removed} {what}; logs kept in {}",
+        "stopped: {removed}; logs kept in {}",
         mesh.state.join("logs").display()
     );
 }
