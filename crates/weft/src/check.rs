@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::Args;
 
-use crate::output::Output;
+use crate::output::OutputArgs;
 use weft_identity::ca::{self, CertAndKey};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
@@ -28,8 +28,8 @@ pub struct CheckArgs {
     ca_dir: Option<PathBuf>,
     #[command(flatten)]
     mesh: crate::mesh::MeshArgs,
-    #[arg(short, long, value_enum, default_value = "table")]
-    output: Output,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -382,20 +382,17 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
             checks
         }
     };
-    match args.output {
-        Output::Json => outln!("{}", serde_json::to_string_pretty(&checks)?),
-        Output::Table => {
-            let width = checks.iter().map(|c| c.check.len()).max().unwrap_or(0);
-            for c in &checks {
-                let mark = match c.status {
-                    Status::Ok => "✔",
-                    Status::Warn => "‼",
-                    Status::Fail => "✖",
-                };
-                outln!("{mark} {:width$}  {}", c.check, c.message);
-                if let Some(hint) = &c.hint {
-                    outln!("  {:width$}  hint: {hint}", "");
-                }
+    if !args.output.data(&checks)? {
+        let width = checks.iter().map(|c| c.check.len()).max().unwrap_or(0);
+        for c in &checks {
+            let mark = match c.status {
+                Status::Ok => "✔",
+                Status::Warn => "‼",
+                Status::Fail => "✖",
+            };
+            outln!("{mark} {:width$}  {}", c.check, c.message);
+            if let Some(hint) = &c.hint {
+                outln!("  {:width$}  hint: {hint}", "");
             }
         }
     }

@@ -9,7 +9,7 @@ use linkerd2_proxy_api::destination as api;
 use linkerd2_proxy_api::destination::destination_client::DestinationClient;
 use serde_json::json;
 
-use crate::output::{Output, print_table};
+use crate::output::{Output, OutputArgs, Table, print_table};
 
 #[derive(Subcommand)]
 pub enum DiagnosticsCmd {
@@ -27,8 +27,8 @@ pub enum DiagnosticsCmd {
 pub struct PlanArgs {
     /// The manifests directory.
     dir: std::path::PathBuf,
-    #[arg(short, long, value_enum, default_value = "table")]
-    output: Output,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Args)]
@@ -52,8 +52,8 @@ pub struct QueryArgs {
     destination_name: weft_identity::Identity,
     #[command(flatten)]
     mesh: crate::mesh::MeshArgs,
-    #[arg(short, long, value_enum, default_value = "table")]
-    output: Output,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 impl QueryArgs {
@@ -137,8 +137,7 @@ fn plan(args: &PlanArgs) -> anyhow::Result<()> {
         );
     }
     let plan = crate::plan::plan(&snapshot, &Default::default())?;
-    if args.output == Output::Json {
-        outln!("{}", serde_json::to_string_pretty(&plan)?);
+    if args.output.data(&plan)? {
         return Ok(());
     }
     let services: Vec<Vec<String>> = plan
@@ -166,10 +165,22 @@ fn plan(args: &PlanArgs) -> anyhow::Result<()> {
                 p.ip.to_string(),
                 p.identity.clone(),
                 p.argv.join(" "),
+                format!("{}/{}", p.namespace, p.deployment),
+                p.ports
+                    .iter()
+                    .map(|(name, port)| match name {
+                        Some(name) => format!("{name}:{port}"),
+                        None => port.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]
         })
         .collect();
-    print_table(&["POD", "IP", "IDENTITY", "COMMAND"], &pods);
+    Table::new(&["POD", "IP", "IDENTITY", "COMMAND"])
+        .wide(&["DEPLOYMENT", "PORTS"])
+        .rows(pods)
+        .print(args.output.output == Output::Wide);
     Ok(())
 }
 
@@ -258,7 +269,7 @@ async fn endpoints(args: QueryArgs) -> anyhow::Result<()> {
         }
     };
     addrs.sort_by_key(address);
-    if args.output == Output::Json {
+    {
         let endpoints: Vec<_> = addrs
             .iter()
             .map(|a| {
@@ -272,8 +283,9 @@ async fn endpoints(args: QueryArgs) -> anyhow::Result<()> {
             })
             .collect();
         let out = json!({"target": args.target, "exists": exists, "labels": set_labels, "endpoints": endpoints});
-        outln!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        if args.output.data(&out)? {
+            return Ok(());
+        }
     }
     if addrs.is_empty() {
         outln!(
@@ -380,7 +392,7 @@ async fn profile(args: QueryArgs) -> anyhow::Result<()> {
         })
         .collect();
     let budget = p.retry_budget.as_ref();
-    if args.output == Output::Json {
+    {
         let out = json!({
             "target": args.target,
             "fully_qualified_name": p.fully_qualified_name,
@@ -399,8 +411,9 @@ async fn profile(args: QueryArgs) -> anyhow::Result<()> {
                 "failure_when": failures,
             })).collect::<Vec<_>>(),
         });
-        outln!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        if args.output.data(&out)? {
+            return Ok(());
+        }
     }
     let name = if p.fully_qualified_name.is_empty() {
         "(not a service)"

@@ -1,4 +1,8 @@
-//! How CLI commands print: aligned tables for people, JSON for scripts.
+//! How CLI commands print, one way for all: `-o table` (aligned columns
+//! for people), `-o wide` (the same with the columns a command keeps for
+//! when there is room), `-o json` and `-o yaml` (the command's data, for
+//! scripts). A command builds its data once (`Serialize`) and a [`Table`];
+//! [`OutputArgs::emit`] picks.
 
 use std::io::Write as _;
 
@@ -7,7 +11,83 @@ use clap::ValueEnum;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
+    Wide,
     Json,
+    Yaml,
+}
+
+/// The `-o` flag every command that prints results takes.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct OutputArgs {
+    /// How to print: aligned columns, the same with more columns, or the
+    /// data as JSON or YAML.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+impl OutputArgs {
+    /// Prints `data` when a format for scripts was asked for, and says
+    /// whether it did; otherwise the caller prints for people.
+    pub fn data<T: serde::Serialize + ?Sized>(&self, data: &T) -> anyhow::Result<bool> {
+        match self.output {
+            Output::Json => outln!("{}", serde_json::to_string_pretty(data)?),
+            Output::Yaml => out!("{}", serde_yaml_ng::to_string(data)?),
+            Output::Table | Output::Wide => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Prints `data` for scripts, or `table` for people.
+    pub fn emit<T: serde::Serialize + ?Sized>(&self, data: &T, table: Table) -> anyhow::Result<()> {
+        if !self.data(data)? {
+            table.print(self.output == Output::Wide);
+        }
+        Ok(())
+    }
+}
+
+/// Rows under headers; the columns after `wide` headers show with `-o wide` only.
+pub struct Table {
+    headers: Vec<String>,
+    /// How many columns show without `-o wide`.
+    narrow: usize,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            narrow: headers.len(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds columns shown only with `-o wide`; rows give their cells last.
+    pub fn wide(mut self, headers: &[&str]) -> Self {
+        self.headers.extend(headers.iter().map(|h| h.to_string()));
+        self
+    }
+
+    pub fn rows(mut self, rows: Vec<Vec<String>>) -> Self {
+        self.rows = rows;
+        self
+    }
+
+    pub fn print(&self, wide: bool) {
+        let columns = if wide {
+            self.headers.len()
+        } else {
+            self.narrow
+        };
+        let headers: Vec<&str> = self.headers[..columns].iter().map(String::as_str).collect();
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().take(columns).cloned().collect())
+            .collect();
+        print_table(&headers, &rows);
+    }
 }
 
 /// Prints `rows` under `headers`, each column as wide as its widest cell.

@@ -27,8 +27,8 @@ pub struct ShowArgs {
     /// A CA directory whose trust anchors the certificate is checked against.
     #[arg(long)]
     ca_dir: Option<PathBuf>,
-    #[arg(short, long, value_enum, default_value = "table")]
-    output: crate::output::Output,
+    #[command(flatten)]
+    output: crate::output::OutputArgs,
 }
 
 #[derive(serde::Serialize)]
@@ -108,34 +108,31 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<()> {
         serial: cert.raw_serial_as_string(),
         verified,
     };
-    match args.output {
-        crate::output::Output::Json => outln!("{}", serde_json::to_string_pretty(&shown)?),
-        crate::output::Output::Table => {
-            let remaining = Duration::from_secs(shown.remaining_seconds.max(0) as u64);
-            let rows = [
-                ("subject", shown.subject.clone()),
-                (
-                    "identity",
-                    shown.identity.clone().unwrap_or_else(|| "—".into()),
+    if !args.output.data(&shown)? {
+        let remaining = Duration::from_secs(shown.remaining_seconds.max(0) as u64);
+        let rows = [
+            ("subject", shown.subject.clone()),
+            (
+                "identity",
+                shown.identity.clone().unwrap_or_else(|| "—".into()),
+            ),
+            ("SANs", shown.sans.join(", ")),
+            ("issuer", shown.issuer.clone()),
+            ("valid from", shown.not_before.clone()),
+            (
+                "valid until",
+                format!(
+                    "{} ({} left)",
+                    shown.not_after,
+                    humantime::format_duration(remaining)
                 ),
-                ("SANs", shown.sans.join(", ")),
-                ("issuer", shown.issuer.clone()),
-                ("valid from", shown.not_before.clone()),
-                (
-                    "valid until",
-                    format!(
-                        "{} ({} left)",
-                        shown.not_after,
-                        humantime::format_duration(remaining)
-                    ),
-                ),
-                ("key", shown.key.clone()),
-                ("serial", shown.serial.clone()),
-                ("verified", shown.verified.clone()),
-            ];
-            for (name, value) in rows {
-                outln!("{name:<12} {value}");
-            }
+            ),
+            ("key", shown.key.clone()),
+            ("serial", shown.serial.clone()),
+            ("verified", shown.verified.clone()),
+        ];
+        for (name, value) in rows {
+            outln!("{name:<12} {value}");
         }
     }
     Ok(())

@@ -13,10 +13,9 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::mesh::{MeshPod, get};
-use crate::output::{Output, print_table};
+use crate::output::{OutputArgs, Table};
 use crate::target::{Kind, Target};
 use weft_control::metrics_text::{Sample, parse};
 
@@ -35,8 +34,8 @@ pub struct StatArgs {
     /// Time between the two scrapes that rates are computed over.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     window: Duration,
-    #[arg(short, long, value_enum, default_value = "table")]
-    output: Output,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// The counters `weft stat` reads, summed over a workload's proxies.
@@ -268,10 +267,6 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
             workload_stat(name, ns, counts, before, after, args.window)
         })
         .collect();
-    if args.output == Output::Json {
-        outln!("{}", serde_json::to_string_pretty(&json!(stats))?);
-        return Ok(());
-    }
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
     let rows: Vec<Vec<String>> = stats
         .iter()
@@ -288,26 +283,26 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
                 opt(s.latency_ms_p99, "ms"),
                 format!("{}", s.tcp_connections),
                 opt(s.tls_percent, "%"),
+                s.direction.clone(),
             ]
         })
         .collect();
     let first_column = kind.to_uppercase();
-    print_table(
-        &[
-            &first_column,
-            "READY",
-            "MESHED",
-            "SUCCESS",
-            "RPS",
-            "P50",
-            "P95",
-            "P99",
-            "TCP",
-            "MTLS",
-        ],
-        &rows,
-    );
-    Ok(())
+    let table = Table::new(&[
+        &first_column,
+        "READY",
+        "MESHED",
+        "SUCCESS",
+        "RPS",
+        "P50",
+        "P95",
+        "P99",
+        "TCP",
+        "MTLS",
+    ])
+    .wide(&["DIRECTION"])
+    .rows(rows);
+    args.output.emit(&stats, table)
 }
 
 #[cfg(test)]

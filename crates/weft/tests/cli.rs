@@ -74,3 +74,52 @@ fn targets_that_make_no_sense_are_refused_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn every_output_format_prints_the_same_data() {
+    let plan = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["diagnostics", "plan", DEMO, "-o", format])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "-o {format}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&plan("json")).unwrap();
+    let yaml: serde_json::Value = serde_yaml_ng::from_str(&plan("yaml")).unwrap();
+    assert_eq!(json, yaml);
+    assert!(json["pods"].as_array().is_some_and(|p| !p.is_empty()), "{json}");
+
+    // Wide adds columns; the narrow table has none of them.
+    let table = plan("table");
+    let wide = plan("wide");
+    let header = |text: &str, first: &str| {
+        text.lines()
+            .find(|l| l.starts_with(first))
+            .unwrap_or_else(|| panic!("no {first} header in:\n{text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(header(&table, "POD"), ["POD", "IP", "IDENTITY", "COMMAND"]);
+    assert_eq!(
+        header(&wide, "POD"),
+        ["POD", "IP", "IDENTITY", "COMMAND", "DEPLOYMENT", "PORTS"]
+    );
+    let web = wide
+        .lines()
+        .find(|l| l.starts_with("demo/web-0"))
+        .unwrap_or_else(|| panic!("no web pod in:\n{wide}"));
+    let cells: Vec<&str> = web.split_whitespace().collect();
+    assert_eq!(cells[cells.len() - 2..], ["demo/web", "http:8080"], "{web}");
+    assert!(!table.contains("http:8080"), "{table}");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["diagnostics", "plan", DEMO, "-o", "xml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(stderr.contains("table, wide, json, yaml"), "{stderr}");
+}
