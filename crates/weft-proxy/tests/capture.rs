@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use support::metric_sum;
+use weft_testkit::curl::Curl;
 use weft_testkit::netns;
 
 const PROXY_UID: &str = "2102";
@@ -195,31 +196,15 @@ fn serve_http_in(ns: &str, addr: SocketAddr) {
     tokio::spawn(weft_testkit::http::serve(listener));
 }
 
+/// curl inside pod `ns` (as the proxy's uid, whose traffic is not captured,
+/// when `as_proxy_uid`): whether it succeeded, and its output or error.
 async fn curl_in(ns: &str, as_proxy_uid: bool, url: &str) -> (bool, String) {
-    let mut args = vec!["netns", "exec", ns];
+    let mut curl = Curl::new([url]).netns(ns).max_time(10);
     if as_proxy_uid {
-        args.extend([
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-        ]);
+        curl = curl.uid(PROXY_UID.parse().expect("a uid"));
     }
-    args.extend(["curl", "-sS", "--max-time", "10", url]);
-    let out = tokio::process::Command::new("ip")
-        .args(&args)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(if out.status.success() {
-        &out.stdout
-    } else {
-        &out.stderr
-    })
-    .into_owned();
-    (out.status.success(), text)
+    let out = curl.output().await;
+    (out.success, out.text().to_string())
 }
 
 fn nat_rules(pods: &Pods) -> Vec<String> {

@@ -3,6 +3,7 @@
 //! Each `serve_*` function runs a server on an already-bound listener until its
 //! task is dropped; [`in_netns`] runs any of them inside a network namespace.
 
+pub mod curl;
 pub mod grpc;
 pub mod http;
 pub mod netns;

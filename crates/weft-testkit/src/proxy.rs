@@ -235,18 +235,3 @@ impl Drop for Proxy {
         }
     }
 }
-
-/// Runs curl with a 60 s cap; returns (exit success, stdout, stderr).
-pub async fn curl(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "60"])
-        .args(args)
-        .output()
-        .await
-        .expect("curl is installed (apt-get install curl)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}

@@ -89,7 +89,10 @@ fn every_output_format_prints_the_same_data() {
     let json: serde_json::Value = serde_json::from_str(&plan("json")).unwrap();
     let yaml: serde_json::Value = serde_yaml_ng::from_str(&plan("yaml")).unwrap();
     assert_eq!(json, yaml);
-    assert!(json["pods"].as_array().is_some_and(|p| !p.is_empty()), "{json}");
+    assert!(
+        json["pods"].as_array().is_some_and(|p| !p.is_empty()),
+        "{json}"
+    );
 
     // Wide adds columns; the narrow table has none of them.
     let table = plan("table");

@@ -56,23 +56,11 @@ fn workload(app: &str, addr: SocketAddr) -> String {
     )
 }
 
+/// A request through the proxy at `via` (explicit proxy): status and body.
 fn curl(via: &str, url: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-x",
-            via,
-            "-w",
-            "\n%{http_code}",
-            url,
-        ])
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    weft_testkit::curl::Curl::new(["-x", via, url])
+        .max_time(10)
+        .status_and_body()
 }
 
 #[test]

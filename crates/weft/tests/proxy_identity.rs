@@ -774,20 +774,11 @@ async fn opaque_tcp_rides_mtls_to_the_peer_proxy_port_with_a_transport_header() 
 
 /// Runs curl with `args`; returns what it printed (headers with `-i`).
 async fn curl_out(args: Vec<String>) -> String {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "20"])
-            .args(&args)
-            .output()
-            .expect("curl is installed");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-    .await
-    .unwrap()
+    weft_testkit::curl::Curl::new(args)
+        .max_time(20)
+        .output()
+        .await
+        .combined()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

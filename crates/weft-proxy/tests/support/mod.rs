@@ -13,7 +13,8 @@ pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-pub use weft_testkit::proxy::{Proxy, curl};
+pub use weft_testkit::curl::curl;
+pub use weft_testkit::proxy::Proxy;
 
 /// A proxy of this crate's binary with extra settings, ready.
 pub fn start_proxy(env: &[(&str, String)]) -> Proxy {
