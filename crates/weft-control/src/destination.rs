@@ -104,7 +104,7 @@ pub struct Endpoint {
 
 /// The answer to a `Get`, at one snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Resolution {
+pub struct EndpointSet {
     pub exists: bool,
     /// Labels for the whole set (namespace, service).
     pub labels: BTreeMap<String, String>,
@@ -126,8 +126,8 @@ fn endpoint(w: &ExternalWorkload, opaque: bool) -> Endpoint {
 }
 
 /// The ready endpoints of `svc` for its port `port`.
-fn service_resolution(snapshot: &Snapshot, key: &Key, svc: &Service, port: u16) -> Resolution {
-    let mut res = Resolution {
+fn service_endpoints(snapshot: &Snapshot, key: &Key, svc: &Service, port: u16) -> EndpointSet {
+    let mut res = EndpointSet {
         exists: true,
         labels: BTreeMap::from([
             ("namespace".into(), key.namespace.clone()),
@@ -169,21 +169,21 @@ fn service_resolution(snapshot: &Snapshot, key: &Key, svc: &Service, port: u16) 
 }
 
 /// What the store says about `target` now.
-pub fn resolve(snapshot: &Snapshot, target: &Target) -> Resolution {
+pub fn endpoint_set(snapshot: &Snapshot, target: &Target) -> EndpointSet {
     match target {
         Target::Service { key, port } => match snapshot.services.get(key) {
-            Some(svc) => service_resolution(snapshot, key, svc, *port),
-            None => Resolution::default(),
+            Some(svc) => service_endpoints(snapshot, key, svc, *port),
+            None => EndpointSet::default(),
         },
         Target::Addr(addr) => {
             if let Some((key, svc)) = snapshot.service_by_cluster_ip(addr.ip()) {
-                return service_resolution(snapshot, key, svc, addr.port());
+                return service_endpoints(snapshot, key, svc, addr.port());
             }
             match snapshot.workload_by_ip(addr.ip()) {
                 Some(w) => {
                     let opaque =
                         in_ranges(&opaque_ports(&w.metadata).unwrap_or_default(), addr.port());
-                    Resolution {
+                    EndpointSet {
                         exists: true,
                         labels: BTreeMap::from([(
                             "namespace".into(),
@@ -192,10 +192,10 @@ pub fn resolve(snapshot: &Snapshot, target: &Target) -> Resolution {
                         endpoints: BTreeMap::from([(*addr, endpoint(w, opaque))]),
                     }
                 }
-                None => Resolution::default(),
+                None => EndpointSet::default(),
             }
         }
-        Target::Unknown(_) => Resolution::default(),
+        Target::Unknown(_) => EndpointSet::default(),
     }
 }
 
@@ -285,7 +285,7 @@ fn add<'a>(
 /// The messages that take a client from `last` (None: nothing sent yet) to
 /// `next`. The first message is always sent and is never `no_endpoints`
 /// when there are endpoints; an emptied set becomes `no_endpoints{exists}`.
-pub fn deltas(last: Option<&Resolution>, next: &Resolution) -> Vec<api::Update> {
+pub fn deltas(last: Option<&EndpointSet>, next: &EndpointSet) -> Vec<api::Update> {
     let Some(last) = last else {
         return vec![if next.endpoints.is_empty() {
             no_endpoints(next.exists)
@@ -537,7 +537,7 @@ type Watches<T> = Mutex<HashMap<Target, watch::Sender<Arc<T>>>>;
 pub struct Index {
     store: watch::Receiver<Arc<Snapshot>>,
     cluster_domain: String,
-    endpoints: Watches<Resolution>,
+    endpoints: Watches<EndpointSet>,
     profiles: Watches<api::DestinationProfile>,
     metrics: DestinationMetrics,
 }
@@ -581,7 +581,7 @@ impl Index {
         self.observe(snapshot);
         self.metrics.store_snapshots.inc();
         let started = std::time::Instant::now();
-        refresh(&self.endpoints, |t| resolve(snapshot, t));
+        refresh(&self.endpoints, |t| endpoint_set(snapshot, t));
         refresh(&self.profiles, |t| {
             profile(snapshot, t, &self.cluster_domain)
         });
@@ -596,9 +596,9 @@ impl Index {
         debug!(version = snapshot.version, elapsed = ?started.elapsed(), "index refreshed");
     }
 
-    pub fn watch_endpoints(&self, target: &Target) -> watch::Receiver<Arc<Resolution>> {
+    pub fn watch_endpoints(&self, target: &Target) -> watch::Receiver<Arc<EndpointSet>> {
         subscribe(&self.endpoints, target, || {
-            resolve(&self.store.borrow(), target)
+            endpoint_set(&self.store.borrow(), target)
         })
     }
 
@@ -688,7 +688,7 @@ impl DestinationApi for DestinationService {
         let guard = WatcherGuard::new(&metrics, &ENDPOINTS);
         let counter = metrics.updates.get_or_create(&ENDPOINTS).clone();
         // State: the receiver, what the client has, and whether this is the start.
-        let state = (rx, None::<Arc<Resolution>>, guard);
+        let state = (rx, None::<Arc<EndpointSet>>, guard);
         let stream = futures_util::stream::unfold(state, |(mut rx, last, guard)| async move {
             loop {
                 if last.is_some() && rx.changed().await.is_err() {
@@ -873,7 +873,7 @@ status:
     fn services_resolve_to_ready_workloads_with_named_target_ports() {
         let s = snapshot(MESH);
         let web = Target::parse("web.demo.svc.cluster.local:80", DOMAIN).unwrap();
-        let res = resolve(&s, &web);
+        let res = endpoint_set(&s, &web);
         assert!(res.exists);
         let addrs: Vec<String> = res.endpoints.keys().map(|a| a.to_string()).collect();
         assert_eq!(addrs, ["198.18.1.1:8080", "198.18.1.2:8081"]);
@@ -884,10 +884,10 @@ status:
         );
         assert!(!meshed.opaque);
         // The cluster IP resolves the same way.
-        let by_ip = resolve(&s, &Target::Addr("198.18.100.1:80".parse().unwrap()));
+        let by_ip = endpoint_set(&s, &Target::Addr("198.18.100.1:80".parse().unwrap()));
         assert_eq!(by_ip, res);
         // An opaque port carries the transport-header hint to the proxy port.
-        let db = resolve(&s, &Target::Addr("198.18.100.1:5432".parse().unwrap()));
+        let db = endpoint_set(&s, &Target::Addr("198.18.100.1:5432".parse().unwrap()));
         let e = &db.endpoints[&"198.18.1.1:5432".parse().unwrap()];
         assert!(e.opaque && e.inbound_port == 4200);
         let wa = weighted_addr("198.18.1.1:5432".parse().unwrap(), e);
@@ -900,13 +900,13 @@ status:
             4200
         );
         // A declared service with an undeclared port exists but has no endpoints.
-        let none = resolve(&s, &Target::Addr("198.18.100.1:81".parse().unwrap()));
+        let none = endpoint_set(&s, &Target::Addr("198.18.100.1:81".parse().unwrap()));
         assert!(none.exists && none.endpoints.is_empty());
         // Unknown things do not exist.
-        assert!(!resolve(&s, &Target::Unknown("example.com".into())).exists);
-        assert!(!resolve(&s, &Target::Addr("198.18.9.9:80".parse().unwrap())).exists);
+        assert!(!endpoint_set(&s, &Target::Unknown("example.com".into())).exists);
+        assert!(!endpoint_set(&s, &Target::Addr("198.18.9.9:80".parse().unwrap())).exists);
         // A workload IP is an endpoint of its own.
-        let pod = resolve(&s, &Target::Addr("198.18.1.2:9000".parse().unwrap()));
+        let pod = endpoint_set(&s, &Target::Addr("198.18.1.2:9000".parse().unwrap()));
         assert_eq!(pod.endpoints.len(), 1);
     }
 
@@ -924,17 +924,17 @@ status:
     #[test]
     fn deltas_follow_the_protocol_rules() {
         let s = snapshot(MESH);
-        let full = resolve(&s, &Target::Addr("198.18.100.1:80".parse().unwrap()));
+        let full = endpoint_set(&s, &Target::Addr("198.18.100.1:80".parse().unwrap()));
         let mut one = full.clone();
         one.endpoints.pop_last();
-        let empty = Resolution {
+        let empty = EndpointSet {
             endpoints: BTreeMap::new(),
             ..full.clone()
         };
         assert_eq!(kinds(&deltas(None, &full)), ["add 2"]);
         assert_eq!(kinds(&deltas(None, &empty)), ["none exists=true"]);
         assert_eq!(
-            kinds(&deltas(None, &Resolution::default())),
+            kinds(&deltas(None, &EndpointSet::default())),
             ["none exists=false"]
         );
         assert_eq!(kinds(&deltas(Some(&full), &one)), ["remove 1"]);
@@ -942,7 +942,7 @@ status:
         assert_eq!(kinds(&deltas(Some(&full), &full)), Vec::<String>::new());
         assert_eq!(kinds(&deltas(Some(&full), &empty)), ["none exists=true"]);
         assert_eq!(
-            kinds(&deltas(Some(&empty), &Resolution::default())),
+            kinds(&deltas(Some(&empty), &EndpointSet::default())),
             ["none exists=false"]
         );
         let mut reweighted = full.clone();

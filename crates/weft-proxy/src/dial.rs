@@ -18,7 +18,7 @@ use weft_identity::Identity;
 
 use crate::io::Metered;
 use crate::metrics::{Direction, Metrics, Peer, TcpConn, TcpLabels, Tls};
-use crate::tls::{MeshConnectError, MeshTls};
+use crate::tls::{MeshConnectError, MeshTlsConfigs};
 use crate::transport_header::TransportHeader;
 
 /// Why a connection to an endpoint could not be made.
@@ -163,7 +163,7 @@ pub struct Dialer {
     /// the destination service. An address keeps the identity it was last
     /// given (addresses are not reused across identities within a mesh).
     pub outbound_identities: RwLock<HashMap<SocketAddr, MeshEndpoint>>,
-    pub mesh: Option<Arc<MeshTls>>,
+    pub mesh: Option<Arc<MeshTlsConfigs>>,
 }
 
 impl Dialer {

@@ -34,7 +34,7 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     /// Present when identity is on: terminates inbound mesh TLS.
-    pub mesh_tls: Option<Arc<crate::tls::MeshTls>>,
+    pub mesh_tls: Option<Arc<crate::tls::MeshTlsConfigs>>,
     pub pools: Arc<Pools>,
     /// Present when a destination service is configured.
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
@@ -115,7 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let mesh_tls = match (&identity, &config.identity) {
-        (Some(creds), Some(id)) => Some(Arc::new(crate::tls::MeshTls::new(
+        (Some(creds), Some(id)) => Some(Arc::new(crate::tls::MeshTlsConfigs::new(
             creds.clone(),
             id.trust_anchors.clone(),
         ))),

@@ -26,8 +26,9 @@ use weft_identity::verify::TrustAnchors;
 use crate::transport_header::{ALPN as TRANSPORT_HEADER_ALPN, TransportHeader};
 use weft_identity::certify::{Credentials, CredentialsWatch};
 
-/// Mesh TLS for both directions, from the current credentials.
-pub struct MeshTls {
+/// The rustls configurations of mesh TLS, both directions, from the current
+/// credentials (rebuilt only when they are renewed).
+pub struct MeshTlsConfigs {
     creds: CredentialsWatch,
     provider: Arc<CryptoProvider>,
     verifier: Arc<MeshClientVerifier>,
@@ -66,13 +67,13 @@ pub enum MeshConnectError {
     },
 }
 
-impl std::fmt::Debug for MeshTls {
+impl std::fmt::Debug for MeshTlsConfigs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshTls").finish_non_exhaustive()
+        f.debug_struct("MeshTlsConfigs").finish_non_exhaustive()
     }
 }
 
-impl MeshTls {
+impl MeshTlsConfigs {
     pub fn new(creds: CredentialsWatch, anchors: TrustAnchors) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let algorithms = provider.signature_verification_algorithms;
@@ -81,7 +82,7 @@ impl MeshTls {
             algorithms,
         });
         let server_verifier = Arc::new(IdentityVerifier::new(anchors, &provider));
-        MeshTls {
+        MeshTlsConfigs {
             creds,
             provider,
             verifier,
@@ -125,7 +126,7 @@ impl MeshTls {
     }
 }
 
-impl MeshTls {
+impl MeshTlsConfigs {
     fn client_configs(&self) -> Result<ClientConfigs, MeshConnectError> {
         let creds = self
             .creds

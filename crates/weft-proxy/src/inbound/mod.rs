@@ -31,7 +31,7 @@ use crate::http::{HttpConn, Side};
 use crate::io::Metered;
 use crate::metrics::{Direction, HttpConnMetrics, Peer, TcpConn, TcpLabels, Tls};
 use crate::proxy::{Accepted, ClientIo, Shared, copy_opaque, detect_unless_opaque};
-use crate::tls::MeshTls;
+use crate::tls::MeshTlsConfigs;
 use crate::transport_header::{SessionProtocol, TransportHeader};
 
 /// Serves one inbound connection to its end.
@@ -119,7 +119,7 @@ struct MeshAccepted {
 /// when the connection was refused (the reason is logged).
 async fn accept_mesh_tls(
     shared: &Shared,
-    mesh: &MeshTls,
+    mesh: &MeshTlsConfigs,
     io: PrefixedIo<ClientIo>,
     target: SocketAddr,
     detect_timeout: std::time::Duration,
