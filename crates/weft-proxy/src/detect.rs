@@ -243,10 +243,6 @@ impl<I> PrefixedIo<I> {
     pub fn new(prefix: Bytes, io: I) -> Self {
         Self { prefix, io }
     }
-
-    pub fn get_ref(&self) -> &I {
-        &self.io
-    }
 }
 
 impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
@@ -287,17 +283,7 @@ impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
         self.project().io.poll_write_vectored(cx, bufs)
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
+    crate::io::pass_through_to_io!();
 }
 
 #[cfg(test)]

@@ -68,8 +68,9 @@ pub enum InitError {
 /// One iptables invocation, without the program name.
 type Rule = Vec<String>;
 
-fn rule(args: &[&str]) -> Rule {
-    args.iter().map(|s| s.to_string()).collect()
+/// A rule written as iptables-save shows it (no word holds a space).
+fn rule(line: &str) -> Rule {
+    line.split_whitespace().map(String::from).collect()
 }
 
 /// `-p tcp -m multiport --dports a,b:c -j RETURN` rules for a port set.
@@ -89,20 +90,10 @@ fn skip_rules(chain: &str, ports: &str, flag: &'static str) -> Result<Vec<Rule>,
     Ok(specs
         .chunks(MULTIPORT_MAX)
         .map(|chunk| {
-            rule(&[
-                "-t",
-                "nat",
-                "-A",
-                chain,
-                "-p",
-                "tcp",
-                "-m",
-                "multiport",
-                "--dports",
-                &chunk.join(","),
-                "-j",
-                "RETURN",
-            ])
+            rule(&format!(
+                "-t nat -A {chain} -p tcp -m multiport --dports {} -j RETURN",
+                chunk.join(",")
+            ))
         })
         .collect())
 }
@@ -114,61 +105,23 @@ pub fn chain_rules(args: &InitArgs) -> Result<Vec<Rule>, InitError> {
         &args.skip_inbound_ports,
         "skip-inbound-ports",
     )?;
-    let inbound = args.inbound_port.to_string();
-    rules.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        INBOUND_CHAIN,
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &inbound,
-    ]));
-
-    let uid = args.proxy_uid.to_string();
-    rules.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        OUTBOUND_CHAIN,
-        "-m",
-        "owner",
-        "--uid-owner",
-        &uid,
-        "-j",
-        "RETURN",
-    ]));
-    rules.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        OUTBOUND_CHAIN,
-        "-o",
-        "lo",
-        "-j",
-        "RETURN",
-    ]));
+    let (inbound, outbound, uid) = (args.inbound_port, args.outbound_port, args.proxy_uid);
+    rules.push(rule(&format!(
+        "-t nat -A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {inbound}"
+    )));
+    // The proxy's own connections, and loopback, are never captured.
+    rules.push(rule(&format!(
+        "-t nat -A {OUTBOUND_CHAIN} -m owner --uid-owner {uid} -j RETURN"
+    )));
+    rules.push(rule(&format!("-t nat -A {OUTBOUND_CHAIN} -o lo -j RETURN")));
     rules.extend(skip_rules(
         OUTBOUND_CHAIN,
         &args.skip_outbound_ports,
         "skip-outbound-ports",
     )?);
-    let outbound = args.outbound_port.to_string();
-    rules.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        OUTBOUND_CHAIN,
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &outbound,
-    ]));
+    rules.push(rule(&format!(
+        "-t nat -A {OUTBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {outbound}"
+    )));
     Ok(rules)
 }
 
@@ -221,15 +174,15 @@ impl Iptables<'_> {
     fn install(&self, rules: &[Rule]) -> Result<(), InitError> {
         for (_, chain) in JUMPS {
             // -N fails when the chain exists; either way it is then flushed.
-            self.run(&rule(&["-t", "nat", "-N", chain]), true)?;
-            self.must(&rule(&["-t", "nat", "-F", chain]))?;
+            self.run(&rule(&format!("-t nat -N {chain}")), true)?;
+            self.must(&rule(&format!("-t nat -F {chain}")))?;
         }
         for r in rules {
             self.must(r)?;
         }
         for (builtin, chain) in JUMPS {
-            if self.dry_run || !self.run(&rule(&["-t", "nat", "-C", builtin, "-j", chain]), true)? {
-                self.must(&rule(&["-t", "nat", "-A", builtin, "-j", chain]))?;
+            if self.dry_run || !self.run(&rule(&format!("-t nat -C {builtin} -j {chain}")), true)? {
+                self.must(&rule(&format!("-t nat -A {builtin} -j {chain}")))?;
             }
         }
         Ok(())
@@ -240,13 +193,13 @@ impl Iptables<'_> {
             // Delete every copy of the jump (bounded: a handful at most).
             for _ in 0..16 {
                 if self.dry_run
-                    || !self.run(&rule(&["-t", "nat", "-D", builtin, "-j", chain]), true)?
+                    || !self.run(&rule(&format!("-t nat -D {builtin} -j {chain}")), true)?
                 {
                     break;
                 }
             }
-            self.run(&rule(&["-t", "nat", "-F", chain]), true)?;
-            self.run(&rule(&["-t", "nat", "-X", chain]), true)?;
+            self.run(&rule(&format!("-t nat -F {chain}")), true)?;
+            self.run(&rule(&format!("-t nat -X {chain}")), true)?;
         }
         Ok(())
     }

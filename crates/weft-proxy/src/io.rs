@@ -16,6 +16,32 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::metrics::TcpConn;
 
+/// The `AsyncWrite` methods a pin-projected wrapper passes straight to its
+/// `io` field: the wrappers here change what is read or counted, never how
+/// a stream flushes or shuts down.
+macro_rules! pass_through_to_io {
+    () => {
+        fn is_write_vectored(&self) -> bool {
+            self.io.is_write_vectored()
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.project().io.poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.project().io.poll_shutdown(cx)
+        }
+    };
+}
+pub(crate) use pass_through_to_io;
+
 pin_project_lite::pin_project! {
     /// Counts the bytes that cross `io` into the connection's TCP metrics.
     #[derive(Debug)]
@@ -33,10 +59,6 @@ impl<I> Metered<I> {
 
     pub fn conn(&self) -> &Arc<TcpConn> {
         &self.conn
-    }
-
-    pub fn get_ref(&self) -> &I {
-        &self.io
     }
 }
 
@@ -81,17 +103,7 @@ impl<I: AsyncWrite> AsyncWrite for Metered<I> {
         res
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
+    pass_through_to_io!();
 }
 
 fn record_write(conn: &TcpConn, res: &Poll<io::Result<usize>>) {

@@ -186,11 +186,9 @@ async fn requests_a_strict_server_refuses_never_reach_the_application() {
 
 #[tokio::test]
 async fn a_slow_head_gets_408_and_a_broken_chunk_400() {
-    let app = spawn_server(weft_testkit::http::serve).await;
-    let proxy = inbound_proxy_to(
-        app,
-        &[("WEFT_PROXY_HTTP_HEADER_READ_TIMEOUT", "500ms".into())],
-    );
+    let proxy =
+        http_app_behind_inbound_proxy(&[("WEFT_PROXY_HTTP_HEADER_READ_TIMEOUT", "500ms".into())])
+            .await;
     let slowloris = exchange(
         proxy.inbound,
         &[b"GET / HTTP/1.1\r\n", b"Host: a\r\n", b"X-More: 1\r\n"],
@@ -344,8 +342,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_hold_bounded_memory_and_give_it_back() {
     const CONNS: usize = 3000;
-    let app = spawn_server(weft_testkit::http::serve).await;
-    let proxy = inbound_proxy_to(app, &[]);
+    let proxy = http_app_behind_inbound_proxy(&[]).await;
     distinct_authorities(proxy.inbound, 200, 4).await;
     let (idle, _) = proxy.memory_kib();
 
@@ -392,8 +389,8 @@ async fn half_sent_requests_hold_bounded_memory_and_give_it_back() {
 
 #[tokio::test]
 async fn connections_past_the_limit_are_refused_and_counted() {
-    let app = spawn_server(weft_testkit::http::serve).await;
-    let proxy = inbound_proxy_to(app, &[("WEFT_PROXY_INBOUND_MAX_CONNECTIONS", "20".into())]);
+    let proxy =
+        http_app_behind_inbound_proxy(&[("WEFT_PROXY_INBOUND_MAX_CONNECTIONS", "20".into())]).await;
     let mut held = Vec::new();
     for _ in 0..20 {
         let mut s = TcpStream::connect(proxy.inbound).await.unwrap();

@@ -95,8 +95,7 @@ async fn explicit_proxy_connect_tunnel() {
 
 #[tokio::test]
 async fn inbound_http1_status_codes_and_errors_are_classified() {
-    let server = spawn_server(weft_testkit::http::serve).await;
-    let proxy = inbound_proxy_to(server, &[]);
+    let proxy = http_app_behind_inbound_proxy(&[]).await;
     let base = format!("http://{}", proxy.inbound);
     let (ok, codes, err) = curl(&[
         "-w",
@@ -173,8 +172,7 @@ async fn proxy_errors_are_explicit_502_and_504() {
 
 #[tokio::test]
 async fn http2_prior_knowledge_with_h2load_and_trailers() {
-    let server = spawn_server(weft_testkit::http::serve).await;
-    let proxy = inbound_proxy_to(server, &[]);
+    let proxy = http_app_behind_inbound_proxy(&[]).await;
 
     let out = tokio::process::Command::new("h2load")
         .args([
@@ -418,8 +416,7 @@ async fn grpc_client_pointed_at_the_explicit_proxy_is_routed_by_authority() {
 #[tokio::test]
 async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = spawn_server(weft_testkit::http::serve).await;
-    let proxy = inbound_proxy_to(server, &[]);
+    let proxy = http_app_behind_inbound_proxy(&[]).await;
     let mut s = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
     s.write_all(
         b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
@@ -444,11 +441,9 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
 
 #[tokio::test]
 async fn idle_endpoint_connections_are_reused_then_closed() {
-    let server = spawn_server(weft_testkit::http::serve).await;
-    let proxy = inbound_proxy_to(
-        server,
-        &[("WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", "500ms".into())],
-    );
+    let proxy =
+        http_app_behind_inbound_proxy(&[("WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", "500ms".into())])
+            .await;
     let url = format!("http://{}/hello", proxy.inbound);
     // Two clients one after the other: the second reuses the first one's
     // upstream connection from the idle list.

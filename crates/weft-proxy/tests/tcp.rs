@@ -119,11 +119,9 @@ async fn malformed_http_gets_400_and_others_are_still_served() {
 
 #[tokio::test]
 async fn a_stalled_client_is_cut_off_without_blocking_others() {
-    let server = spawn_server(weft_testkit::http::serve).await;
-    let proxy = inbound_proxy_to(
-        server,
-        &[("WEFT_PROXY_HTTP_HEADER_READ_TIMEOUT", "1s".into())],
-    );
+    let proxy =
+        http_app_behind_inbound_proxy(&[("WEFT_PROXY_HTTP_HEADER_READ_TIMEOUT", "1s".into())])
+            .await;
 
     // Starts a request and never finishes its head.
     let mut stalled = TcpStream::connect(proxy.inbound).await.unwrap();

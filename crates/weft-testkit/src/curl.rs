@@ -70,18 +70,8 @@ impl Curl {
             argv.extend(["ip", "netns", "exec", ns].map(String::from));
         }
         if let Some(uid) = self.uid {
-            let uid = uid.to_string();
-            argv.extend(
-                [
-                    "setpriv",
-                    "--reuid",
-                    &uid,
-                    "--regid",
-                    &uid,
-                    "--clear-groups",
-                ]
-                .map(String::from),
-            );
+            let setpriv = format!("setpriv --reuid {uid} --regid {uid} --clear-groups");
+            argv.extend(setpriv.split(' ').map(String::from));
         }
         argv.extend(["curl", "-sS", "--max-time"].map(String::from));
         argv.push(self.max_time_secs.to_string());

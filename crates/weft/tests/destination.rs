@@ -278,19 +278,23 @@ async fn run_weft(args: &[&str]) -> std::process::Output {
     .unwrap()
 }
 
+/// `weft diagnostics <what> <target>` against the plaintext destination
+/// service at `destination`, with `extra` arguments.
+async fn diagnose(
+    what: &str,
+    target: &str,
+    destination: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let args = ["diagnostics", what, target, "--plaintext", "--destination"];
+    run_weft(&[&args[..], &[destination], extra].concat()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diagnostics_show_what_proxies_are_told() {
     let d = web_with_one_workload();
     let addr = d.addr.to_string();
-    let out = run_weft(&[
-        "diagnostics",
-        "endpoints",
-        WEB,
-        "--plaintext",
-        "--destination",
-        &addr,
-    ])
-    .await;
+    let out = diagnose("endpoints", WEB, &addr, &[]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.starts_with("ADDRESS "), "{text}");
@@ -301,47 +305,23 @@ async fn diagnostics_show_what_proxies_are_told() {
         "{text}"
     );
 
-    let out = run_weft(&[
-        "diagnostics",
-        "endpoints",
-        "198.18.100.1:80",
-        "--plaintext",
-        "--destination",
-        &addr,
-        "-o",
-        "json",
-    ])
-    .await;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["exists"], true);
-    assert_eq!(json["endpoints"][0]["address"], "198.18.1.1:8080");
-    assert_eq!(json["labels"]["service"], "web");
+    let json = |out: std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let endpoints = json(diagnose("endpoints", "198.18.100.1:80", &addr, &["-o", "json"]).await);
+    assert_eq!(endpoints["exists"], true);
+    assert_eq!(endpoints["endpoints"][0]["address"], "198.18.1.1:8080");
+    assert_eq!(endpoints["labels"]["service"], "web");
 
-    let out = run_weft(&[
-        "diagnostics",
-        "profile",
-        WEB,
-        "--plaintext",
-        "--destination",
-        &addr,
-        "-o",
-        "json",
-    ])
-    .await;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["fully_qualified_name"], "web.demo.svc.cluster.local");
-    assert_eq!(json["retry_budget"]["min_retries_per_second"], 10);
+    let profile = json(diagnose("profile", WEB, &addr, &["-o", "json"]).await);
+    assert_eq!(
+        profile["fully_qualified_name"],
+        "web.demo.svc.cluster.local"
+    );
+    assert_eq!(profile["retry_budget"]["min_retries_per_second"], 10);
 
     let dead = format!("127.0.0.1:{}", support::free_port());
-    let out = run_weft(&[
-        "diagnostics",
-        "endpoints",
-        WEB,
-        "--plaintext",
-        "--destination",
-        &dead,
-    ])
-    .await;
+    let out = diagnose("endpoints", WEB, &dead, &[]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -436,24 +436,39 @@ async fn failing_replicas_are_ejected_and_an_empty_service_fails_fast() {
     assert!(proxy.metric("outbound_http_errors_total", &[("error", "no_endpoints")]) >= 1.0);
 }
 
-const PROFILE: &str = "apiVersion: linkerd.io/v1alpha2
+/// web's ServiceProfile with `routes` (YAML list items, indented two spaces).
+fn web_profile(routes: &str) -> String {
+    format!(
+        "apiVersion: linkerd.io/v1alpha2
 kind: ServiceProfile
-metadata: {name: web.demo.svc.cluster.local, namespace: demo}
+metadata: {{name: web.demo.svc.cluster.local, namespace: demo}}
 spec:
   routes:
-  - name: slow
+{routes}"
+    )
+}
+
+/// A slow route with a timeout, and a retryable catch-all.
+fn slow_and_retryable_profile() -> String {
+    web_profile(
+        "  - name: slow
     condition: {method: GET, pathRegex: /slow}
     timeout: 100ms
   - name: root
     condition: {method: GET, pathRegex: /}
     isRetryable: true
-";
+",
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_costs_no_request_on_a_retryable_route_and_timeouts_answer_504() {
     let mut replicas: Vec<Replica> =
         futures_util::future::join_all((0..3).map(|_| replica(Duration::ZERO))).await;
-    let d = serve(&replicas, &[("profile.yaml", PROFILE)]);
+    let d = serve(
+        &replicas,
+        &[("profile.yaml", &slow_and_retryable_profile())],
+    );
     let proxy = start_proxy(d.addr);
     let root = [("rt_route", "root"), ("dst", "web.demo.svc.cluster.local")];
     // The profile arrives with the first resolution; wait until routes count.
@@ -540,22 +555,19 @@ async fn fails_once_then_echoes() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 async fn a_streamed_body_of_unknown_length_is_replayed_on_retries() {
     let (a, task_a) = fails_once_then_echoes().await;
     let (b, task_b) = fails_once_then_echoes().await;
-    let profile = "apiVersion: linkerd.io/v1alpha2
-kind: ServiceProfile
-metadata: {name: web.demo.svc.cluster.local, namespace: demo}
-spec:
-  routes:
-  - name: echo
+    let profile = web_profile(
+        "  - name: echo
     condition: {method: POST, pathRegex: /echo}
     isRetryable: true
   - name: warm
     condition: {method: GET, pathRegex: /warmup}
-";
+",
+    );
     let d = Destination::start(&[
         ("web.yaml", &service()),
         ("web-0.yaml", &workload("web-0", a)),
         ("web-1.yaml", &workload("web-1", b)),
-        ("profile.yaml", profile),
+        ("profile.yaml", &profile),
     ]);
     let proxy = start_proxy(d.addr);
     // GETs until the profile has arrived (its `warm` route counts them).

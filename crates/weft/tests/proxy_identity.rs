@@ -129,6 +129,20 @@ async fn mesh_request(
 }
 
 /// Like [`mesh_request`], writing `parts` with `pause` between them.
+/// `GET /headers` over mesh TLS as the identity `CLIENT` (certified by
+/// `ca`): the answer, which must be a 200.
+async fn get_as_client(anchors: &str, ca: &Ca, addr: SocketAddr) -> String {
+    let answer = mesh_request(
+        client_config(anchors, Some((ca, CLIENT))),
+        addr,
+        GET_HEADERS,
+    )
+    .await
+    .expect("mesh TLS request");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}
+
 async fn mesh_request_in_parts(
     config: std::sync::Arc<rustls::ClientConfig>,
     addr: SocketAddr,
@@ -204,14 +218,7 @@ async fn inbound_mesh_tls_is_terminated_and_the_app_sees_the_client_identity() {
     );
 
     // A meshed client: the app sees its verified identity, never the spoofed one.
-    let answer = mesh_request(
-        client_config(&anchors, Some((&ca, CLIENT))),
-        proxy.inbound,
-        GET_HEADERS,
-    )
-    .await
-    .expect("mesh TLS request");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = get_as_client(&anchors, &ca, proxy.inbound).await;
     assert!(
         answer.contains(&format!("l5d-client-id: {CLIENT}")),
         "{answer}"
@@ -1031,14 +1038,8 @@ async fn a_port_that_requires_identity_refuses_plaintext_and_unidentified_client
     })
     .await;
 
-    let meshed = mesh_request(
-        client_config(&anchors, Some((&ca, CLIENT))),
-        proxy.inbound,
-        GET_HEADERS,
-    )
-    .await
-    .expect("mesh TLS request");
-    assert!(meshed.starts_with("HTTP/1.1 200"), "{meshed}");
+    // A meshed client with an identity is let through.
+    get_as_client(&anchors, &ca, proxy.inbound).await;
 
     let plain = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};

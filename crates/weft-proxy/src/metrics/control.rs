@@ -5,10 +5,9 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
 use super::Metrics;
-use super::family::{Family, Series, SeriesLimits};
+use super::family::{Family, Registrar, Series};
 
 /// The control-plane address a client talks to.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,36 +34,18 @@ pub(super) struct ControlFamilies {
 }
 
 impl ControlFamilies {
-    pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
+    pub(super) fn register(r: &mut Registrar) -> Self {
         ControlFamilies {
-            request_total: Family::registered(
-                registry,
+            request_total: r.counter(
                 "control_request",
                 "Discovery streams opened to the control plane",
-                limits,
-                Counter::default,
             ),
-            stream_failures_total: Family::registered(
-                registry,
+            stream_failures_total: r.counter(
                 "control_stream_failures",
                 "Discovery streams that failed or ended (each is retried with back-off)",
-                limits,
-                Counter::default,
             ),
-            updates_total: Family::registered(
-                registry,
-                "control_updates",
-                "Discovery updates received",
-                limits,
-                Counter::default,
-            ),
-            streams_active: Family::registered(
-                registry,
-                "control_streams_active",
-                "Discovery streams open now",
-                limits,
-                Gauge::default,
-            ),
+            updates_total: r.counter("control_updates", "Discovery updates received"),
+            streams_active: r.gauge("control_streams_active", "Discovery streams open now"),
         }
     }
 }

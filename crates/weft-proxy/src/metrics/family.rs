@@ -26,6 +26,8 @@ use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use tracing::warn;
 
@@ -221,6 +223,37 @@ where
         let family = Family::new(limits, make);
         registry.register(name, help, family.clone());
         family
+    }
+}
+
+/// Registers bounded families in one registry under one set of limits: a
+/// metric is one line, `r.counter("name", "help")`.
+pub struct Registrar<'a> {
+    pub registry: &'a mut prometheus_client::registry::Registry,
+    pub limits: SeriesLimits,
+}
+
+impl Registrar<'_> {
+    pub fn family<L, M>(&mut self, name: &str, help: &str, make: fn() -> M) -> Family<L, M>
+    where
+        L: Clone + Hash + Eq + EncodeLabelSet + Send + Sync + fmt::Debug + 'static,
+        M: Clone + EncodeMetric + TypedMetric + Send + Sync + fmt::Debug + 'static,
+    {
+        Family::registered(self.registry, name, help, self.limits, make)
+    }
+
+    pub fn counter<L>(&mut self, name: &str, help: &str) -> Family<L, Counter>
+    where
+        L: Clone + Hash + Eq + EncodeLabelSet + Send + Sync + fmt::Debug + 'static,
+    {
+        self.family(name, help, Counter::default)
+    }
+
+    pub fn gauge<L>(&mut self, name: &str, help: &str) -> Family<L, Gauge>
+    where
+        L: Clone + Hash + Eq + EncodeLabelSet + Send + Sync + fmt::Debug + 'static,
+    {
+        self.family(name, help, Gauge::default)
     }
 }
 

@@ -11,9 +11,8 @@ use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 
-use super::family::{Family, Series, SeriesLimits};
+use super::family::{Family, Registrar, Series};
 use super::{Direction, DstLabels, HistogramFamily, Metrics, Tls, latency_histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,27 +66,13 @@ pub(super) struct HttpFamilies {
 }
 
 impl HttpFamilies {
-    pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
+    pub(super) fn register(r: &mut Registrar) -> Self {
         HttpFamilies {
-            request_total: Family::registered(
-                registry,
-                "request",
-                "Total HTTP requests",
-                limits,
-                Counter::default,
-            ),
-            response_total: Family::registered(
-                registry,
-                "response",
-                "Total HTTP responses",
-                limits,
-                Counter::default,
-            ),
-            response_latency_ms: Family::registered(
-                registry,
+            request_total: r.counter("request", "Total HTTP requests"),
+            response_total: r.counter("response", "Total HTTP responses"),
+            response_latency_ms: r.family(
                 "response_latency_ms",
                 "Time from request to response headers in milliseconds",
-                limits,
                 latency_histogram,
             ),
         }

@@ -29,8 +29,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub use self::control::ActiveStream;
-use self::family::Family;
 pub use self::family::SeriesLimits;
+use self::family::{Family, Registrar};
 pub use self::http::{AuthorityMetrics, HttpConnMetrics, StatusMetrics};
 pub use self::labels::{Direction, DstLabels, Peer, TcpLabels, Tls};
 pub use self::route::{RouteMetrics, RouteStatus};
@@ -79,11 +79,16 @@ impl Metrics {
     /// HTTP metrics with the client's authority (unsafe: the client picks it).
     pub fn new(limits: SeriesLimits, inbound_authority: bool) -> Arc<Self> {
         let mut registry = Registry::default();
-        let tcp = tcp::TcpFamilies::register(&mut registry, limits);
-        let http = http::HttpFamilies::register(&mut registry, limits);
-        let mut errors = |name: &str, help: &str| {
-            Family::registered(&mut registry, name, help, limits, Counter::default)
+        let identity = identity::IdentityFamilies::register(&mut registry, limits);
+        let mut r = Registrar {
+            registry: &mut registry,
+            limits,
         };
+        let tcp = tcp::TcpFamilies::register(&mut r);
+        let http = http::HttpFamilies::register(&mut r);
+        let route = route::RouteFamilies::register(&mut r);
+        let control = control::ControlFamilies::register(&mut r);
+        let mut errors = |name: &str, help: &str| r.counter(name, help);
         let inbound_http_errors_total = errors(
             "inbound_http_errors",
             "Inbound HTTP requests the proxy answered with an error of its own",
@@ -100,9 +105,6 @@ impl Metrics {
             "outbound_tcp_accept_errors",
             "Outbound connections closed before they were served, by reason",
         );
-        let identity = identity::IdentityFamilies::register(&mut registry, limits);
-        let route = route::RouteFamilies::register(&mut registry, limits);
-        let control = control::ControlFamilies::register(&mut registry, limits);
         registry.register_collector(Box::new(process::ProcessCollector::new()));
         Arc::new(Metrics {
             registry,

@@ -9,9 +9,8 @@ use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 
-use super::family::{Family, Series, SeriesLimits};
+use super::family::{Family, Registrar, Series};
 use super::{Direction, HistogramFamily, Metrics, latency_histogram};
 
 /// A profile route: the service it belongs to and the route's name.
@@ -48,42 +47,28 @@ pub(super) struct RouteFamilies {
 }
 
 impl RouteFamilies {
-    pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
+    pub(super) fn register(r: &mut Registrar) -> Self {
         RouteFamilies {
-            request_total: Family::registered(
-                registry,
+            request_total: r.counter(
                 "route_request",
                 "Requests matching a profile route (each counted once, however often retried)",
-                limits,
-                Counter::default,
             ),
-            response_total: Family::registered(
-                registry,
+            response_total: r.counter(
                 "route_response",
                 "Responses to requests matching a profile route, as the client saw them",
-                limits,
-                Counter::default,
             ),
-            response_latency_ms: Family::registered(
-                registry,
+            response_latency_ms: r.family(
                 "route_response_latency_ms",
                 "Time to response headers for a profile route, retries included",
-                limits,
                 latency_histogram,
             ),
-            actual_request_total: Family::registered(
-                registry,
+            actual_request_total: r.counter(
                 "route_actual_request",
                 "Requests sent for a profile route, retries included",
-                limits,
-                Counter::default,
             ),
-            actual_response_total: Family::registered(
-                registry,
+            actual_response_total: r.counter(
                 "route_actual_response",
                 "Responses received for a profile route, retries included",
-                limits,
-                Counter::default,
             ),
         }
     }

@@ -10,9 +10,8 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
-use super::family::{Family, Series, SeriesLimits};
+use super::family::{Family, Registrar, Series};
 use super::{HistogramFamily, Metrics, TcpLabels, duration_histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,48 +33,16 @@ pub(super) struct TcpFamilies {
 }
 
 impl TcpFamilies {
-    pub(super) fn register(registry: &mut Registry, limits: SeriesLimits) -> Self {
+    pub(super) fn register(r: &mut Registrar) -> Self {
         TcpFamilies {
-            open_total: Family::registered(
-                registry,
-                "tcp_open",
-                "Total TCP connections opened",
-                limits,
-                Counter::default,
-            ),
-            close_total: Family::registered(
-                registry,
-                "tcp_close",
-                "Total TCP connections closed",
-                limits,
-                Counter::default,
-            ),
-            open_connections: Family::registered(
-                registry,
-                "tcp_open_connections",
-                "TCP connections currently open",
-                limits,
-                Gauge::default,
-            ),
-            read_bytes_total: Family::registered(
-                registry,
-                "tcp_read_bytes",
-                "Bytes read from the peer",
-                limits,
-                Counter::default,
-            ),
-            write_bytes_total: Family::registered(
-                registry,
-                "tcp_write_bytes",
-                "Bytes written to the peer",
-                limits,
-                Counter::default,
-            ),
-            connection_duration_ms: Family::registered(
-                registry,
+            open_total: r.counter("tcp_open", "Total TCP connections opened"),
+            close_total: r.counter("tcp_close", "Total TCP connections closed"),
+            open_connections: r.gauge("tcp_open_connections", "TCP connections currently open"),
+            read_bytes_total: r.counter("tcp_read_bytes", "Bytes read from the peer"),
+            write_bytes_total: r.counter("tcp_write_bytes", "Bytes written to the peer"),
+            connection_duration_ms: r.family(
                 "tcp_connection_duration_ms",
                 "Lifetime of closed TCP connections in milliseconds",
-                limits,
                 duration_histogram,
             ),
         }

@@ -44,6 +44,11 @@ where
     a
 }
 
+/// testkit's HTTP server behind a proxy's inbound side.
+pub async fn http_app_behind_inbound_proxy(env: &[(&str, String)]) -> Proxy {
+    inbound_proxy_to(spawn_server(weft_testkit::http::serve).await, env)
+}
+
 /// A proxy whose inbound side forwards to `server` (the rootless setup).
 pub fn inbound_proxy_to(server: SocketAddr, env: &[(&str, String)]) -> Proxy {
     let mut all = vec![("WEFT_PROXY_INBOUND_FORWARD_ADDR", server.to_string())];

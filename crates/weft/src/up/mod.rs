@@ -181,7 +181,7 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
     // Ours, and closed to others: another local user must not be able to
     // plant a CA or read a token here. Proxies (their own uid) pass through
     // the state and pods directories to their token, without listing them.
-    let passable = runtime.state_dir_mode();
+    let passable = runtime.kind().state_dir_mode;
     if let Some(root) = state.parent() {
         weft_control::secure_fs::owned_dir(root, passable)?;
     }
@@ -190,9 +190,9 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
     for dir in ["ca", "logs"] {
         weft_control::secure_fs::private_dir(&state.join(dir))?;
     }
-    std::fs::write(state.join("mode"), runtime.mode()).context("writing the mesh's mode")?;
+    std::fs::write(state.join("mode"), runtime.kind().mode).context("writing the mesh's mode")?;
     let mut mesh = Mesh {
-        control_ip: runtime.control_ip(),
+        control_ip: runtime.kind().control_ip,
         runtime,
         name,
         state: state.clone(),

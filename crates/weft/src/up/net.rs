@@ -21,18 +21,7 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 /// Runs `ip ARGS`; its standard output.
 fn ip_output(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (install iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    super::run_command(&[&["ip"], args].concat()).context("ip, from iproute2")
 }
 
 /// The mesh's network objects, named after the mesh.

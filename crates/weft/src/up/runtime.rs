@@ -30,15 +30,20 @@ pub struct PodAddressing {
     pub mesh_networks: Vec<String>,
 }
 
-pub trait Runtime: Send {
+/// What tells the runtimes apart, as constants.
+pub struct Kind {
     /// `namespaces` or `rootless`: kept in the state directory, read by `weft check`.
-    fn mode(&self) -> &'static str;
+    pub mode: &'static str,
     /// Where the control plane listens.
-    fn control_ip(&self) -> Ipv4Addr;
+    pub control_ip: Ipv4Addr,
     /// The mode of the state directories: namespaces let proxies (their own
     /// uid) pass through to their token without listing; rootless, every
     /// program is you.
-    fn state_dir_mode(&self) -> u32;
+    pub state_dir_mode: u32,
+}
+
+pub trait Runtime: Send {
+    fn kind(&self) -> &'static Kind;
     /// Gives the plan's pods this runtime's addresses.
     fn place(&self, plan: &mut Plan);
     /// Removes what an earlier run of the mesh left; how many namespaces.
@@ -86,16 +91,12 @@ pub struct Namespaces {
 }
 
 impl Runtime for Namespaces {
-    fn mode(&self) -> &'static str {
-        "namespaces"
-    }
-
-    fn control_ip(&self) -> Ipv4Addr {
-        BRIDGE_IP
-    }
-
-    fn state_dir_mode(&self) -> u32 {
-        0o711
+    fn kind(&self) -> &'static Kind {
+        &Kind {
+            mode: "namespaces",
+            control_ip: BRIDGE_IP,
+            state_dir_mode: 0o711,
+        }
     }
 
     fn place(&self, _plan: &mut Plan) {}
@@ -115,19 +116,11 @@ impl Runtime for Namespaces {
     }
 
     fn as_user(&self, uid: u32) -> Vec<String> {
-        let uid = uid.to_string();
-        [
-            "setpriv",
-            "--reuid",
-            &uid,
-            "--regid",
-            &uid,
-            "--clear-groups",
-            "--",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        // Its group too, and no supplementary groups.
+        format!("setpriv --reuid {uid} --regid {uid} --clear-groups --")
+            .split(' ')
+            .map(String::from)
+            .collect()
     }
 
     fn launch(&self, pod: &str, uid: u32, program: &str) -> Vec<String> {
@@ -197,16 +190,12 @@ impl Runtime for Namespaces {
 pub struct Rootless;
 
 impl Runtime for Rootless {
-    fn mode(&self) -> &'static str {
-        "rootless"
-    }
-
-    fn control_ip(&self) -> Ipv4Addr {
-        ROOTLESS_CONTROL_IP
-    }
-
-    fn state_dir_mode(&self) -> u32 {
-        0o700
+    fn kind(&self) -> &'static Kind {
+        &Kind {
+            mode: "rootless",
+            control_ip: ROOTLESS_CONTROL_IP,
+            state_dir_mode: 0o700,
+        }
     }
 
     fn place(&self, plan: &mut Plan) {
