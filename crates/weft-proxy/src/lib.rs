@@ -2,16 +2,19 @@
 //!
 //! Module map (see ARCHITECTURE.md for the flow):
 //! - [`config`]: settings from the environment, with linkerd2-proxy aliases.
-//! - [`proxy`]: listeners, original destination, detection, dispatch, drain.
+//! - [`proxy`]: listeners, accepted connections, dispatch to a side, drain.
+//! - [`inbound`]: connections to the application: mesh TLS, transport header,
+//!   admission (where authorization goes), `l5d-client-id`.
+//! - [`outbound`]: connections from the application: service → backend →
+//!   endpoint, routes, retries, explicit proxy.
 //! - [`detect`]: what protocol a connection speaks.
-//! - [`http`]: HTTP/1 and HTTP/2 proxying with pooled endpoint clients.
-//! - [`tcp`]: opaque forwarding and endpoint connects.
+//! - [`http`]: HTTP mechanics both sides share: server, attempts, pools, bodies, errors.
+//! - [`dial`]: every connection the proxy opens, with mesh TLS to meshed endpoints.
 //! - [`tls`]: mesh TLS, both sides: rustls configurations and peer verification.
 //! - [`transport_header`]: Linkerd's header naming the target port of opaque mesh TLS.
-//! - [`identity`]: the proxy's key and certificate (Certify, renewal).
-//! - [`control`]: gRPC channels to the control plane, TLS when the service's identity is known.
-//! - [`discovery`], [`balance`], [`profile`]: destinations, endpoint choice, routes and retries.
+//! - [`discovery`], [`balance`], [`profile`]: destinations, endpoint choice, routes.
 //! - [`metrics`], [`admin`]: Linkerd-compatible metrics and the admin server.
+//! - [`io`]: byte counting and opaque copying.
 //! - [`init`]: iptables capture rules (`weft-proxy init`).
 
 pub mod admin;

@@ -1,7 +1,7 @@
 //! HTTP mechanics both sides share: the hyper server for a client
 //! connection, the request path's common ends (metrics per request, errors
 //! answered by the proxy, response classification, upgrades), one
-//! [`Attempt`] for every request sent, and the connection pools. What a
+//! `Attempt` for every request sent, and the connection pools. What a
 //! request needs on its way in or out is the side's: `inbound::http`
 //! (restoring `l5d-orig-proto`, `l5d-client-id`) and `outbound::http`
 //! (target choice, routes, balancing, retries).

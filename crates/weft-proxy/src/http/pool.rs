@@ -14,7 +14,7 @@
 //! connection, re-established when it closes.
 //!
 //! Idle connections older than the pool idle timeout are closed by a sweeper,
-//! and pools unused for [`POOL_EXPIRY`] are forgotten.
+//! and pools unused for `POOL_EXPIRY` are forgotten.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
