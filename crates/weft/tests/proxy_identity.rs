@@ -779,6 +779,73 @@ async fn opaque_tcp_rides_mtls_to_the_peer_proxy_port_with_a_transport_header() 
     );
 }
 
+/// A Linkerd proxy sends opaque TCP to the peer's inbound port itself, not
+/// redirected, inside mesh TLS with a transport header: that is served with
+/// no forward address; nothing else that arrives that way is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_the_inbound_port_itself_is_served_only_by_its_transport_header() {
+    let ca = Ca::create();
+    let identity_port = free_port();
+    let (_identity, _) = ca.serve(identity_port, "1h");
+    let greeter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let greeter_addr = greeter.local_addr().unwrap();
+    tokio::spawn(weft_testkit::tcp::serve_greeter(greeter));
+    let server = start_as(&ca, identity_port, WEB, &[]);
+    server.wait_ready(READY_WITHIN);
+
+    let answer = mesh_opaque(
+        &ca,
+        server.inbound,
+        &[transport_header(greeter_addr.port()), b"QUIT\r\n".to_vec()].concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        "220 weft-testkit greeter ready\r\n221 bye\r\n"
+    );
+    let from_client = [
+        ("direction", "inbound"),
+        ("target_addr", &greeter_addr.to_string()),
+        ("client_id", CLIENT),
+    ];
+    server.wait_for("inbound metrics", Duration::from_secs(5), |p| {
+        p.metric("tcp_close_total", &from_client) == 1.0
+    });
+
+    // Mesh TLS without a header has nowhere to go.
+    let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+    let answer = mesh_request(
+        client_config(&anchors, Some((&ca, CLIENT))),
+        server.inbound,
+        GET_HEADERS,
+    )
+    .await;
+    assert!(answer.as_ref().map_or(true, |a| a.is_empty()), "{answer:?}");
+    server.wait_for("the refusal", Duration::from_secs(5), |p| {
+        p.log().contains("without a transport header")
+    });
+    // Nor does plaintext: it is closed and counted.
+    let plain = tokio::task::spawn_blocking({
+        let inbound = server.inbound;
+        move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(inbound).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(GET_HEADERS.as_bytes()).unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            out
+        }
+    })
+    .await
+    .unwrap();
+    assert!(plain.is_empty(), "{}", String::from_utf8_lossy(&plain));
+    server.wait_for("no_target counted", Duration::from_secs(5), |p| {
+        p.metric("inbound_tcp_accept_errors_total", &[("error", "no_target")]) == 1.0
+    });
+}
+
 /// Runs curl with `args`; returns what it printed (headers with `-i`).
 async fn curl_out(args: Vec<String>) -> String {
     weft_testkit::curl::Curl::new(args)

@@ -15,15 +15,17 @@ use super::error::ProxyError;
 pub const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
 
 /// Turns an origin-form HTTP/1 request into HTTP/2 for a peer proxy: the
-/// Host header becomes the authority, and `l5d-orig-proto` keeps the
-/// version so the peer can restore it.
+/// Host header gives the authority and stays on the wire (linkerd2-proxy's
+/// inbound side restores only the version, so an application behind it
+/// would otherwise get a request without Host), and `l5d-orig-proto` keeps
+/// the version so the peer can restore it.
 pub fn upgrade<B>(mut req: Request<B>, addr: SocketAddr) -> Result<Request<B>, ProxyError> {
     let orig_proto = if req.version() == http::Version::HTTP_10 {
         "HTTP/1.0"
     } else {
         "HTTP/1.1"
     };
-    let host = req.headers_mut().remove(http::header::HOST);
+    let host = req.headers().get(http::header::HOST);
     let authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
     *req.uri_mut() = super::absolute_uri(req.uri(), authority, addr)?;
     *req.version_mut() = http::Version::HTTP_2;
@@ -68,7 +70,9 @@ mod tests {
         let mut up = upgrade(req, addr).unwrap();
         assert_eq!(up.version(), http::Version::HTTP_2);
         assert_eq!(up.uri(), "http://web.demo:80/a?b=1");
-        assert!(up.headers().get(http::header::HOST).is_none());
+        // Host stays: a peer that restores only the version (linkerd2-proxy)
+        // hands the application a complete HTTP/1 request.
+        assert_eq!(up.headers()[http::header::HOST], "web.demo:80");
         assert_eq!(up.headers()[L5D_ORIG_PROTO], "HTTP/1.0");
 
         assert!(downgrade(&mut up).unwrap());

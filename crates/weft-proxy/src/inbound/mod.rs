@@ -2,7 +2,8 @@
 //! to this proxy's application.
 //!
 //! ```text
-//! accepted ─▶ target (original destination, or WEFT_PROXY_INBOUND_FORWARD_ADDR)
+//! accepted ─▶ target (original destination, WEFT_PROXY_INBOUND_FORWARD_ADDR, or only
+//!              a transport header, for a connection made to the inbound port itself)
 //!          ─▶ opaque port? else detect
 //!          ─▶ TLS with SNI = our identity? terminate mesh TLS ─▶ transport header, or detect again
 //!          ─▶ identity required on this port? ─▶ [authorization: issue 12]
@@ -38,30 +39,26 @@ use crate::transport_header::{SessionProtocol, TransportHeader};
 pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
     let config = &shared.config;
     let local = accepted.local;
+    // A connection that was not redirected came to the proxy's port itself:
+    // with a forward address set (rootless), it goes there; otherwise only
+    // mesh TLS with a transport header can say where (as a Linkerd proxy
+    // sends opaque TCP).
     let target = if accepted.redirected() {
-        accepted.orig
+        Some(accepted.orig)
     } else {
-        match config.inbound_forward_addr {
-            Some(addr) => addr,
-            None => {
-                return warn!(
-                    %local,
-                    "inbound connection was not redirected and WEFT_PROXY_INBOUND_FORWARD_ADDR is unset; closing"
-                );
-            }
-        }
+        config.inbound_forward_addr
     };
     let labels = |target: SocketAddr, tls: Tls| {
         TcpLabels::new(Direction::Inbound, Peer::Src, target.to_string(), tls)
     };
     let client_conn = shared
         .metrics
-        .tcp_accepted(labels(target, Tls::NotProvidedByRemote));
+        .tcp_accepted(labels(target.unwrap_or(local), Tls::NotProvidedByRemote));
     let mut io = Metered::new(accepted.stream, client_conn.clone());
     let detect_timeout = config.inbound_detect_timeout;
     let Some((protocol, prefix)) = detect_unless_opaque(
         &mut io,
-        Some(target),
+        target,
         &config.inbound_opaque_ports,
         detect_timeout,
     )
@@ -69,16 +66,17 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
     else {
         return;
     };
-    debug!(%target, protocol = protocol.as_str(), "serving");
+    debug!(?target, protocol = protocol.as_str(), "serving");
     if protocol == Protocol::Tls
         && let Some(mesh) = shared.mesh_tls.clone()
-        && let Some(local) = mesh.local_identity()
-        && detect::client_hello_sni(&prefix).as_deref() == Some(local.as_str())
+        && let Some(local_id) = mesh.local_identity()
+        && detect::client_hello_sni(&prefix).as_deref() == Some(local_id.as_str())
     {
         let io = PrefixedIo::new(prefix, io);
         // Boxed, like every stage after detection, so that a connection still
         // being detected (or refused) holds only a small future.
-        let accepted = Box::pin(accept_mesh_tls(&shared, &mesh, io, target, detect_timeout));
+        let to = Destined { target, local };
+        let accepted = Box::pin(accept_mesh_tls(&shared, &mesh, io, to, detect_timeout));
         let Some(mesh) = accepted.await else {
             return;
         };
@@ -92,6 +90,15 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
         let io = PrefixedIo::new(mesh.prefix, mesh.io);
         return Box::pin(conn.serve(shared, io, client_conn, mesh.protocol, watch)).await;
     }
+    let Some(target) = target else {
+        shared
+            .metrics
+            .tcp_accept_error(Direction::Inbound, "no_target");
+        return info!(
+            %local,
+            "closed a connection made to the inbound port itself without mesh TLS and a transport header (and WEFT_PROXY_INBOUND_FORWARD_ADDR is unset)"
+        );
+    };
     client_conn.label(labels(target, Tls::NotProvidedByRemote));
     let conn = Conn {
         target,
@@ -100,6 +107,15 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
     };
     let io = PrefixedIo::new(prefix, io);
     Box::pin(conn.serve(shared, io, client_conn, protocol, watch)).await
+}
+
+/// Where an inbound connection goes before mesh TLS says more: its target
+/// when it has one (redirected, or the forward address), and the address it
+/// reached (whose host a transport header's port is joined to otherwise).
+#[derive(Clone, Copy)]
+struct Destined {
+    target: Option<SocketAddr>,
+    local: SocketAddr,
 }
 
 type MeshServerIo = tokio_rustls::server::TlsStream<PrefixedIo<ClientIo>>;
@@ -121,7 +137,7 @@ async fn accept_mesh_tls(
     shared: &Shared,
     mesh: &MeshTlsConfigs,
     io: PrefixedIo<ClientIo>,
-    target: SocketAddr,
+    to: Destined,
     detect_timeout: std::time::Duration,
 ) -> Option<MeshAccepted> {
     let Some(config) = mesh.server_config() else {
@@ -156,7 +172,8 @@ async fn accept_mesh_tls(
                 return None;
             }
         };
-        let target = match transport_target(shared.config.inbound_addr, target, &header) {
+        let host = to.target.unwrap_or(to.local);
+        let target = match transport_target(shared.config.inbound_addr, host, &header) {
             Ok(target) => target,
             Err(why) => {
                 info!(port = header.port, name = ?header.name, "refused a transport header: {why}");
@@ -176,6 +193,13 @@ async fn accept_mesh_tls(
             prefix: Bytes::new(),
         });
     }
+    let Some(target) = to.target else {
+        info!(
+            client_id = ?client_id.as_ref().map(|c| c.as_str()),
+            "refused a mesh connection made to the inbound port itself without a transport header"
+        );
+        return None;
+    };
     let (protocol, prefix) = match detect::detect(&mut tls, detect_timeout).await {
         Ok(detected) => detected,
         Err(e) => {
@@ -192,8 +216,9 @@ async fn accept_mesh_tls(
     })
 }
 
-/// Where a transport header sends the connection: the same host as the
-/// original target, at the header's port.
+/// Where a transport header sends the connection: the same host as `target`
+/// (the original target, or the address the connection reached), at the
+/// header's port.
 fn transport_target(
     inbound_addr: SocketAddr,
     target: SocketAddr,
