@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{CONTROL_NAMESPACE, Metadata, check_name, is_dns_label};
+use crate::meta::{CONTROL_NAMESPACE, LabelSelector, Metadata, check_name, is_dns_label};
 
 /// A `Deployment` (apps/v1): the part the local mesh (`weft up`) runs, as
 /// replicas of one local program, each a "pod" with its own proxy and the
@@ -29,13 +29,6 @@ pub struct DeploymentSpec {
 
 fn one_replica() -> u32 {
     1
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct LabelSelector {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -16,8 +16,10 @@
 mod deployment;
 mod manifest;
 mod meta;
+mod policy;
 mod profile;
 pub mod proxy;
+mod route;
 mod service;
 mod workload;
 
@@ -30,7 +32,9 @@ pub use manifest::{
     Located, MAX_MANIFEST_BYTES, ManifestError, Origins, parse_manifests, to_manifest, yaml_lines,
 };
 pub use meta::*;
+pub use policy::*;
 pub use profile::*;
+pub use route::*;
 pub use service::*;
 pub use workload::*;
 
@@ -135,4 +139,20 @@ kinds! {
         ["linkerd.io/v1alpha2", "linkerd.io/v1alpha1"], profile::check_profile;
     /// What the local mesh runs (`weft up`); the destination service does not use them.
     deployments: Deployment = "Deployment" ["apps/v1"], deployment::check_deployment;
+    servers: Server = "Server"
+        ["policy.linkerd.io/v1beta3", "policy.linkerd.io/v1beta2", "policy.linkerd.io/v1beta1"],
+        policy::check_server;
+    authorization_policies: AuthorizationPolicy = "AuthorizationPolicy"
+        ["policy.linkerd.io/v1alpha1"], policy::check_authorization_policy;
+    meshtls_authentications: MeshTlsAuthentication = "MeshTLSAuthentication"
+        ["policy.linkerd.io/v1alpha1"], policy::check_meshtls_authentication;
+    network_authentications: NetworkAuthentication = "NetworkAuthentication"
+        ["policy.linkerd.io/v1alpha1"], policy::check_network_authentication;
+    /// Inbound (parent: a Server) and outbound (parent: a Service).
+    http_routes: HttpRoute = "HTTPRoute"
+        ["policy.linkerd.io/v1beta3", "gateway.networking.k8s.io/v1",
+         "policy.linkerd.io/v1beta2", "gateway.networking.k8s.io/v1beta1"],
+        route::check_http_route;
+    rate_limits: HttpLocalRateLimitPolicy = "HTTPLocalRateLimitPolicy"
+        ["policy.linkerd.io/v1alpha1"], policy::check_rate_limit;
 }

@@ -77,3 +77,104 @@ pub(crate) fn check_name(meta: &Metadata) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A Kubernetes label selector.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<SelectorExpression>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SelectorExpression {
+    pub key: String,
+    pub operator: SelectorOperator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy every term (an empty selector selects all).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator {
+                    SelectorOperator::In => value.is_some_and(|v| e.values.contains(v)),
+                    SelectorOperator::NotIn => value.is_none_or(|v| !e.values.contains(v)),
+                    SelectorOperator::Exists => value.is_some(),
+                    SelectorOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+
+    pub(crate) fn check(&self, field: &str) -> Result<(), String> {
+        for e in &self.match_expressions {
+            let takes_values = matches!(e.operator, SelectorOperator::In | SelectorOperator::NotIn);
+            if takes_values == e.values.is_empty() {
+                return Err(format!(
+                    "{field}.matchExpressions: {:?} {:?} {}",
+                    e.key,
+                    e.operator,
+                    if takes_values {
+                        "needs values"
+                    } else {
+                        "takes no values"
+                    }
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_match_labels_and_expressions() {
+        let labels = BTreeMap::from([
+            ("app".into(), "web".into()),
+            ("tier".into(), "front".into()),
+        ]);
+        let sel = |yaml: &str| serde_yaml_ng::from_str::<LabelSelector>(yaml).unwrap();
+        assert!(sel("{}").matches(&labels));
+        assert!(sel("matchLabels: {app: web}").matches(&labels));
+        assert!(!sel("matchLabels: {app: db}").matches(&labels));
+        assert!(
+            sel("matchExpressions: [{key: tier, operator: In, values: [front, back]}]")
+                .matches(&labels)
+        );
+        assert!(
+            !sel("matchExpressions: [{key: tier, operator: NotIn, values: [front]}]")
+                .matches(&labels)
+        );
+        assert!(sel("matchExpressions: [{key: zone, operator: DoesNotExist}]").matches(&labels));
+        assert!(!sel("matchExpressions: [{key: zone, operator: Exists}]").matches(&labels));
+        assert!(
+            sel("matchExpressions: [{key: zone, operator: In}]")
+                .check("s")
+                .is_err()
+        );
+        assert!(
+            sel("matchExpressions: [{key: zone, operator: Exists, values: [x]}]")
+                .check("s")
+                .is_err()
+        );
+    }
+}
