@@ -26,7 +26,11 @@ fn linkerd_policy_manifests_read_unchanged() {
             .collect()
     };
     assert!(voting.selector().matches(&labels(&[("app", "voting-svc")])));
-    assert!(!voting.selector().matches(&labels(&[("app", "voting-svc"), ("tier", "canary")])));
+    assert!(
+        !voting
+            .selector()
+            .matches(&labels(&[("app", "voting-svc"), ("tier", "canary")]))
+    );
     let external = &m.servers[1].resource.spec;
     assert_eq!(external.port, ServerPort::Number(8080));
     assert!(external.external_workload_selector.is_some());
@@ -40,9 +44,11 @@ fn linkerd_policy_manifests_read_unchanged() {
 
     assert_eq!(m.meshtls_authentications.len(), 2);
     let pattern = &m.meshtls_authentications[1].resource.spec.identities[0];
-    assert!(IdentityMatch::parse(pattern)
-        .unwrap()
-        .matches("bot.demo.serviceaccount.identity.weft.cluster.local"));
+    assert!(
+        IdentityMatch::parse(pattern)
+            .unwrap()
+            .matches("bot.demo.serviceaccount.identity.weft.cluster.local")
+    );
     let nets = &m.network_authentications[0].resource.spec.networks;
     assert!(nets[0].contains("198.18.0.9".parse().unwrap()));
     assert!(!nets[0].contains("198.18.250.9".parse().unwrap()));
@@ -51,7 +57,15 @@ fn linkerd_policy_manifests_read_unchanged() {
     let web_votes = &m.authorization_policies[0].resource.spec;
     assert_eq!(web_votes.target_ref.kind(), Some(RefKind::HttpRoute));
     assert_eq!(web_votes.required_authentication_refs.len(), 2);
-    assert_eq!(m.rate_limits[0].resource.spec.identity.unwrap().requests_per_second, 20);
+    assert_eq!(
+        m.rate_limits[0]
+            .resource
+            .spec
+            .identity
+            .unwrap()
+            .requests_per_second,
+        20
+    );
 }
 
 /// One document with `body` after a Linkerd header: the one problem found, as printed.
@@ -60,7 +74,9 @@ fn problem(kind: &str, body: &str) -> String {
         "Server" | "HTTPRoute" => "policy.linkerd.io/v1beta3",
         _ => "policy.linkerd.io/v1alpha1",
     };
-    let text = format!("# a comment\napiVersion: {version}\nkind: {kind}\nmetadata: {{name: x, namespace: demo}}\n{body}");
+    let text = format!(
+        "# a comment\napiVersion: {version}\nkind: {kind}\nmetadata: {{name: x, namespace: demo}}\n{body}"
+    );
     let (_, errors) = parse_manifests(Path::new("bad.yaml"), &text);
     assert_eq!(errors.len(), 1, "{kind}: {errors:?}");
     errors[0].to_string()
@@ -70,13 +86,37 @@ fn problem(kind: &str, body: &str) -> String {
 fn every_mistake_is_named_with_its_line() {
     let cases = [
         ("Server", "spec: {port: 80}\n", "exactly one of podSelector"),
-        ("Server", "spec: {podSelector: {}, externalWorkloadSelector: {}, port: 80}\n", "exactly one of"),
+        (
+            "Server",
+            "spec: {podSelector: {}, externalWorkloadSelector: {}, port: 80}\n",
+            "exactly one of",
+        ),
         ("Server", "spec: {podSelector: {}, port: 0}\n", "port 0"),
-        ("Server", "spec: {podSelector: {}, port: Not_A_Name}\n", "port name"),
-        ("Server", "spec: {podSelector: {}, port: 80, accessPolicy: allow}\n", "not a default policy"),
-        ("Server", "spec: {podSelector: {}, port: 80, proxyProtocol: HTTP/3}\n", "unknown variant"),
-        ("Server", "spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}, port: 80}\n", "needs values"),
-        ("Server", "spec: {podSelector: {}, port: 80, typo: 1}\n", "unknown field"),
+        (
+            "Server",
+            "spec: {podSelector: {}, port: Not_A_Name}\n",
+            "port name",
+        ),
+        (
+            "Server",
+            "spec: {podSelector: {}, port: 80, accessPolicy: allow}\n",
+            "not a default policy",
+        ),
+        (
+            "Server",
+            "spec: {podSelector: {}, port: 80, proxyProtocol: HTTP/3}\n",
+            "unknown variant",
+        ),
+        (
+            "Server",
+            "spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}, port: 80}\n",
+            "needs values",
+        ),
+        (
+            "Server",
+            "spec: {podSelector: {}, port: 80, typo: 1}\n",
+            "unknown field",
+        ),
         (
             "AuthorizationPolicy",
             "spec:\n  targetRef: {kind: Service, name: web}\n  requiredAuthenticationRefs: []\n",
@@ -97,16 +137,36 @@ fn every_mistake_is_named_with_its_line() {
             "spec:\n  targetRef: {group: policy.linkerd.io, kind: Server, name: s}\n  requiredAuthenticationRefs:\n  - {kind: Secret, name: a}\n",
             "Secret is not a MeshTLSAuthentication",
         ),
-        ("MeshTLSAuthentication", "spec: {identities: [\"web.*.demo\"]}\n", "is not an identity"),
-        ("MeshTLSAuthentication", "spec: {}\n", "needs identities or identityRefs"),
+        (
+            "MeshTLSAuthentication",
+            "spec: {identities: [\"web.*.demo\"]}\n",
+            "is not an identity",
+        ),
+        (
+            "MeshTLSAuthentication",
+            "spec: {}\n",
+            "needs identities or identityRefs",
+        ),
         (
             "MeshTLSAuthentication",
             "spec: {identityRefs: [{kind: Secret, name: a}]}\n",
             "not a ServiceAccount or Namespace",
         ),
-        ("NetworkAuthentication", "spec: {networks: []}\n", "at least one network"),
-        ("NetworkAuthentication", "spec: {networks: [{cidr: 10.1.0.0/8}]}\n", "host bits set"),
-        ("NetworkAuthentication", "spec: {networks: [{cidr: 10.0.0.0/33}]}\n", "is not a CIDR"),
+        (
+            "NetworkAuthentication",
+            "spec: {networks: []}\n",
+            "at least one network",
+        ),
+        (
+            "NetworkAuthentication",
+            "spec: {networks: [{cidr: 10.1.0.0/8}]}\n",
+            "host bits set",
+        ),
+        (
+            "NetworkAuthentication",
+            "spec: {networks: [{cidr: 10.0.0.0/33}]}\n",
+            "is not a CIDR",
+        ),
         (
             "NetworkAuthentication",
             "spec: {networks: [{cidr: 10.0.0.0/16, except: [10.0.0.0/8]}]}\n",

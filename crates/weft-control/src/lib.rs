@@ -21,6 +21,7 @@ pub mod destination;
 pub mod grpc;
 pub mod identity;
 pub mod metrics_text;
+pub mod policy;
 pub mod secure_fs;
 pub mod serving_tls;
 pub mod store;
