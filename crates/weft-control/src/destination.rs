@@ -478,16 +478,16 @@ fn response_match(m: &ResponseMatchSpec) -> api::ResponseMatch {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
+pub(crate) struct KindLabels {
+    pub(crate) kind: &'static str,
 }
 
 /// The destination service's metrics.
 #[derive(Clone, Default)]
 pub struct DestinationMetrics {
-    watchers: Family<KindLabels, Gauge>,
-    updates: Family<KindLabels, Counter>,
-    targets: Family<KindLabels, Gauge>,
+    pub(crate) watchers: Family<KindLabels, Gauge>,
+    pub(crate) updates: Family<KindLabels, Counter>,
+    pub(crate) targets: Family<KindLabels, Gauge>,
     store_version: Gauge,
     store_snapshots: Counter,
     store_problems: Gauge,
@@ -497,12 +497,12 @@ impl DestinationMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "destination_watchers",
-            "Open Get (kind=endpoints) and GetProfile (kind=profile) streams",
+            "Open Get (kind=endpoints), GetProfile (kind=profile) and WatchPort (kind=inbound_policy) streams",
             self.watchers.clone(),
         );
         registry.register(
             "destination_updates",
-            "Messages sent on Get and GetProfile streams",
+            "Messages sent on Get, GetProfile and WatchPort streams",
             self.updates.clone(),
         );
         registry.register(
@@ -531,7 +531,7 @@ impl DestinationMetrics {
 const ENDPOINTS: KindLabels = KindLabels { kind: "endpoints" };
 const PROFILE: KindLabels = KindLabels { kind: "profile" };
 
-type Watches<T> = Mutex<HashMap<Target, watch::Sender<Arc<T>>>>;
+type Watches<T> = crate::watches::Watches<Target, T>;
 
 /// One shared, incrementally maintained answer per watched target.
 pub struct Index {
@@ -581,8 +581,8 @@ impl Index {
         self.observe(snapshot);
         self.metrics.store_snapshots.inc();
         let started = std::time::Instant::now();
-        refresh(&self.endpoints, |t| endpoint_set(snapshot, t));
-        refresh(&self.profiles, |t| {
+        crate::watches::refresh(&self.endpoints, |t| endpoint_set(snapshot, t));
+        crate::watches::refresh(&self.profiles, |t| {
             profile(snapshot, t, &self.cluster_domain)
         });
         self.metrics
@@ -597,53 +597,23 @@ impl Index {
     }
 
     pub fn watch_endpoints(&self, target: &Target) -> watch::Receiver<Arc<EndpointSet>> {
-        subscribe(&self.endpoints, target, || {
+        crate::watches::subscribe(&self.endpoints, target, || {
             endpoint_set(&self.store.borrow(), target)
         })
     }
 
     pub fn watch_profile(&self, target: &Target) -> watch::Receiver<Arc<api::DestinationProfile>> {
-        subscribe(&self.profiles, target, || {
+        crate::watches::subscribe(&self.profiles, target, || {
             profile(&self.store.borrow(), target, &self.cluster_domain)
         })
     }
 }
 
-fn refresh<T: PartialEq>(watches: &Watches<T>, compute: impl Fn(&Target) -> T) {
-    watches.lock().retain(|target, tx| {
-        if tx.receiver_count() == 0 {
-            return false;
-        }
-        let next = compute(target);
-        tx.send_if_modified(|current| {
-            let changed = **current != next;
-            if changed {
-                *current = Arc::new(next);
-            }
-            changed
-        });
-        true
-    });
-}
-
-fn subscribe<T>(
-    watches: &Watches<T>,
-    target: &Target,
-    compute: impl FnOnce() -> T,
-) -> watch::Receiver<Arc<T>> {
-    // Computed under the lock, so a concurrent refresh cannot be missed.
-    watches
-        .lock()
-        .entry(target.clone())
-        .or_insert_with(|| watch::channel(Arc::new(compute())).0)
-        .subscribe()
-}
-
 /// Decrements a watcher gauge when its stream is dropped.
-struct WatcherGuard(Gauge);
+pub(crate) struct WatcherGuard(Gauge);
 
 impl WatcherGuard {
-    fn new(metrics: &DestinationMetrics, kind: &KindLabels) -> Self {
+    pub(crate) fn new(metrics: &DestinationMetrics, kind: &KindLabels) -> Self {
         let gauge = metrics.watchers.get_or_create(kind).clone();
         gauge.inc();
         WatcherGuard(gauge)
@@ -759,6 +729,8 @@ pub struct Config {
     pub identity: Option<weft_identity::certify::CertifyConfig>,
     /// The identity it proves over TLS.
     pub name: weft_identity::Identity,
+    /// The inbound policy service it serves beside Destination.
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// Runs the destination service over the files store until Ctrl-C.
@@ -782,17 +754,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = DestinationMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let policies =
+        crate::policy::service::Index::start(store.subscribe(), config.policy, metrics.clone());
+    let policy = linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer::new(
+        crate::policy::service::InboundPolicyService::new(policies),
+    );
     let index = Index::start(store.subscribe(), config.cluster_domain, metrics);
     let service = api::destination_server::DestinationServer::new(DestinationService::new(index));
     crate::grpc::serve(
         crate::grpc::Serving {
-            what: "destination service",
+            what: "destination and inbound policy service",
             listen: config.listen,
             admin_listen: config.admin_listen,
             registry,
             tls,
         },
-        tonic::transport::Server::builder().add_service(service),
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .add_service(policy),
     )
     .await
 }

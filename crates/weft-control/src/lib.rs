@@ -25,6 +25,7 @@ pub mod policy;
 pub mod secure_fs;
 pub mod serving_tls;
 pub mod store;
+pub mod watches;
 
 /// Resolves on SIGTERM or Ctrl-C: how every long-running part of the
 /// control plane (its services, `weft up`) learns to stop cleanly.

@@ -92,9 +92,20 @@ pub struct DestinationArgs {
     #[arg(long)]
     trust_anchors: Option<PathBuf>,
     /// The identity this service proves over TLS (proxies name it in
-    /// WEFT_PROXY_DESTINATION_SVC_NAME).
+    /// WEFT_PROXY_DESTINATION_SVC_NAME and WEFT_PROXY_POLICY_SVC_NAME).
     #[arg(long, default_value = DESTINATION_SERVICE_NAME)]
     name: Identity,
+    /// The inbound policy of ports no Server selects (all-unauthenticated,
+    /// all-authenticated, cluster-unauthenticated, cluster-authenticated,
+    /// deny, audit); a workload's config.linkerd.io/default-inbound-policy
+    /// overrides it.
+    #[arg(long, default_value = "all-unauthenticated")]
+    default_inbound_policy: weft_api::DefaultPolicy,
+    /// The cluster's networks (comma-separated CIDRs): what `cluster-*`
+    /// policies admit, and where authorizations without a
+    /// NetworkAuthentication admit clients from.
+    #[arg(long, default_value = weft_control::policy::DEFAULT_CLUSTER_NETWORKS)]
+    cluster_networks: String,
 }
 
 impl DestinationArgs {
@@ -121,6 +132,13 @@ impl DestinationArgs {
             poll: self.poll,
             listen: self.listen,
             admin_listen: self.admin_listen,
+            policy: weft_control::policy::PolicyConfig {
+                default_policy: self.default_inbound_policy,
+                cluster_networks: weft_control::policy::parse_networks(&self.cluster_networks)
+                    .map_err(|e| anyhow::anyhow!("--cluster-networks: {e}"))?,
+                trust_domain: self.cluster_domain.clone(),
+                ..Default::default()
+            },
             cluster_domain: self.cluster_domain,
             identity,
             name: self.name,

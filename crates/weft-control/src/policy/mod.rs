@@ -9,6 +9,7 @@
 //! that linkerd2-proxy and Weft's proxy both read.
 
 pub mod inbound;
+pub mod service;
 
 use std::str::FromStr;
 use std::time::Duration;
