@@ -92,6 +92,16 @@ settings! {
         "", "host:port of the destination service (Destination/Get). Unset: no discovery; outbound traffic goes to the original destination.";
     DESTINATION_SVC_NAME = "WEFT_PROXY_DESTINATION_SVC_NAME", ["LINKERD2_PROXY_DESTINATION_SVC_NAME"],
         "", "The identity the destination service proves over TLS, e.g. destination.weft.serviceaccount.identity.weft.cluster.local. Required when identity is on (the control plane is never reached in plaintext then); without identity it cannot be set, and discovery is plaintext.";
+    POLICY_SVC_ADDR = "WEFT_PROXY_POLICY_SVC_ADDR", ["LINKERD2_PROXY_POLICY_SVC_ADDR"],
+        "", "host:port of the inbound policy service (InboundServerPolicies; Weft's destination process serves it). Unset: every inbound port has WEFT_PROXY_INBOUND_DEFAULT_POLICY.";
+    POLICY_SVC_NAME = "WEFT_PROXY_POLICY_SVC_NAME", ["LINKERD2_PROXY_POLICY_SVC_NAME"],
+        "", "The identity the policy service proves over TLS; required when identity is on, as for the destination service.";
+    POLICY_WORKLOAD = "WEFT_PROXY_POLICY_WORKLOAD", ["LINKERD2_PROXY_POLICY_WORKLOAD"],
+        "", "This workload as the policy service knows it: {\"ns\":\"demo\",\"pod\":\"web-0\"} (Linkerd's form) or demo:web-0. Required with WEFT_PROXY_POLICY_SVC_ADDR.";
+    INBOUND_DEFAULT_POLICY = "WEFT_PROXY_INBOUND_DEFAULT_POLICY", ["LINKERD2_PROXY_INBOUND_DEFAULT_POLICY"],
+        "all-unauthenticated", "The inbound policy until the policy service first answers for a port (it waits at most WEFT_PROXY_DISCOVERY_TIMEOUT), and without one: all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny or audit.";
+    POLICY_CLUSTER_NETWORKS = "WEFT_PROXY_POLICY_CLUSTER_NETWORKS", ["LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS"],
+        "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8,198.18.0.0/15,127.0.0.0/8", "The networks the cluster-* default policies admit.";
     DESTINATION_GET_SUFFIXES = "WEFT_PROXY_DESTINATION_GET_SUFFIXES", ["LINKERD2_PROXY_DESTINATION_GET_SUFFIXES"],
         "svc.cluster.local.", "Explicit-proxy host names under these suffixes (comma-separated) are resolved through the destination service; IP targets always are.";
     DESTINATION_CONTEXT = "WEFT_PROXY_DESTINATION_CONTEXT", ["LINKERD2_PROXY_DESTINATION_CONTEXT"],
@@ -137,6 +147,12 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// `None` for a prefix longer than the address.
+    pub fn new(addr: std::net::IpAddr, prefix: u8) -> Option<Self> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || format!("{s:?} is not a network like 198.18.0.0/15");
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
@@ -257,6 +273,10 @@ pub struct Config {
     pub identity: Option<CertifyConfig>,
     pub outbound_identities: std::collections::HashMap<SocketAddr, crate::dial::MeshEndpoint>,
     pub destination: Option<ControlAddr>,
+    /// The inbound policy service and this workload's name there.
+    pub policy: Option<(ControlAddr, String)>,
+    pub inbound_default_policy: String,
+    pub policy_cluster_networks: Vec<Cidr>,
     pub destination_suffixes: Vec<String>,
     pub destination_context: String,
     pub discovery_timeout: Duration,
@@ -406,7 +426,50 @@ impl Config {
                     })
                     .collect()
             })?,
-            destination: destination_config(&r, identity.is_some())?,
+            destination: control_config(
+                &r,
+                &DESTINATION_SVC_ADDR,
+                &DESTINATION_SVC_NAME,
+                identity.is_some(),
+            )?,
+            policy: match control_config(
+                &r,
+                &POLICY_SVC_ADDR,
+                &POLICY_SVC_NAME,
+                identity.is_some(),
+            )? {
+                None => None,
+                Some(svc) => {
+                    let workload = r.parse(&POLICY_WORKLOAD, |v| match v.trim() {
+                        "" => Err(format!("required when {} is set", POLICY_SVC_ADDR.name)),
+                        w => Ok(w.to_string()),
+                    })?;
+                    Some((svc, workload))
+                }
+            },
+            inbound_default_policy: r.parse(&INBOUND_DEFAULT_POLICY, |v| {
+                const POLICIES: [&str; 6] = [
+                    "all-unauthenticated",
+                    "all-authenticated",
+                    "cluster-unauthenticated",
+                    "cluster-authenticated",
+                    "deny",
+                    "audit",
+                ];
+                let v = v.trim();
+                if POLICIES.contains(&v) {
+                    Ok(v.to_string())
+                } else {
+                    Err(format!("expected one of {}", POLICIES.join(", ")))
+                }
+            })?,
+            policy_cluster_networks: r.parse(&POLICY_CLUSTER_NETWORKS, |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(Cidr::parse)
+                    .collect()
+            })?,
             destination_suffixes: r.parse(&DESTINATION_GET_SUFFIXES, |v| {
                 Ok(v.split(',')
                     .map(|s| s.trim().trim_start_matches('.').to_string())
@@ -450,34 +513,30 @@ fn parse_identity(v: &str) -> Result<weft_identity::Identity, String> {
         .map_err(|e: weft_identity::name::NameError| e.to_string())
 }
 
-/// The destination service, over TLS when its name is given (which needs
-/// the trust anchors of the identity settings).
-fn destination_config<F: Fn(&str) -> Option<String>>(
+/// A control-plane service (destination, policy), over TLS when its name is
+/// given (which needs the trust anchors of the identity settings).
+fn control_config<F: Fn(&str) -> Option<String>>(
     r: &Reader<F>,
+    addr_setting: &Setting,
+    name_setting: &Setting,
     identity_on: bool,
 ) -> Result<Option<ControlAddr>, ConfigError> {
-    let Some(addr) = r.optional(&DESTINATION_SVC_ADDR, |v| Ok(v.to_string()))? else {
+    let Some(addr) = r.optional(addr_setting, |v| Ok(v.to_string()))? else {
         return Ok(None);
     };
-    let identity = r.optional(&DESTINATION_SVC_NAME, parse_identity)?;
+    let identity = r.optional(name_setting, parse_identity)?;
+    let refuse = |reason: String| {
+        let (var, value) = r.raw(name_setting);
+        Err(ConfigError { var, value, reason })
+    };
     if identity.is_some() && !identity_on {
-        let (var, value) = r.raw(&DESTINATION_SVC_NAME);
-        return Err(ConfigError {
-            var,
-            value,
-            reason: "TLS to the destination service needs identity on (its trust anchors)".into(),
-        });
+        return refuse("TLS to the control plane needs identity on (its trust anchors)".into());
     }
     if identity.is_none() && identity_on {
-        let (var, value) = r.raw(&DESTINATION_SVC_NAME);
-        return Err(ConfigError {
-            var,
-            value,
-            reason: format!(
-                "required when identity is on and {} is set: the destination service must prove its identity over TLS",
-                DESTINATION_SVC_ADDR.name
-            ),
-        });
+        return refuse(format!(
+            "required when identity is on and {} is set: the control plane must prove its identity over TLS",
+            addr_setting.name
+        ));
     }
     Ok(Some(ControlAddr { addr, identity }))
 }

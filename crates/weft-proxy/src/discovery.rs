@@ -36,8 +36,8 @@ const IDLE_EXPIRY: Duration = Duration::from_secs(60);
 /// and if every one is held, the new one lives only as long as its users
 /// (the connection caps bound those).
 const MAX_RESOLUTIONS: usize = 1000;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// What the destination service says about a target.
 #[derive(Clone, Debug, PartialEq, Eq)]

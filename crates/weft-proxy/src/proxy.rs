@@ -38,6 +38,20 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     /// Present when a destination service is configured.
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
+    /// Present when a policy service is configured.
+    pub policies: Option<Arc<crate::inbound::policy::Policies>>,
+    /// The inbound policy without (or before) the policy service.
+    pub default_policy: Arc<crate::inbound::authz::PortPolicy>,
+}
+
+impl Shared {
+    /// The inbound policy of `port`, as it changes.
+    pub async fn inbound_policy(&self, port: u16) -> crate::inbound::policy::PortWatch {
+        match &self.policies {
+            Some(p) => p.port(port).await,
+            None => crate::inbound::policy::PortWatch::fixed(self.default_policy.clone()),
+        }
+    }
 }
 
 /// Whether the proxy should receive traffic (`/ready`): listeners bound, not
@@ -139,7 +153,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let default_policy = Arc::new(crate::inbound::authz::PortPolicy::default_policy(
+        &config.inbound_default_policy,
+        &config.policy_cluster_networks,
+        config.inbound_detect_timeout,
+    ));
+    let policies = match &config.policy {
+        Some((svc, workload)) => Some(crate::inbound::policy::Policies::new(
+            svc,
+            config.identity.as_ref().map(|id| &id.trust_anchors),
+            workload.clone(),
+            default_policy.clone(),
+            config.discovery_timeout,
+            metrics.clone(),
+            config.outbound_connect_timeout,
+        )?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        policies,
+        default_policy,
         discovery,
         pools: Pools::new(dialer, config.http_pool_idle_timeout),
         metrics,
@@ -246,7 +279,7 @@ async fn accept_loop(
                 let (shared, watch) = (shared.clone(), watch.clone());
                 tokio::spawn(
                     async move {
-                        let Some(accepted) = Accepted::new(stream, listen_addr) else {
+                        let Some(accepted) = Accepted::new(stream, client, listen_addr) else {
                             return;
                         };
                         match direction {
@@ -276,11 +309,13 @@ pub struct Accepted {
     pub orig: SocketAddr,
     /// The listener's own address, to refuse requests that would loop.
     pub listen_addr: SocketAddr,
+    /// The client's address.
+    pub client: SocketAddr,
 }
 
 impl Accepted {
     /// `None` (logged) when the connection cannot be served.
-    fn new(stream: TcpStream, listen_addr: SocketAddr) -> Option<Self> {
+    fn new(stream: TcpStream, client: SocketAddr, listen_addr: SocketAddr) -> Option<Self> {
         // Small writes (request heads, gRPC frames) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let local = match stream.local_addr() {
@@ -302,6 +337,7 @@ impl Accepted {
             local,
             orig,
             listen_addr,
+            client,
         })
     }
 

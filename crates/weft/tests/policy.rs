@@ -152,3 +152,140 @@ async fn get_port_answers_defaults_and_refuses_what_is_not_a_workload_port() {
     };
     assert_eq!(refused(garbage).await, tonic::Code::InvalidArgument);
 }
+
+/// The application behind the proxy: weft-testkit's HTTP server.
+async fn spawn_app() -> std::net::SocketAddr {
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(weft_testkit::http::serve(app));
+    addr
+}
+
+/// A Server on the app's port that admits nothing by default, and a route
+/// (`GET /hello`) that clients on loopback may take.
+fn app_policy(port: u16, with_authorization: bool) -> String {
+    let mut text = format!(
+        "apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata: {{name: app-0, namespace: demo, labels: {{app: app}}}}
+spec:
+  ports: [{{name: http, port: {port}}}]
+  workloadIPs: [{{ip: 127.0.0.1}}]
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {{name: app-http, namespace: demo}}
+spec:
+  externalWorkloadSelector: {{matchLabels: {{app: app}}}}
+  port: {port}
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {{name: hello, namespace: demo}}
+spec:
+  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: app-http}}]
+  rules:
+  - matches: [{{path: {{type: Exact, value: /hello}}, method: GET}}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata: {{name: loopback, namespace: demo}}
+spec:
+  networks: [{{cidr: 127.0.0.0/8}}]
+"
+    );
+    if with_authorization {
+        text.push_str(
+            "---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: hello-from-loopback, namespace: demo}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: HTTPRoute, name: hello}
+  requiredAuthenticationRefs:
+  - {group: policy.linkerd.io, kind: NetworkAuthentication, name: loopback}
+",
+        );
+    }
+    text
+}
+
+async fn status(url: &str) -> (u16, String) {
+    weft_testkit::curl::Curl::new(["-i", url])
+        .max_time(10)
+        .output()
+        .await
+        .stdout
+        .split_once(' ')
+        .map(|(_, rest)| {
+            let code = rest.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            (code, rest.to_string())
+        })
+        .unwrap_or((0, String::new()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_enforces_the_policy_it_watches_per_route_and_follows_edits() {
+    let app = spawn_app().await;
+    let d = Destination::start(&[("app.yaml", &app_policy(app.port(), true))]);
+    let proxy = weft_testkit::proxy::Proxy::builder(support::proxy_bin())
+        .env("WEFT_PROXY_INBOUND_FORWARD_ADDR", app.to_string())
+        .env("WEFT_PROXY_POLICY_SVC_ADDR", d.addr.to_string())
+        .env(
+            "WEFT_PROXY_POLICY_WORKLOAD",
+            r#"{"ns":"demo","pod":"app-0"}"#,
+        )
+        // Until the controller answers, nothing gets in.
+        .env("WEFT_PROXY_INBOUND_DEFAULT_POLICY", "deny")
+        .log_filter("warn,weft_proxy=debug")
+        .start();
+    let base = format!("http://{}", proxy.inbound);
+
+    let (code, text) = status(&format!("{base}/hello")).await;
+    assert_eq!(code, 200, "{text}");
+    // Another path has no route: 404, named by the proxy.
+    let (code, text) = status(&format!("{base}/headers")).await;
+    assert_eq!(code, 404, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("l5d-proxy-error: no route"),
+        "{text}"
+    );
+    let allowed = [
+        ("srv_name", "app-http"),
+        ("route_name", "hello"),
+        ("authz_name", "hello-from-loopback"),
+        ("authz_kind", "authorizationpolicy"),
+    ];
+    assert_eq!(
+        proxy.metric("inbound_http_authz_allow_total", &allowed),
+        1.0
+    );
+
+    // The authorization goes away: the route is denied within a second or two.
+    d.write("app.yaml", &app_policy(app.port(), false));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let (code, text) = status(&format!("{base}/hello")).await;
+        if code == 403 {
+            break text;
+        }
+        assert_eq!(code, 200, "{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still allowed after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        text.contains("unauthorized request on route hello"),
+        "{text}"
+    );
+    assert!(
+        proxy.metric(
+            "inbound_http_authz_deny_total",
+            &[("srv_name", "app-http"), ("route_name", "hello")]
+        ) >= 1.0
+    );
+}

@@ -49,6 +49,12 @@ pub enum ProxyError {
     AllEjected { target: String, count: usize },
     #[error("the destination service did not answer for {target} within {timeout:?}")]
     DiscoveryTimeout { target: String, timeout: Duration },
+    #[error("unauthorized request on route {route} of server {server}")]
+    Unauthorized { server: String, route: String },
+    #[error("rate limit {limit} of server {server} exceeded")]
+    RateLimited { server: String, limit: String },
+    #[error("no route of server {server} matches the request")]
+    RouteNotFound { server: String },
 }
 
 impl ProxyError {
@@ -60,6 +66,9 @@ impl ProxyError {
             ProxyError::ResponseTimeout { .. }
                 | ProxyError::BadRequest(_)
                 | ProxyError::RequestBody(_)
+                | ProxyError::Unauthorized { .. }
+                | ProxyError::RateLimited { .. }
+                | ProxyError::RouteNotFound { .. }
         )
     }
 
@@ -76,6 +85,9 @@ impl ProxyError {
 /// gRPC status codes used here (grpc/status.h).
 const GRPC_INVALID_ARGUMENT: u8 = 3;
 const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+const GRPC_NOT_FOUND: u8 = 5;
+const GRPC_PERMISSION_DENIED: u8 = 7;
+const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
 const GRPC_UNAVAILABLE: u8 = 14;
 
 impl ProxyError {
@@ -93,6 +105,9 @@ impl ProxyError {
             ProxyError::NoEndpoints { .. }
             | ProxyError::AllEjected { .. }
             | ProxyError::DiscoveryTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
         }
     }
 
@@ -100,6 +115,9 @@ impl ProxyError {
         match self.status() {
             StatusCode::GATEWAY_TIMEOUT => GRPC_DEADLINE_EXCEEDED,
             StatusCode::BAD_REQUEST => GRPC_INVALID_ARGUMENT,
+            StatusCode::FORBIDDEN => GRPC_PERMISSION_DENIED,
+            StatusCode::TOO_MANY_REQUESTS => GRPC_RESOURCE_EXHAUSTED,
+            StatusCode::NOT_FOUND => GRPC_NOT_FOUND,
             _ => GRPC_UNAVAILABLE,
         }
     }
@@ -120,6 +138,9 @@ impl ProxyError {
             ProxyError::NoEndpoints { .. } => "no_endpoints",
             ProxyError::AllEjected { .. } => "all_endpoints_ejected",
             ProxyError::DiscoveryTimeout { .. } => "discovery_timeout",
+            ProxyError::Unauthorized { .. } => "unauthorized",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::RouteNotFound { .. } => "route_not_found",
         }
     }
 
@@ -210,6 +231,22 @@ mod tests {
         assert_eq!(g.status(), StatusCode::OK);
         assert_eq!(g.headers()["grpc-status"], "4");
         assert_eq!(refused.to_response(true).headers()["grpc-status"], "14");
+
+        let denied = ProxyError::Unauthorized {
+            server: "voting-grpc".into(),
+            route: "voting-vote".into(),
+        };
+        assert_eq!(denied.to_response(false).status(), StatusCode::FORBIDDEN);
+        assert_eq!(denied.to_response(true).headers()["grpc-status"], "7");
+        let limited = ProxyError::RateLimited {
+            server: "web".into(),
+            limit: "web-limit".into(),
+        };
+        assert_eq!(
+            limited.to_response(false).status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(limited.to_response(true).headers()["grpc-status"], "8");
     }
 
     #[test]

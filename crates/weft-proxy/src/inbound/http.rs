@@ -13,7 +13,11 @@ use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::pool::Pool;
 use crate::http::{Attempt, Exchange, HttpConn, headers, orig_proto, request_target, respond};
-use crate::metrics::AuthorityMetrics;
+use tracing::{debug, info};
+
+use super::authz::Client;
+use super::policy::PortWatch;
+use crate::metrics::{AuthorityMetrics, Decision, Tls};
 
 /// The header that tells the application who the client is.
 pub const L5D_CLIENT_ID: &str = "l5d-client-id";
@@ -25,14 +29,83 @@ pub struct Conn {
     /// The `l5d-client-id` the application sees, from the client's verified
     /// mesh certificate.
     client_id: Option<http::HeaderValue>,
+    identity: Option<weft_identity::Identity>,
+    caller: Caller,
+}
+
+/// Who is calling, and the port's policy that decides whether they may.
+pub struct Caller {
+    pub policy: PortWatch,
+    pub ip: std::net::IpAddr,
+    pub tls: Tls,
+    /// The `target_addr` label.
+    pub target: String,
 }
 
 impl Conn {
-    pub fn new(pool: Arc<Pool>, client_id: Option<weft_identity::Identity>) -> Self {
+    pub fn new(
+        pool: Arc<Pool>,
+        client_id: Option<weft_identity::Identity>,
+        caller: Caller,
+    ) -> Self {
         Conn {
             pool,
-            client_id: client_id.and_then(|id| http::HeaderValue::from_str(id.as_str()).ok()),
+            client_id: client_id
+                .as_ref()
+                .and_then(|id| http::HeaderValue::from_str(id.as_str()).ok()),
+            identity: client_id,
+            caller,
         }
+    }
+
+    /// Whether the policy lets this request through: its route, an
+    /// authorization (the route's, then the server's) and the rate limit.
+    fn authorize<B>(&self, conn: &HttpConn, req: &Request<B>) -> Result<(), ProxyError> {
+        let policy = self.caller.policy.current();
+        let decision = Decision {
+            target: &self.caller.target,
+            server: &policy.server,
+            tls: &self.caller.tls,
+        };
+        let metrics = &conn.shared.metrics;
+        let Some(route) = policy.route(req) else {
+            return Err(ProxyError::RouteNotFound {
+                server: policy.server.name.to_string(),
+            });
+        };
+        let identity = self.identity.as_ref().map(|i| i.as_str());
+        let client = Client {
+            ip: self.caller.ip,
+            tls: matches!(self.caller.tls, Tls::FromClient(_)),
+            identity,
+        };
+        let permit = route
+            .authorizations
+            .iter()
+            .find(|a| a.permits(&client))
+            .or_else(|| policy.permit(&client));
+        let Some(permit) = permit else {
+            metrics.http_authz_deny(&decision, &route.reference);
+            debug!(client = %self.caller.ip, client_id = ?identity, route = %route.reference.name, "request refused by authorization policy");
+            return Err(ProxyError::Unauthorized {
+                server: policy.server.name.to_string(),
+                route: route.reference.name.to_string(),
+            });
+        };
+        if permit.is_audit() {
+            info!(client = %self.caller.ip, client_id = ?identity, server = %policy.server.name, route = %route.reference.name, "audit: allowed a request that deny would refuse");
+        }
+        if let Some(limit) = &policy.rate_limit
+            && !limit.admit(identity)
+        {
+            metrics.http_rate_limited(&decision, &route.reference, &limit.reference);
+            return Err(ProxyError::RateLimited {
+                server: policy.server.name.to_string(),
+                limit: limit.reference.name.to_string(),
+            });
+        }
+        metrics.http_authz_allow(&decision, &route.reference, &permit.reference);
+        Ok(())
     }
 
     /// Forwards one request to the application.
@@ -51,6 +124,7 @@ impl Conn {
             .for_request(exchange.authority(), addr, Default::default);
         metrics.request_total.inc();
         let result = async {
+            self.authorize(conn, &req)?;
             let upgrade = headers::is_upgrade(&req);
             let is_connect = req.method() == Method::CONNECT;
             let version = req.version();

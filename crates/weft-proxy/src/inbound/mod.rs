@@ -16,7 +16,10 @@
 //! a byte is passed on: the client identity comes only from a verified
 //! certificate, and authorization will sit where the identity check is.
 
+pub mod authz;
 pub mod http;
+pub mod policy;
+pub mod ratelimit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +42,7 @@ use crate::transport_header::{SessionProtocol, TransportHeader};
 pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
     let config = &shared.config;
     let local = accepted.local;
+    let client_ip = accepted.client.ip();
     // A connection that was not redirected came to the proxy's port itself:
     // with a forward address set (rootless), it goes there; otherwise only
     // mesh TLS with a transport header can say where (as a Linkerd proxy
@@ -86,6 +90,7 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
             target: mesh.target,
             tls,
             client_id: mesh.client_id,
+            client: client_ip,
         };
         let io = PrefixedIo::new(mesh.prefix, mesh.io);
         return Box::pin(conn.serve(shared, io, client_conn, mesh.protocol, watch)).await;
@@ -104,6 +109,7 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
         target,
         tls: Tls::NotProvidedByRemote,
         client_id: None,
+        client: client_ip,
     };
     let io = PrefixedIo::new(prefix, io);
     Box::pin(conn.serve(shared, io, client_conn, protocol, watch)).await
@@ -239,6 +245,7 @@ struct Conn {
     target: SocketAddr,
     tls: Tls,
     client_id: Option<Identity>,
+    client: std::net::IpAddr,
 }
 
 impl Conn {
@@ -258,13 +265,57 @@ impl Conn {
                 .tcp_accept_error(Direction::Inbound, refused.error);
             return debug!(target = %self.target, "refused: {}", refused.why);
         }
+        let policy = shared.inbound_policy(self.target.port()).await;
+        let current = policy.current();
+        // The port's policy may say what it speaks, whatever the bytes look like.
+        let protocol = match current.protocol {
+            authz::Protocol::Opaque | authz::Protocol::Tls => Protocol::Opaque,
+            _ => protocol,
+        };
+        let target_label = self.target.to_string();
+        let decision = crate::metrics::Decision {
+            target: &target_label,
+            server: &current.server,
+            tls: &self.tls,
+        };
+        if !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
+            // Opaque connections are authorized once, by the server's authorizations.
+            let client = authz::Client {
+                ip: self.client,
+                tls: matches!(self.tls, Tls::FromClient(_)),
+                identity: self.client_id.as_ref().map(|c| c.as_str()),
+            };
+            match current.permit(&client) {
+                Some(permit) => shared.metrics.tcp_authz_allow(&decision, &permit.reference),
+                None => {
+                    shared.metrics.tcp_authz_deny(&decision);
+                    return info!(
+                        target = %self.target,
+                        client = %self.client,
+                        client_id = ?client.identity,
+                        server = %current.server.name,
+                        "connection refused by authorization policy"
+                    );
+                }
+            }
+        }
+        drop(current);
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                let metrics =
-                    HttpConnMetrics::new(shared.metrics.clone(), Direction::Inbound, self.tls);
+                let metrics = HttpConnMetrics::new(
+                    shared.metrics.clone(),
+                    Direction::Inbound,
+                    self.tls.clone(),
+                );
                 let side = Side::Inbound(http::Conn::new(
                     shared.pools.inbound(self.target),
                     self.client_id,
+                    http::Caller {
+                        policy,
+                        ip: self.client,
+                        tls: self.tls.clone(),
+                        target: target_label,
+                    },
                 ));
                 let conn = HttpConn::new(side, protocol == Protocol::Http2, shared, metrics, watch);
                 crate::http::serve_logged(io, conn).await

@@ -12,6 +12,7 @@
 //! `process`, and the error counters here. A new metric is a field and a
 //! `register` line in its module.
 
+mod authz;
 mod control;
 pub mod family;
 mod http;
@@ -28,6 +29,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+pub use self::authz::Decision;
 pub use self::control::ActiveStream;
 pub use self::family::SeriesLimits;
 use self::family::{Family, Registrar};
@@ -72,6 +74,7 @@ pub struct Metrics {
     identity: identity::IdentityFamilies,
     route: route::RouteFamilies,
     control: control::ControlFamilies,
+    authz: authz::AuthzFamilies,
 }
 
 impl Metrics {
@@ -88,6 +91,7 @@ impl Metrics {
         let http = http::HttpFamilies::register(&mut r);
         let route = route::RouteFamilies::register(&mut r);
         let control = control::ControlFamilies::register(&mut r);
+        let authz = authz::AuthzFamilies::register(&mut r);
         let mut errors = |name: &str, help: &str| r.counter(name, help);
         let inbound_http_errors_total = errors(
             "inbound_http_errors",
@@ -118,6 +122,7 @@ impl Metrics {
             identity,
             route,
             control,
+            authz,
         })
     }
 
