@@ -557,15 +557,7 @@ impl Index {
             metrics,
         });
         index.observe(&index.store.borrow());
-        let weak = Arc::downgrade(&index);
-        let mut changes = index.store.clone();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                let Some(index) = weak.upgrade() else { return };
-                let snapshot = changes.borrow_and_update().clone();
-                index.apply(&snapshot);
-            }
-        });
+        crate::watches::follow(&index.store, &index, Index::apply);
         index
     }
 

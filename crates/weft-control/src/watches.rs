@@ -10,6 +10,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::store::Snapshot;
+
 /// Watch channels by key.
 pub type Watches<K, T> = Mutex<HashMap<K, watch::Sender<Arc<T>>>>;
 
@@ -43,4 +45,21 @@ pub fn subscribe<K: Hash + Eq + Clone, T>(
         .entry(key.clone())
         .or_insert_with(|| watch::channel(Arc::new(compute())).0)
         .subscribe()
+}
+
+/// Calls `apply` with every new snapshot for as long as `owner` lives.
+pub fn follow<O: Send + Sync + 'static>(
+    store: &watch::Receiver<Arc<Snapshot>>,
+    owner: &Arc<O>,
+    apply: impl Fn(&O, &Snapshot) + Send + 'static,
+) {
+    let weak = Arc::downgrade(owner);
+    let mut changes = store.clone();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let Some(owner) = weak.upgrade() else { return };
+            let snapshot = changes.borrow_and_update().clone();
+            apply(&owner, &snapshot);
+        }
+    });
 }

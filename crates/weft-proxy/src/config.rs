@@ -463,13 +463,7 @@ impl Config {
                     Err(format!("expected one of {}", POLICIES.join(", ")))
                 }
             })?,
-            policy_cluster_networks: r.parse(&POLICY_CLUSTER_NETWORKS, |v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .map(Cidr::parse)
-                    .collect()
-            })?,
+            policy_cluster_networks: r.parse(&POLICY_CLUSTER_NETWORKS, parse_networks)?,
             destination_suffixes: r.parse(&DESTINATION_GET_SUFFIXES, |v| {
                 Ok(v.split(',')
                     .map(|s| s.trim().trim_start_matches('.').to_string())
@@ -478,13 +472,7 @@ impl Config {
             })?,
             destination_context: r.raw(&DESTINATION_CONTEXT).1,
             discovery_timeout: r.parse(&DISCOVERY_TIMEOUT, parse_duration)?,
-            mesh_networks: r.parse(&MESH_NETWORKS, |v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .map(Cidr::parse)
-                    .collect()
-            })?,
+            mesh_networks: r.parse(&MESH_NETWORKS, parse_networks)?,
             inbound_require_identity_ports: {
                 let ports = r.parse(&INBOUND_REQUIRE_IDENTITY_PORTS, PortSet::parse)?;
                 if !ports.ranges().is_empty() && identity.is_none() {
@@ -505,6 +493,15 @@ impl Config {
             })?,
         })
     }
+}
+
+/// Comma-separated CIDRs.
+fn parse_networks(v: &str) -> Result<Vec<Cidr>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(Cidr::parse)
+        .collect()
 }
 
 fn parse_identity(v: &str) -> Result<weft_identity::Identity, String> {

@@ -45,21 +45,15 @@ impl Index {
             ports: Default::default(),
             metrics,
         });
-        let weak = Arc::downgrade(&index);
-        let mut changes = index.store.clone();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                let Some(index) = weak.upgrade() else { return };
-                let snapshot = changes.borrow_and_update().clone();
-                refresh(&index.ports, |(workload, port)| {
-                    inbound::server(&snapshot, &index.config, workload, *port)
-                });
-                index
-                    .metrics
-                    .targets
-                    .get_or_create(&INBOUND_POLICY)
-                    .set(index.ports.lock().len() as i64);
-            }
+        crate::watches::follow(&index.store, &index, |index, snapshot| {
+            refresh(&index.ports, |(workload, port)| {
+                inbound::server(snapshot, &index.config, workload, *port)
+            });
+            index
+                .metrics
+                .targets
+                .get_or_create(&INBOUND_POLICY)
+                .set(index.ports.lock().len() as i64);
         });
         index
     }
