@@ -766,13 +766,14 @@ async fn opaque_tcp_rides_mtls_to_the_peer_proxy_port_with_a_transport_header() 
         server.wait_for(why, Duration::from_secs(5), |p| p.log().contains(why));
     }
     // A good header from a raw client reaches the greeter.
-    let answer = mesh_opaque(
-        &ca,
-        server.inbound,
-        &[transport_header(greeter_addr.port()), b"QUIT\r\n".to_vec()].concat(),
-    )
-    .await
-    .unwrap();
+    greets_through(&ca, server.inbound, greeter_addr).await;
+}
+
+/// A raw mesh TLS client with a transport header for the greeter at
+/// `greeter` reaches it through the proxy at `inbound`.
+async fn greets_through(ca: &Ca, inbound: SocketAddr, greeter: SocketAddr) {
+    let first = [transport_header(greeter.port()), b"QUIT\r\n".to_vec()].concat();
+    let answer = mesh_opaque(ca, inbound, &first).await.unwrap();
     assert_eq!(
         String::from_utf8_lossy(&answer),
         "220 weft-testkit greeter ready\r\n221 bye\r\n"
@@ -793,17 +794,7 @@ async fn a_connection_to_the_inbound_port_itself_is_served_only_by_its_transport
     let server = start_as(&ca, identity_port, WEB, &[]);
     server.wait_ready(READY_WITHIN);
 
-    let answer = mesh_opaque(
-        &ca,
-        server.inbound,
-        &[transport_header(greeter_addr.port()), b"QUIT\r\n".to_vec()].concat(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&answer),
-        "220 weft-testkit greeter ready\r\n221 bye\r\n"
-    );
+    greets_through(&ca, server.inbound, greeter_addr).await;
     let from_client = [
         ("direction", "inbound"),
         ("target_addr", &greeter_addr.to_string()),
