@@ -25,12 +25,23 @@ pub struct Listeners {
     pub admin: SocketAddr,
 }
 
+/// Where a proxy watches its inbound policy, and as whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyClient {
+    pub service: ServiceAddr,
+    /// `namespace:name` of the workload (an ExternalWorkload in the files store).
+    pub workload: String,
+}
+
 /// Everything a meshed proxy is configured with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxySpec {
     pub log: String,
     pub identity_service: ServiceAddr,
     pub destination_service: ServiceAddr,
+    /// The inbound policy service, and this workload as it knows it
+    /// (`namespace:name`).
+    pub policy: Option<PolicyClient>,
     /// The identity this proxy proves.
     pub local_identity: String,
     pub token_file: PathBuf,
@@ -77,6 +88,13 @@ impl ProxySpec {
             ),
             ("WEFT_PROXY_MESH_NETWORKS", self.mesh_networks.join(",")),
         ];
+        if let Some(p) = &self.policy {
+            env.extend([
+                ("WEFT_PROXY_POLICY_SVC_ADDR", p.service.addr.to_string()),
+                ("WEFT_PROXY_POLICY_SVC_NAME", p.service.name.clone()),
+                ("WEFT_PROXY_POLICY_WORKLOAD", p.workload.clone()),
+            ]);
+        }
         if let Some(l) = &self.listeners {
             env.extend([
                 ("WEFT_PROXY_INBOUND_LISTEN_ADDR", l.inbound.to_string()),
@@ -104,6 +122,13 @@ impl ProxySpec {
                 addr,
                 name: "destination.weft.serviceaccount.identity.weft.cluster.local".into(),
             },
+            policy: Some(PolicyClient {
+                service: ServiceAddr {
+                    addr,
+                    name: "destination.weft.serviceaccount.identity.weft.cluster.local".into(),
+                },
+                workload: "demo:web-0".into(),
+            }),
             local_identity: "web.demo.serviceaccount.identity.weft.cluster.local".into(),
             token_file: "/run/token".into(),
             trust_anchors: "PEM".into(),

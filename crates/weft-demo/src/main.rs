@@ -1,11 +1,13 @@
 //! `weft-demo`: the demo application of the local mesh (`weft up
-//! examples/emojivoto`). Four programs in one binary:
+//! examples/emojivoto`). Five programs in one binary:
 //!
 //! - `emoji`: a gRPC service listing emojis, unary and server-streaming;
 //! - `voting`: a gRPC service counting votes, where votes for `:doughnut:`
 //!   always fail, so success rates are worth looking at;
 //! - `web`: an HTTP/1.1 front end (a page and a small JSON API) calling both;
-//! - `vote-bot`: a traffic generator voting through `web`.
+//! - `vote-bot`: a traffic generator voting through `web`;
+//! - `vote-stuffer`: a workload the policy keeps out, calling `voting`
+//!   directly.
 //!
 //! Services are reached by their Kubernetes names
 //! (`emoji-svc.demo.svc.cluster.local:8080`). With `http_proxy` set (the
@@ -15,6 +17,7 @@
 mod bot;
 mod emoji;
 mod net;
+mod stuffer;
 mod voting;
 mod web;
 
@@ -77,6 +80,19 @@ enum Cmd {
         #[arg(long, env = "RATE", default_value_t = 5.0)]
         rate: f64,
     },
+    /// Calls the voting service directly (what the demo's policy refuses).
+    VoteStuffer {
+        /// The voting service, host:port.
+        #[arg(
+            long,
+            env = "VOTING_ADDR",
+            default_value = "voting-svc.demo.svc.cluster.local:8080"
+        )]
+        voting: String,
+        /// Calls per second.
+        #[arg(long, env = "RATE", default_value_t = 1.0)]
+        rate: f64,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -98,5 +114,6 @@ async fn main() -> anyhow::Result<()> {
             voting,
         } => web::serve(listen, &emoji, &voting).await,
         Cmd::VoteBot { web, rate } => bot::run(&web, rate).await,
+        Cmd::VoteStuffer { voting, rate } => stuffer::run(&voting, rate).await,
     }
 }

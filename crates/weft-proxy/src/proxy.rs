@@ -41,7 +41,8 @@ pub struct Shared {
     /// Present when a policy service is configured.
     pub policies: Option<Arc<crate::inbound::policy::Policies>>,
     /// The inbound policy without (or before) the policy service.
-    pub default_policy: Arc<crate::inbound::authz::PortPolicy>,
+    pub default_policy: Arc<weft_policy::PortPolicy>,
+    pub denials: crate::inbound::denials::DenialLog,
 }
 
 impl Shared {
@@ -153,7 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    let default_policy = Arc::new(crate::inbound::authz::PortPolicy::default_policy(
+    let default_policy = Arc::new(weft_policy::PortPolicy::default_policy(
         &config.inbound_default_policy,
         &config.policy_cluster_networks,
         config.inbound_detect_timeout,
@@ -173,6 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         policies,
         default_policy,
+        denials: Default::default(),
         discovery,
         pools: Pools::new(dialer, config.http_pool_idle_timeout),
         metrics,

@@ -1,5 +1,6 @@
 //! `weft diagnostics endpoints|profile AUTHORITY`: what the destination
-//! service tells a proxy about a target, exactly as a proxy would ask.
+//! service tells a proxy about a target, exactly as a proxy would ask
+//! (`diagnostics policy` is in [`crate::policy`]).
 
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ pub enum DiagnosticsCmd {
     Endpoints(QueryArgs),
     /// The profile (routes, retries, timeouts, opaqueness) of an authority or IP:port.
     Profile(QueryArgs),
+    /// The inbound policy of WORKLOAD:PORT, field by field, as the policy
+    /// controller streams it to that workload's proxy.
+    Policy(crate::policy::DiagnoseArgs),
     /// What the local mesh (`weft up`) runs from a manifests directory:
     /// services with their cluster IPs, and a pod per replica with its
     /// address, identity and program.
@@ -35,6 +39,16 @@ pub struct PlanArgs {
 pub struct QueryArgs {
     /// What a proxy would look up: `web.demo.svc.cluster.local:80` or `198.18.100.1:80`.
     target: String,
+    #[command(flatten)]
+    control: ControlArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Where the destination service is (it serves the inbound policy too),
+/// and what verifies it.
+#[derive(Args)]
+pub struct ControlArgs {
     /// The destination service (default: the running local mesh's, with its
     /// CA).
     #[arg(long, env = "WEFT_DESTINATION_ADDR")]
@@ -51,12 +65,10 @@ pub struct QueryArgs {
     #[arg(long, default_value = weft_control::destination::DESTINATION_SERVICE_NAME)]
     destination_name: weft_identity::Identity,
     #[command(flatten)]
-    mesh: crate::mesh::MeshArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    pub mesh: crate::mesh::MeshArgs,
 }
 
-impl QueryArgs {
+impl ControlArgs {
     /// Where to ask and which trust anchors verify the answer (`None`:
     /// plaintext): as given, or the running mesh's.
     fn service(&self) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
@@ -79,33 +91,36 @@ impl QueryArgs {
             }
         }
     }
+
+    /// A channel to the destination service, verified by its identity.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let (addr, ca_dir) = self.service()?;
+        let anchors = match &ca_dir {
+            Some(dir) => {
+                let path = dir.join("ca.crt");
+                let pem = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the trust anchors {}", path.display()))?;
+                Some(
+                    weft_identity::verify::TrustAnchors::from_pem(&pem)
+                        .with_context(|| format!("trust anchors in {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let service = weft_identity::control::ControlAddr {
+            addr: addr.clone(),
+            identity: anchors.as_ref().map(|_| self.destination_name.clone()),
+        };
+        weft_identity::control::connect(&service, anchors.as_ref(), ANSWER_TIMEOUT)
+            .await
+            .with_context(|| format!("cannot reach the destination service at {addr}"))
+    }
 }
 
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn client(args: &QueryArgs) -> anyhow::Result<DestinationClient<tonic::transport::Channel>> {
-    let (addr, ca_dir) = args.service()?;
-    let addr = &addr;
-    let anchors = match &ca_dir {
-        Some(dir) => {
-            let path = dir.join("ca.crt");
-            let pem = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading the trust anchors {}", path.display()))?;
-            Some(
-                weft_identity::verify::TrustAnchors::from_pem(&pem)
-                    .with_context(|| format!("trust anchors in {}", path.display()))?,
-            )
-        }
-        None => None,
-    };
-    let service = weft_identity::control::ControlAddr {
-        addr: addr.clone(),
-        identity: anchors.as_ref().map(|_| args.destination_name.clone()),
-    };
-    let channel = weft_identity::control::connect(&service, anchors.as_ref(), ANSWER_TIMEOUT)
-        .await
-        .with_context(|| format!("cannot reach the destination service at {addr}"))?;
-    Ok(DestinationClient::new(channel))
+    Ok(DestinationClient::new(args.control.channel().await?))
 }
 
 fn request(target: &str) -> api::GetDestination {
@@ -121,6 +136,7 @@ pub async fn run(cmd: DiagnosticsCmd) -> anyhow::Result<()> {
         DiagnosticsCmd::Endpoints(args) => endpoints(args).await,
         DiagnosticsCmd::Profile(args) => profile(args).await,
         DiagnosticsCmd::Plan(args) => plan(&args),
+        DiagnosticsCmd::Policy(args) => crate::policy::diagnose(args).await,
     }
 }
 
@@ -185,10 +201,10 @@ fn plan(args: &PlanArgs) -> anyhow::Result<()> {
 }
 
 /// The first message of a stream: the destination service always sends one.
-async fn first<T>(
+pub async fn first<T>(
     stream: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
     what: &str,
-    args: &QueryArgs,
+    args: &ControlArgs,
 ) -> anyhow::Result<T> {
     let failed = |s: tonic::Status| {
         let reason = weft_identity::control::status_reason(&s);
@@ -258,7 +274,12 @@ fn labels(map: &std::collections::HashMap<String, String>) -> String {
 
 async fn endpoints(args: QueryArgs) -> anyhow::Result<()> {
     let mut client = client(&args).await?;
-    let update = first(client.get(request(&args.target)).await, "endpoints", &args).await?;
+    let update = first(
+        client.get(request(&args.target)).await,
+        "endpoints",
+        &args.control,
+    )
+    .await?;
     let (exists, mut addrs, set_labels) = match update.update {
         Some(api::update::Update::Add(set)) => (true, set.addrs, set.metric_labels),
         Some(api::update::Update::NoEndpoints(n)) => (n.exists, Vec::new(), Default::default()),
@@ -367,7 +388,7 @@ async fn profile(args: QueryArgs) -> anyhow::Result<()> {
     let p = first(
         client.get_profile(request(&args.target)).await,
         "profile",
-        &args,
+        &args.control,
     )
     .await?;
     let routes: Vec<_> = p

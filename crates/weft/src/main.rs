@@ -21,6 +21,7 @@ mod identity;
 mod mesh;
 mod output;
 mod plan;
+mod policy;
 mod show;
 mod stat;
 mod target;
@@ -62,6 +63,12 @@ enum Cmd {
     Scale(up::ScaleArgs),
     /// Restart every pod of a workload in a running mesh.
     Restart(up::RestartArgs),
+    /// The servers, routes, authorizations and rate limits that apply to
+    /// each port of a workload, as the policy controller serves them now.
+    Authz(policy::AuthzArgs),
+    /// Authorization policy: why a request is admitted or refused.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +96,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Stat(args) => stat::run(args),
         Cmd::Scale(args) => up::scale(args),
         Cmd::Restart(args) => up::restart(args),
+        Cmd::Authz(args) => runtime()?.block_on(policy::authz(args)),
+        Cmd::Policy(policy::PolicyCmd::Explain(args)) => runtime()?.block_on(policy::explain(args)),
     }
 }
 

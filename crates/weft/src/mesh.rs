@@ -114,6 +114,11 @@ pub struct MeshPod {
     pub workload: String,
     pub services: Vec<String>,
     pub namespace: String,
+    pub ip: IpAddr,
+    /// The identity its proxy proves.
+    pub identity: Option<String>,
+    /// Its program's ports, with their names.
+    pub ports: Vec<(Option<String>, u16)>,
     pub admin: SocketAddr,
 }
 
@@ -160,6 +165,14 @@ pub fn running_pods(state: &Path) -> anyhow::Result<Vec<MeshPod>> {
                 workload,
                 services,
                 namespace: w.metadata.namespace.clone(),
+                ip,
+                identity: w.spec.mesh_tls.as_ref().map(|m| m.identity.clone()),
+                ports: w
+                    .spec
+                    .ports
+                    .iter()
+                    .map(|p| (p.name.clone(), p.port))
+                    .collect(),
                 admin: SocketAddr::new(ip, 4191),
             })
         })

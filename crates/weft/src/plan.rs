@@ -68,6 +68,9 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     pub identity: String,
     pub labels: BTreeMap<String, String>,
+    /// The pod template's annotations (`config.linkerd.io/default-inbound-policy`,
+    /// `config.linkerd.io/opaque-ports`...), which the policy controller reads.
+    pub annotations: BTreeMap<String, String>,
     /// The program and its arguments (`command` then `args`).
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -187,6 +190,7 @@ pub fn plan(snapshot: &Snapshot, replicas: &BTreeMap<Key, u32>) -> Result<Plan, 
                 ip,
                 identity: identity.to_string(),
                 labels: d.spec.template.metadata.labels.clone(),
+                annotations: d.spec.template.metadata.annotations.clone(),
                 argv: container
                     .command
                     .iter()

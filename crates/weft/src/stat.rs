@@ -3,7 +3,8 @@
 //! inbound requests (what the workload served), or from outbound ones for a
 //! workload that serves nothing (a client such as the vote bot). All are
 //! computed over a window between two scrapes. The mTLS share counts every
-//! connection the proxies opened or accepted. The data comes from the
+//! connection the proxies opened or accepted. DENIED/S counts what the
+//! workload's proxies refused by policy (authorization or rate limit). The data comes from the
 //! proxies directly; the Prometheus-backed viz stack can take this over
 //! behind the same output.
 
@@ -48,6 +49,9 @@ struct Totals {
     tcp_open: f64,
     tcp_tls: f64,
     tcp_open_now: f64,
+    /// Inbound requests and connections refused by authorization policy or
+    /// a rate limit.
+    denied: f64,
 }
 
 fn mesh_facing(s: &Sample) -> bool {
@@ -99,6 +103,9 @@ impl Totals {
                     }
                 }
                 "tcp_open_connections" if mesh_facing(s) => self.tcp_open_now += s.value,
+                "inbound_http_authz_deny_total"
+                | "inbound_tcp_authz_deny_total"
+                | "inbound_http_local_ratelimit_rejected_total" => self.denied += s.value,
                 _ => {}
             }
         }
@@ -152,6 +159,9 @@ struct WorkloadStat {
     direction: String,
     success_rate: Option<f64>,
     rps: f64,
+    /// Inbound requests (and opaque connections) per second that its
+    /// proxies refused: authorization policy or a rate limit.
+    denied_rps: f64,
     latency_ms_p50: Option<f64>,
     latency_ms_p95: Option<f64>,
     latency_ms_p99: Option<f64>,
@@ -205,6 +215,7 @@ fn workload_stat(
         direction: direction.into(),
         success_rate: (total > 0.0).then(|| round(ok / total)),
         rps: round(total / window.as_secs_f64()),
+        denied_rps: round((after.denied - before.denied).max(0.0) / window.as_secs_f64()),
         latency_ms_p50: quantile(&latency, 0.5).map(round),
         latency_ms_p95: quantile(&latency, 0.95).map(round),
         latency_ms_p99: quantile(&latency, 0.99).map(round),
@@ -278,6 +289,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
                 s.success_rate
                     .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
                 format!("{:.1}", s.rps),
+                format!("{:.1}", s.denied_rps),
                 opt(s.latency_ms_p50, "ms"),
                 opt(s.latency_ms_p95, "ms"),
                 opt(s.latency_ms_p99, "ms"),
@@ -294,6 +306,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<()> {
         "MESHED",
         "SUCCESS",
         "RPS",
+        "DENIED/S",
         "P50",
         "P95",
         "P99",

@@ -146,7 +146,7 @@ fn last_table(lines: &[String]) -> Vec<(String, String, String)> {
 
 fn all_ready(lines: &[String]) -> bool {
     let table = last_table(lines);
-    table.len() == 4 && table.iter().all(|(_, ready, _)| ready == "1/1")
+    table.len() == 5 && table.iter().all(|(_, ready, _)| ready == "1/1")
 }
 
 fn leftovers() -> Vec<String> {
@@ -300,6 +300,129 @@ fn assert_no_ipv6_way_around_the_proxy(ns: &str) {
 fn metric(ip: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let admin: std::net::SocketAddr = format!("{ip}:4191").parse().unwrap();
     support::admin_metric(admin, name, labels)
+}
+
+/// The demo's policy (examples/emojivoto/policy.yaml) as the running mesh
+/// enforces it, and as the policy tools explain it.
+fn assert_demo_policy(voting: &str, state_root: &str) {
+    let stuffer_id = "vote-stuffer.demo.serviceaccount.identity.weft.cluster.local";
+    let refused = [
+        ("srv_name", "voting-grpc"),
+        ("route_name", "voting-vote"),
+        ("client_id", stuffer_id),
+    ];
+    assert!(
+        metric(voting, "inbound_http_authz_deny_total", &refused) > 0.0,
+        "voting's proxy never refused the stuffer"
+    );
+    let from_web = [
+        ("srv_name", "voting-grpc"),
+        ("route_name", "voting-vote"),
+        ("authz_name", "vote-from-web"),
+        (
+            "client_id",
+            "web.demo.serviceaccount.identity.weft.cluster.local",
+        ),
+    ];
+    assert!(metric(voting, "inbound_http_authz_allow_total", &from_web) > 0.0);
+    let mesh = ["--mesh", MESH, "--state-root", state_root, "-o", "json"];
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = support::weft(&[args, &mesh[..]].concat());
+        assert!(
+            out.status.success(),
+            "weft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let vote = [
+        "--path",
+        "/weft.demo.VotingService/Vote",
+        "--method",
+        "POST",
+    ];
+    let explained = json(
+        &[
+            &[
+                "policy",
+                "explain",
+                "--from",
+                "vote-stuffer",
+                "--to",
+                "voting",
+            ][..],
+            &vote,
+        ]
+        .concat(),
+    );
+    let port = &explained["ports"][0];
+    assert_eq!(port["decision"], "unauthorized", "{explained}");
+    assert_eq!(port["server"], "server/voting-grpc", "{explained}");
+    assert_eq!(port["route"], "httproute/voting-vote", "{explained}");
+    assert_eq!(
+        port["considered"][0]["authorization"],
+        "authorizationpolicy/vote-from-web"
+    );
+    assert_eq!(
+        port["considered"][0]["why_not"], "the client's identity is not one it names",
+        "{explained}"
+    );
+    let explained = json(
+        &[
+            &["policy", "explain", "--from", "web", "--to", "voting:grpc"][..],
+            &vote,
+        ]
+        .concat(),
+    );
+    assert_eq!(explained["ports"][0]["decision"], "allowed", "{explained}");
+    assert_eq!(
+        explained["ports"][0]["allowed_by"],
+        "authorizationpolicy/vote-from-web"
+    );
+    // A method no route names: 404 from the proxy, whoever asks.
+    let explained = json(&[
+        "policy",
+        "explain",
+        "--from",
+        "web",
+        "--to",
+        "voting",
+        "--path",
+        "/weft.demo.VotingService/Drop",
+    ]);
+    assert_eq!(
+        explained["ports"][0]["decision"], "route_not_found",
+        "{explained}"
+    );
+    // The host's plaintext curl reaches web; the bot's votes are rate limited.
+    let explained = json(&["policy", "explain", "--from", "198.18.0.1", "--to", "web"]);
+    assert_eq!(
+        explained["ports"][0]["allowed_by"], "authorizationpolicy/web-from-host",
+        "{explained}"
+    );
+    assert_eq!(
+        explained["ports"][0]["rate_limit"], "web-rate-limit",
+        "{explained}"
+    );
+    let authz = json(&["authz", "web"]);
+    let rows: Vec<&str> = authz
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["authorization"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "authorizationpolicy/web-from-bot",
+            "authorizationpolicy/web-from-host"
+        ],
+        "{authz}"
+    );
+    let served = json(&["diagnostics", "policy", "voting:8080"]);
+    assert_eq!(served["labels"]["name"], "voting-grpc", "{served}");
+    let routes = served["protocol"]["http2"]["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 2, "{served}");
 }
 
 #[test]
@@ -457,19 +580,27 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
     );
     let stats: serde_json::Value = serde_json::from_slice(&stat.stdout).unwrap();
     let stats = stats.as_array().unwrap();
-    assert_eq!(stats.len(), 4, "{stats:?}");
+    assert_eq!(stats.len(), 5, "{stats:?}");
     for s in stats {
         assert_eq!(s["meshed"], true, "{s}");
         assert_eq!(s["tls_percent"], 100.0, "{s}");
         assert!(s["rps"].as_f64().unwrap() > 1.0, "{s}");
         assert!(s["latency_ms_p99"].as_f64().unwrap() > 0.0, "{s}");
         let rate = s["success_rate"].as_f64().unwrap();
-        if s["name"] == "emoji" {
-            assert_eq!(rate, 1.0, "{s}");
+        match s["name"].as_str().unwrap() {
+            "emoji" => assert_eq!(rate, 1.0, "{s}"),
+            // Every call it makes is refused by voting's proxy.
+            "vote-stuffer" => assert_eq!(rate, 0.0, "{s}"),
+            _ => assert!((0.5..=1.0).contains(&rate), "{s}"),
+        }
+        let denied = s["denied_rps"].as_f64().unwrap();
+        if s["name"] == "voting" {
+            assert!(denied > 1.0, "the stuffer's calls are refused: {s}");
         } else {
-            assert!((0.5..=1.0).contains(&rate), "{s}");
+            assert_eq!(denied, 0.0, "{s}");
         }
     }
+    assert_demo_policy(&voting, state_root);
     // Diagnostics find the running mesh's destination service and CA.
     let endpoints = support::weft(&[
         "diagnostics",
@@ -608,7 +739,7 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
         again
             .seen
             .iter()
-            .any(|l| l.starts_with("stopped: 4 pod namespaces removed")),
+            .any(|l| l.starts_with("stopped: 5 pod namespaces removed")),
         "{}",
         again.seen.join("\n")
     );
@@ -660,7 +791,8 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(
-        out.contains("✔ identity service       ready (127.18.0.1:9990)"),
+        out.lines().any(|l| l.starts_with("✔ identity service")
+            && l.ends_with(" ready (127.18.0.1:9990)")),
         "{out}"
     );
 
@@ -785,7 +917,7 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
     }
     up.stop();
     assert!(
-        up.seen.iter().any(|l| l.starts_with("stopped: 5 pods;")),
+        up.seen.iter().any(|l| l.starts_with("stopped: 6 pods;")),
         "{}",
         up.seen.join("\n")
     );

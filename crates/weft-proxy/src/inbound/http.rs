@@ -13,9 +13,10 @@ use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::pool::Pool;
 use crate::http::{Attempt, Exchange, HttpConn, headers, orig_proto, request_target, respond};
-use tracing::{debug, info};
 
-use super::authz::Client;
+use weft_policy::{Client, RequestDecision};
+
+use super::denials::Denial;
 use super::policy::PortWatch;
 use crate::metrics::{AuthorityMetrics, Decision, Tls};
 
@@ -68,37 +69,48 @@ impl Conn {
             tls: &self.caller.tls,
         };
         let metrics = &conn.shared.metrics;
-        let Some(route) = policy.route(req) else {
-            return Err(ProxyError::RouteNotFound {
-                server: policy.server.name.to_string(),
-            });
-        };
         let identity = self.identity.as_ref().map(|i| i.as_str());
         let client = Client {
             ip: self.caller.ip,
             tls: matches!(self.caller.tls, Tls::FromClient(_)),
             identity,
         };
-        let permit = route
-            .authorizations
-            .iter()
-            .find(|a| a.permits(&client))
-            .or_else(|| policy.permit(&client));
-        let Some(permit) = permit else {
-            metrics.http_authz_deny(&decision, &route.reference);
-            debug!(client = %self.caller.ip, client_id = ?identity, route = %route.reference.name, "request refused by authorization policy");
-            return Err(ProxyError::Unauthorized {
-                server: policy.server.name.to_string(),
-                route: route.reference.name.to_string(),
-            });
+        let log = |reason, route: Option<&weft_policy::Ref>| {
+            conn.shared.denials.refused(Denial {
+                client: self.caller.ip,
+                identity,
+                server: &policy.server.name,
+                reason,
+                route: route.map(|r| &*r.name),
+            })
+        };
+        let (route, permit) = match policy.authorize(&client, req) {
+            RequestDecision::NoRoute => {
+                log("route_not_found", None);
+                return Err(ProxyError::RouteNotFound {
+                    server: policy.server.name.to_string(),
+                });
+            }
+            RequestDecision::Unauthorized { route } => {
+                metrics.http_authz_deny(&decision, &route.reference);
+                log("unauthorized", Some(&route.reference));
+                return Err(ProxyError::Unauthorized {
+                    server: policy.server.name.to_string(),
+                    route: route.reference.name.to_string(),
+                });
+            }
+            RequestDecision::Allowed { route, by } => (route, by),
         };
         if permit.is_audit() {
-            info!(client = %self.caller.ip, client_id = ?identity, server = %policy.server.name, route = %route.reference.name, "audit: allowed a request that deny would refuse");
+            // Allowed, and counted as allowed by `audit`; logged as what
+            // deny would refuse.
+            log("audit_would_deny", Some(&route.reference));
         }
         if let Some(limit) = &policy.rate_limit
             && !limit.admit(identity)
         {
             metrics.http_rate_limited(&decision, &route.reference, &limit.reference);
+            log("rate_limited", Some(&route.reference));
             return Err(ProxyError::RateLimited {
                 server: policy.server.name.to_string(),
                 limit: limit.reference.name.to_string(),

@@ -16,10 +16,9 @@
 //! a byte is passed on: the client identity comes only from a verified
 //! certificate, and authorization will sit where the identity check is.
 
-pub mod authz;
+pub mod denials;
 pub mod http;
 pub mod policy;
-pub mod ratelimit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -269,7 +268,7 @@ impl Conn {
         let current = policy.current();
         // The port's policy may say what it speaks, whatever the bytes look like.
         let protocol = match current.protocol {
-            authz::Protocol::Opaque | authz::Protocol::Tls => Protocol::Opaque,
+            weft_policy::Protocol::Opaque | weft_policy::Protocol::Tls => Protocol::Opaque,
             _ => protocol,
         };
         let target_label = self.target.to_string();
@@ -280,7 +279,7 @@ impl Conn {
         };
         if !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
             // Opaque connections are authorized once, by the server's authorizations.
-            let client = authz::Client {
+            let client = weft_policy::Client {
                 ip: self.client,
                 tls: matches!(self.tls, Tls::FromClient(_)),
                 identity: self.client_id.as_ref().map(|c| c.as_str()),
@@ -289,13 +288,14 @@ impl Conn {
                 Some(permit) => shared.metrics.tcp_authz_allow(&decision, &permit.reference),
                 None => {
                     shared.metrics.tcp_authz_deny(&decision);
-                    return info!(
-                        target = %self.target,
-                        client = %self.client,
-                        client_id = ?client.identity,
-                        server = %current.server.name,
-                        "connection refused by authorization policy"
-                    );
+                    shared.denials.refused(denials::Denial {
+                        client: self.client,
+                        identity: client.identity,
+                        server: &current.server.name,
+                        reason: "unauthorized",
+                        route: None,
+                    });
+                    return debug!(target = %self.target, "connection refused by authorization policy");
                 }
             }
         }

@@ -17,9 +17,9 @@ use tracing::{info, warn};
 use weft_identity::control::ControlAddr;
 use weft_identity::verify::TrustAnchors;
 
-use super::authz::PortPolicy;
 use crate::discovery::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::metrics::Metrics;
+use weft_policy::PortPolicy;
 
 /// Ports watched at once. Clients choose the port a connection targets;
 /// beyond this many, a port is served by the default policy (as ports no

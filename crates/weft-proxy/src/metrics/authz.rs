@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::family::{Family, Registrar};
 use super::{Metrics, Tls};
-use crate::inbound::authz::Ref;
+use weft_policy::Ref;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {

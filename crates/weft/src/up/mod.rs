@@ -62,6 +62,12 @@ pub struct UpArgs {
     /// their life while the mesh runs (at most 90 days).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
+    /// The inbound policy of ports no Server selects (all-unauthenticated,
+    /// all-authenticated, cluster-unauthenticated, cluster-authenticated,
+    /// deny, audit); a pod's config.linkerd.io/default-inbound-policy
+    /// annotation overrides it.
+    #[arg(long, default_value = "all-unauthenticated")]
+    default_inbound_policy: weft_api::DefaultPolicy,
 }
 
 /// Why the mesh runs rootless, or `None` for network namespaces.
@@ -142,6 +148,7 @@ struct Mesh {
     /// Set once the control plane runs: what every pod needs.
     pod_env: Option<PodEnv>,
     token_ttl: Duration,
+    default_inbound_policy: weft_api::DefaultPolicy,
     /// The destination service's token, once the control plane starts.
     destination_token: Option<TokenFile>,
 }
@@ -204,6 +211,7 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
         replicas: BTreeMap::new(),
         pod_env: None,
         token_ttl: args.token_ttl,
+        default_inbound_policy: args.default_inbound_policy,
         destination_token: None,
     };
     let outcome = match start(&mut mesh).await {
@@ -358,6 +366,8 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
                 format!("{control_ip}:{DESTINATION_PORT}"),
                 "--admin-listen".into(),
                 format!("{control_ip}:9996"),
+                "--default-inbound-policy".into(),
+                mesh.default_inbound_policy.as_str().into(),
             ],
         ),
     ];
@@ -442,16 +452,22 @@ fn start_pod(mesh: &mut Mesh, pod: &Pod) -> anyhow::Result<RunningPod> {
     if let Some(proxy) = addressing.http_proxy {
         app_env.push(("http_proxy".into(), proxy));
     }
+    let destination_service = weft_api::proxy::ServiceAddr {
+        addr: SocketAddr::from((control_ip, DESTINATION_PORT)),
+        name: weft_control::destination::DESTINATION_SERVICE_NAME.into(),
+    };
     let spec = weft_api::proxy::ProxySpec {
         log: "warn,weft_proxy=info".into(),
         identity_service: weft_api::proxy::ServiceAddr {
             addr: SocketAddr::from((control_ip, IDENTITY_PORT)),
             name: weft_control::identity::IDENTITY_SERVICE_NAME.into(),
         },
-        destination_service: weft_api::proxy::ServiceAddr {
-            addr: SocketAddr::from((control_ip, DESTINATION_PORT)),
-            name: weft_control::destination::DESTINATION_SERVICE_NAME.into(),
-        },
+        destination_service: destination_service.clone(),
+        // The destination process serves the inbound policy too.
+        policy: Some(weft_api::proxy::PolicyClient {
+            service: destination_service,
+            workload: format!("{}:{}", pod.namespace, pod.name),
+        }),
         local_identity: pod.identity.clone(),
         token_file: token.path().to_path_buf(),
         trust_anchors: env.anchors.clone(),

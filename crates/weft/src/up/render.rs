@@ -38,9 +38,14 @@ pub fn cluster_state(
             docs.push(to_manifest(&svc)?);
         }
     }
-    for profile in snapshot.profiles.values() {
-        docs.push(to_manifest(&**profile)?);
-    }
+    rendered(&mut docs, &snapshot.profiles)?;
+    // Policy, as written: the controller reads it beside the workloads.
+    rendered(&mut docs, &snapshot.servers)?;
+    rendered(&mut docs, &snapshot.authorization_policies)?;
+    rendered(&mut docs, &snapshot.meshtls_authentications)?;
+    rendered(&mut docs, &snapshot.network_authentications)?;
+    rendered(&mut docs, &snapshot.http_routes)?;
+    rendered(&mut docs, &snapshot.rate_limits)?;
     for pod in &plan.pods {
         let is_ready = ready
             .get(&(pod.namespace.clone(), pod.name.clone()))
@@ -53,7 +58,7 @@ pub fn cluster_state(
                 name: pod.name.clone(),
                 namespace: pod.namespace.clone(),
                 labels,
-                annotations: BTreeMap::new(),
+                annotations: pod.annotations.clone(),
             },
             spec: ExternalWorkloadSpec {
                 mesh_tls: Some(MeshTls {
@@ -81,6 +86,16 @@ pub fn cluster_state(
         docs.push(to_manifest(&workload)?);
     }
     Ok(docs.join("---\n"))
+}
+
+fn rendered<T: weft_api::Resource>(
+    docs: &mut Vec<String>,
+    resources: &BTreeMap<weft_api::Key, std::sync::Arc<T>>,
+) -> anyhow::Result<()> {
+    for r in resources.values() {
+        docs.push(to_manifest(&**r)?);
+    }
+    Ok(())
 }
 
 /// Replaces `dir/cluster.yaml` with `text` (write, then rename).

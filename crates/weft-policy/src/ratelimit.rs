@@ -9,7 +9,7 @@ use std::time::Instant;
 use linkerd2_proxy_api::inbound as api;
 use parking_lot::Mutex;
 
-use super::authz::Ref;
+use crate::authz::Ref;
 
 /// Identities tracked for per-identity limits; beyond this the least
 /// recently seen is forgotten (it starts again with a full bucket).

@@ -13,8 +13,8 @@ use linkerd2_proxy_api::http_route as route_api;
 use linkerd2_proxy_api::inbound as api;
 use linkerd2_proxy_api::meta;
 
-use super::ratelimit::RateLimit;
-use crate::config::Cidr;
+use crate::Cidr;
+use crate::ratelimit::RateLimit;
 
 /// `group`, `kind` and `name` of a server, route or authorization, as
 /// Linkerd's metrics label them.
@@ -64,6 +64,18 @@ pub enum Protocol {
     Tls,
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Protocol::Detect(t) => write!(f, "detect (within {}s)", t.as_secs_f64()),
+            Protocol::Http1 => f.write_str("HTTP/1"),
+            Protocol::Http2 => f.write_str("HTTP/2"),
+            Protocol::Opaque => f.write_str("opaque"),
+            Protocol::Tls => f.write_str("TLS"),
+        }
+    }
+}
+
 /// One port's policy.
 #[derive(Debug)]
 pub struct PortPolicy {
@@ -103,28 +115,114 @@ enum Authn {
     },
 }
 
+/// Why an authorization does not admit a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client's address is in none of its networks (or in an exception).
+    Network,
+    /// It takes mesh TLS clients only; this one came in plaintext.
+    NotMeshTls,
+    /// It takes named identities; this client proved none.
+    NoIdentity,
+    /// It takes named identities; this client's is not one of them.
+    Identity,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Network => "the client's address is outside its networks",
+            Refusal::NotMeshTls => "the client is not over mesh TLS",
+            Refusal::NoIdentity => "the client proved no identity (plaintext)",
+            Refusal::Identity => "the client's identity is not one it names",
+        })
+    }
+}
+
 impl Authz {
     pub fn permits(&self, client: &Client) -> bool {
+        self.check(client).is_ok()
+    }
+
+    /// Whether it admits `client`, and if not, why.
+    pub fn check(&self, client: &Client) -> Result<(), Refusal> {
         let in_networks = self.networks.iter().any(|(net, except)| {
             net.contains(client.ip) && !except.iter().any(|e| e.contains(client.ip))
         });
-        in_networks
-            && match &self.authn {
-                Authn::Unauthenticated => true,
-                Authn::MeshTls => client.tls,
-                Authn::Identities { exact, suffixes } => client.identity.is_some_and(|id| {
-                    exact.contains(id)
-                        || suffixes.iter().any(|s| {
-                            s.is_empty() || (id.ends_with(s.as_str()) && id.len() > s.len())
-                        })
-                }),
+        if !in_networks {
+            return Err(Refusal::Network);
+        }
+        match &self.authn {
+            Authn::Unauthenticated => Ok(()),
+            Authn::MeshTls if client.tls => Ok(()),
+            Authn::MeshTls => Err(Refusal::NotMeshTls),
+            Authn::Identities { exact, suffixes } => {
+                let id = client.identity.ok_or(Refusal::NoIdentity)?;
+                let listed = exact.contains(id)
+                    || suffixes
+                        .iter()
+                        .any(|s| s.is_empty() || (id.ends_with(s.as_str()) && id.len() > s.len()));
+                if listed {
+                    Ok(())
+                } else {
+                    Err(Refusal::Identity)
+                }
             }
+        }
+    }
+
+    /// What it requires, for people: its clients and networks.
+    pub fn requirement(&self) -> String {
+        let clients = match &self.authn {
+            Authn::Unauthenticated => "any client".to_string(),
+            Authn::MeshTls => "any mesh TLS client".to_string(),
+            Authn::Identities { exact, suffixes } => {
+                let mut names: Vec<String> = exact.iter().cloned().collect();
+                names.sort();
+                names.extend(suffixes.iter().map(|s| {
+                    if s.is_empty() {
+                        "any identity".to_string()
+                    } else {
+                        format!("*{s}")
+                    }
+                }));
+                format!("identity {}", names.join(" or "))
+            }
+        };
+        let networks: Vec<String> = self
+            .networks
+            .iter()
+            .map(|(net, except)| {
+                if except.is_empty() {
+                    net.to_string()
+                } else {
+                    let except: Vec<String> = except.iter().map(Cidr::to_string).collect();
+                    format!("{net} except {}", except.join(","))
+                }
+            })
+            .collect();
+        format!("{clients} from {}", networks.join(", "))
     }
 
     /// Linkerd's audit policy: allowed, but what it allows would be denied.
     pub fn is_audit(&self) -> bool {
         &*self.reference.kind == "default" && &*self.reference.name == "audit"
     }
+}
+
+/// What a port's policy says about one HTTP request (before its rate limit).
+#[derive(Debug)]
+pub enum RequestDecision<'p> {
+    /// No route of the server matches it (404).
+    NoRoute,
+    /// Its route's and the server's authorizations all refuse the client (403).
+    Unauthorized {
+        route: &'p Route,
+    },
+    Allowed {
+        route: &'p Route,
+        by: &'p Authz,
+    },
 }
 
 #[derive(Debug)]
@@ -211,6 +309,13 @@ impl RouteMatch {
     }
 }
 
+impl Route {
+    /// Whether any of its matches selects `req`.
+    pub fn matches<B>(&self, req: &http::Request<B>) -> bool {
+        self.matches.iter().any(|m| m.matches(req))
+    }
+}
+
 /// A Gateway API prefix: whole path segments (`/api` matches `/api/x`, not `/apix`).
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
@@ -236,9 +341,28 @@ impl PortPolicy {
         best.map(|(route, _)| route)
     }
 
-    /// The server-level authorization that admits `client`.
+    /// The server-level authorization that admits `client` (what an opaque
+    /// connection is checked against).
     pub fn permit(&self, client: &Client) -> Option<&Authz> {
         self.authorizations.iter().find(|a| a.permits(client))
+    }
+
+    /// The authorizations a request on `route` is checked against, in
+    /// order: the route's own, then the server's.
+    pub fn authorizations_for<'p>(&'p self, route: &'p Route) -> impl Iterator<Item = &'p Authz> {
+        route.authorizations.iter().chain(&self.authorizations)
+    }
+
+    /// Checks one request: its route, then the first authorization that
+    /// admits the client.
+    pub fn authorize<B>(&self, client: &Client, req: &http::Request<B>) -> RequestDecision<'_> {
+        let Some(route) = self.route(req) else {
+            return RequestDecision::NoRoute;
+        };
+        match self.authorizations_for(route).find(|a| a.permits(client)) {
+            Some(by) => RequestDecision::Allowed { route, by },
+            None => RequestDecision::Unauthorized { route },
+        }
     }
 
     /// What a proxy knows before the controller answers, or without one:
