@@ -95,6 +95,16 @@ impl Snapshot {
             }
         };
         s.resources = Resources::first_of_each(manifests, served, &mut first);
+        for (kind, key, reason) in weft_api::dangling_references(&s.resources) {
+            let (file, line) = seen
+                .get(&(kind, key.clone()))
+                .map_or((String::new(), 0), |(f, l)| (f.display().to_string(), *l));
+            problems.push(ManifestError {
+                file,
+                line,
+                reason: format!("{kind} {key}: {reason}"),
+            });
+        }
         s.origins = seen.into_iter().map(|(k, (file, _))| (k, file)).collect();
         for (key, svc) in &s.resources.services {
             if let Some(ip) = svc.spec.cluster_ip {
@@ -452,6 +462,53 @@ mod tests {
             s.problems[0].to_string(),
             "b.yaml:1: Service demo/web is already defined at a.yaml:1; this one is ignored"
         );
+    }
+
+    #[test]
+    fn dangling_policy_references_are_reported_where_they_are_written() {
+        let text = "apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: a, namespace: demo}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: gone}
+  requiredAuthenticationRefs:
+  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: nobody}
+  - {group: policy.linkerd.io, kind: NetworkAuthentication, name: lan}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata: {name: lan, namespace: demo}
+spec:
+  networks: [{cidr: 10.0.0.0/8}]
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {name: r, namespace: demo}
+spec:
+  parentRefs: [{group: policy.linkerd.io, kind: Server, name: other, namespace: prod}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: {name: l, namespace: demo}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: gone}
+  total: {requestsPerSecond: 5}
+";
+        let (m, errors) = parse_manifests(Path::new("p.yaml"), text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = Snapshot::new(1, m, Vec::new());
+        let problems: Vec<String> = s.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "p.yaml:1: AuthorizationPolicy demo/a: targetRef names Server demo/gone, which does not exist",
+                "p.yaml:1: AuthorizationPolicy demo/a: requiredAuthenticationRefs names MeshTLSAuthentication demo/nobody, which does not exist",
+                "p.yaml:22: HTTPLocalRateLimitPolicy demo/l: targetRef names Server demo/gone, which does not exist",
+                "p.yaml:16: HTTPRoute demo/r: parentRefs names Server prod/other, which does not exist",
+            ]
+        );
+        // Still served: the other side may come later.
+        assert_eq!(s.authorization_policies.len(), 1);
     }
 
     fn scratch(name: &str) -> PathBuf {

@@ -171,6 +171,12 @@ impl Authz {
         }
     }
 
+    /// Whether it admits only named identities (not any client, or any
+    /// mesh TLS client, from its networks).
+    pub fn names_identities(&self) -> bool {
+        matches!(self.authn, Authn::Identities { .. })
+    }
+
     /// What it requires, for people: its clients and networks.
     pub fn requirement(&self) -> String {
         let clients = match &self.authn {

@@ -304,6 +304,159 @@ fn manifest_checks(state: &Path) -> Vec<Check> {
     checks
 }
 
+/// The policy the mesh serves, linted with the code its proxies enforce
+/// with: Servers that select no workload port, AuthorizationPolicies that
+/// apply nowhere or admit no workload of the mesh, and ports left on the
+/// `deny` default that are refusing traffic. Dangling references are
+/// manifest problems (above).
+fn policy_checks(state: &Path, pods: &[crate::mesh::MeshPod]) -> Vec<Check> {
+    use std::collections::BTreeSet;
+    let snapshot = match weft_control::store::load(&state.join("cluster")) {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![Check::new(
+                "policy",
+                Status::Fail,
+                format!("cannot read the cluster state: {e:#}"),
+                None,
+            )];
+        }
+    };
+    let config = weft_control::policy::PolicyConfig::default();
+    let mut selected: BTreeSet<weft_api::Key> = BTreeSet::new();
+    let mut applied: BTreeSet<String> = BTreeSet::new();
+    let mut admits_someone: BTreeSet<String> = BTreeSet::new();
+    let clients: Vec<weft_policy::Client> = snapshot
+        .workloads
+        .values()
+        .filter_map(|w| {
+            Some(weft_policy::Client {
+                ip: w.spec.workload_ips.first()?.ip,
+                tls: true,
+                identity: Some(w.spec.mesh_tls.as_ref()?.identity.as_str()),
+            })
+        })
+        .collect();
+    let numbered: Vec<u16> = snapshot
+        .servers
+        .values()
+        .filter_map(|s| match s.spec.port {
+            weft_api::ServerPort::Number(n) => Some(n),
+            weft_api::ServerPort::Name(_) => None,
+        })
+        .collect();
+    for (key, w) in &snapshot.workloads {
+        let ports: BTreeSet<u16> = w
+            .spec
+            .ports
+            .iter()
+            .map(|p| p.port)
+            .chain(numbered.iter().copied())
+            .collect();
+        for port in ports {
+            let Some(served) = weft_control::policy::inbound::server(&snapshot, &config, key, port)
+            else {
+                continue;
+            };
+            let Ok(policy) = weft_policy::PortPolicy::from_proto(served) else {
+                continue;
+            };
+            if &*policy.server.kind == "server" {
+                selected.insert(weft_api::Key {
+                    namespace: key.namespace.clone(),
+                    name: policy.server.name.to_string(),
+                });
+            }
+            let authorizations = policy
+                .authorizations
+                .iter()
+                .chain(policy.routes.iter().flat_map(|r| &r.authorizations))
+                .filter(|a| &*a.reference.kind == "authorizationpolicy");
+            for a in authorizations {
+                let name = format!("{}/{}", key.namespace, a.reference.name);
+                if !a.names_identities() || clients.iter().any(|c| a.permits(c)) {
+                    admits_someone.insert(name.clone());
+                }
+                applied.insert(name);
+            }
+        }
+    }
+    let mut checks = Vec::new();
+    let unselected: Vec<String> = snapshot
+        .servers
+        .keys()
+        .filter(|k| !selected.contains(*k))
+        .map(ToString::to_string)
+        .collect();
+    if !unselected.is_empty() {
+        checks.push(Check::new(
+            "policy servers",
+            Status::Warn,
+            format!("select no workload port: {}", unselected.join(", ")),
+            Some("check each one's podSelector and port against the workloads' labels and ports"),
+        ));
+    }
+    let mut never = Vec::new();
+    for key in snapshot.authorization_policies.keys() {
+        let name = key.to_string();
+        if !applied.contains(&name) {
+            never.push(format!("{name} (applies to no workload port)"));
+        } else if !admits_someone.contains(&name) {
+            never.push(format!(
+                "{name} (no workload of the mesh proves an identity it admits)"
+            ));
+        }
+    }
+    if !never.is_empty() {
+        checks.push(Check::new(
+            "policy authorizations",
+            Status::Warn,
+            format!("can never match: {}", never.join(", ")),
+            Some("weft policy explain --from CLIENT --to WORKLOAD shows each step"),
+        ));
+    }
+    for pod in pods {
+        let metrics = crate::mesh::get(pod.admin, "/metrics")
+            .map(|(_, text)| weft_control::metrics_text::parse(&text))
+            .unwrap_or_default();
+        let mut refused: std::collections::BTreeMap<String, f64> = Default::default();
+        for s in metrics.iter().filter(|s| {
+            matches!(
+                s.name.as_str(),
+                "inbound_http_authz_deny_total" | "inbound_tcp_authz_deny_total"
+            ) && s.label("srv_kind") == Some("default")
+                && s.label("srv_name") == Some("deny")
+        }) {
+            let port = s
+                .label("target_addr")
+                .and_then(|a| a.rsplit_once(':'))
+                .map_or("?", |(_, p)| p);
+            *refused.entry(port.to_string()).or_default() += s.value;
+        }
+        for (port, n) in refused {
+            checks.push(Check::new(
+                &format!("policy {}/{}:{port}", pod.namespace, pod.name),
+                Status::Warn,
+                format!("no Server selects this port and its default is deny: {n} refused so far"),
+                Some("add a Server and an AuthorizationPolicy for the clients it should take"),
+            ));
+        }
+    }
+    if checks.is_empty() {
+        checks.push(Check::new(
+            "policy",
+            Status::Ok,
+            format!(
+                "{} server(s), {} authorization(s): each selects and admits something",
+                snapshot.servers.len(),
+                snapshot.authorization_policies.len()
+            ),
+            None,
+        ));
+    }
+    checks
+}
+
 /// One check per proxy: ready, certificate current, talking to the control
 /// plane.
 fn proxy_checks(pods: &[crate::mesh::MeshPod], logs: &Path, now: SystemTime) -> Vec<Check> {
@@ -379,6 +532,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
             checks.extend(manifest_checks(&state));
             checks.extend(ca_checks(&state.join("ca"), now));
             checks.extend(proxy_checks(&pods, &logs, now));
+            checks.extend(policy_checks(&state, &pods));
             checks
         }
     };

@@ -419,6 +419,23 @@ fn assert_demo_policy(voting: &str, state_root: &str) {
         ],
         "{authz}"
     );
+    // A port no Server selects is on voting's `deny` default: the host's
+    // request is refused there, and weft check says so.
+    let curl = Command::new("curl")
+        .args(["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{voting}:9999/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "403");
+    let check = support::weft(&["check", "--mesh", MESH, "--state-root", state_root]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "a warning is not a failure: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("‼ policy demo/voting-0:9999")
+                && l.contains("no Server selects this port and its default is deny: 1 refused")),
+        "{out}"
+    );
     let served = json(&["diagnostics", "policy", "voting:8080"]);
     assert_eq!(served["labels"]["name"], "voting-grpc", "{served}");
     let routes = served["protocol"]["http2"]["routes"].as_array().unwrap();
@@ -875,6 +892,50 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
             .iter()
             .any(|(w, ready, _)| w == "demo/web" && ready == "2/2")
     });
+
+    // Policy that can never do anything is pointed out, not refused.
+    std::fs::write(
+        manifests.join("zz-lint.yaml"),
+        "apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: nothing, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: nope}}
+  port: 80
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: ghosts, namespace: demo}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: web-http}
+  requiredAuthenticationRefs:
+  - {kind: ServiceAccount, name: ghost}
+",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let check = support::weft(&[&["check"][..], &mesh_args].concat());
+        let out = String::from_utf8_lossy(&check.stdout).into_owned();
+        if out.contains("‼ policy servers") {
+            assert!(check.status.success(), "{out}");
+            assert!(
+                out.contains("select no workload port: demo/nothing"),
+                "{out}"
+            );
+            assert!(
+                out.contains("can never match: demo/ghosts (no workload of the mesh proves an identity it admits)"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weft check never pointed at the lint: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_file(manifests.join("zz-lint.yaml")).unwrap();
 
     // Hostile edits: brackets nested 200,000 deep, and the web Service again in
     // a file that sorts first. Supervision goes on, web keeps its definition,
