@@ -650,6 +650,85 @@ pub(crate) fn check_rate_limit(p: &HttpLocalRateLimitPolicy) -> Result<(), Strin
     Ok(())
 }
 
+/// A reference to a resource that does not exist: (the referring kind,
+/// its key, what is missing). The referring resource is still served (in
+/// Kubernetes the other may come later), but it cannot do what it says
+/// until then: an authorization needing a missing authentication admits
+/// no one, a route or a rate limit whose Server is missing applies nowhere.
+pub fn dangling_references(r: &crate::Resources) -> Vec<(&'static str, Key, String)> {
+    let mut found = Vec::new();
+    let exists = |kind: RefKind, namespace: &str, name: &str| {
+        let key = Key {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        match kind {
+            RefKind::Server => r.servers.contains_key(&key),
+            RefKind::HttpRoute => r.http_routes.contains_key(&key),
+            RefKind::MeshTlsAuthentication => r.meshtls_authentications.contains_key(&key),
+            RefKind::NetworkAuthentication => r.network_authentications.contains_key(&key),
+            // Namespaces and ServiceAccounts are not resources of the files
+            // store: any name is taken as it is.
+            RefKind::Namespace | RefKind::ServiceAccount => true,
+        }
+    };
+    let mut check = |kind: &'static str, key: &Key, field: &str, t: &TargetRef| {
+        let namespace = t.namespace.as_deref().unwrap_or(&key.namespace);
+        if let Some(ref_kind) = t.kind()
+            && !exists(ref_kind, namespace, &t.name)
+        {
+            found.push((
+                kind,
+                key.clone(),
+                format!(
+                    "{field} names {} {namespace}/{}, which does not exist",
+                    t.kind, t.name
+                ),
+            ));
+        }
+    };
+    for (key, a) in &r.authorization_policies {
+        check(
+            AuthorizationPolicy::KIND,
+            key,
+            "targetRef",
+            &a.spec.target_ref,
+        );
+        for t in &a.spec.required_authentication_refs {
+            check(
+                AuthorizationPolicy::KIND,
+                key,
+                "requiredAuthenticationRefs",
+                t,
+            );
+        }
+    }
+    for (key, l) in &r.rate_limits {
+        check(
+            HttpLocalRateLimitPolicy::KIND,
+            key,
+            "targetRef",
+            &l.spec.target_ref,
+        );
+    }
+    for (key, route) in &r.http_routes {
+        for p in route.spec.parent_refs.iter().filter(|p| p.is_server()) {
+            let namespace = p.namespace.as_deref().unwrap_or(&key.namespace);
+            if !exists(RefKind::Server, namespace, &p.name) {
+                found.push((
+                    HttpRoute::KIND,
+                    key.clone(),
+                    format!(
+                        "parentRefs names Server {namespace}/{}, which does not exist",
+                        p.name
+                    ),
+                ));
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,83 +834,4 @@ mod tests {
         let err = "allow".parse::<DefaultPolicy>().unwrap_err();
         assert!(err.contains("all-unauthenticated"), "{err}");
     }
-}
-
-/// A reference to a resource that does not exist: (the referring kind,
-/// its key, what is missing). The referring resource is still served (in
-/// Kubernetes the other may come later), but it cannot do what it says
-/// until then: an authorization needing a missing authentication admits
-/// no one, a route or a rate limit whose Server is missing applies nowhere.
-pub fn dangling_references(r: &crate::Resources) -> Vec<(&'static str, Key, String)> {
-    let mut found = Vec::new();
-    let exists = |kind: RefKind, namespace: &str, name: &str| {
-        let key = Key {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
-        match kind {
-            RefKind::Server => r.servers.contains_key(&key),
-            RefKind::HttpRoute => r.http_routes.contains_key(&key),
-            RefKind::MeshTlsAuthentication => r.meshtls_authentications.contains_key(&key),
-            RefKind::NetworkAuthentication => r.network_authentications.contains_key(&key),
-            // Namespaces and ServiceAccounts are not resources of the files
-            // store: any name is taken as it is.
-            RefKind::Namespace | RefKind::ServiceAccount => true,
-        }
-    };
-    let mut check = |kind: &'static str, key: &Key, field: &str, t: &TargetRef| {
-        let namespace = t.namespace.as_deref().unwrap_or(&key.namespace);
-        if let Some(ref_kind) = t.kind()
-            && !exists(ref_kind, namespace, &t.name)
-        {
-            found.push((
-                kind,
-                key.clone(),
-                format!(
-                    "{field} names {} {namespace}/{}, which does not exist",
-                    t.kind, t.name
-                ),
-            ));
-        }
-    };
-    for (key, a) in &r.authorization_policies {
-        check(
-            AuthorizationPolicy::KIND,
-            key,
-            "targetRef",
-            &a.spec.target_ref,
-        );
-        for t in &a.spec.required_authentication_refs {
-            check(
-                AuthorizationPolicy::KIND,
-                key,
-                "requiredAuthenticationRefs",
-                t,
-            );
-        }
-    }
-    for (key, l) in &r.rate_limits {
-        check(
-            HttpLocalRateLimitPolicy::KIND,
-            key,
-            "targetRef",
-            &l.spec.target_ref,
-        );
-    }
-    for (key, route) in &r.http_routes {
-        for p in route.spec.parent_refs.iter().filter(|p| p.is_server()) {
-            let namespace = p.namespace.as_deref().unwrap_or(&key.namespace);
-            if !exists(RefKind::Server, namespace, &p.name) {
-                found.push((
-                    HttpRoute::KIND,
-                    key.clone(),
-                    format!(
-                        "parentRefs names Server {namespace}/{}, which does not exist",
-                        p.name
-                    ),
-                ));
-            }
-        }
-    }
-    found
 }
