@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use support::{Ca, WEB, free_port};
+use support::{Ca, WEB, client_config, free_port, mesh_request, mesh_request_in_parts};
 use weft_testkit::proxy::Proxy;
 use weft_testkit::scrape::http_get;
 
@@ -80,55 +80,6 @@ fn the_proxy_is_ready_only_with_a_certificate_and_renews_it() {
 
 /// A rustls client config: trusts the CA's anchors, optionally presents a
 /// leaf for `client` signed by `issuer_ca`.
-fn client_config(
-    anchors_pem: &str,
-    client: Option<(&Ca, &str)>,
-) -> std::sync::Arc<rustls::ClientConfig> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for der in weft_identity::ca::pem_certificates(anchors_pem, "anchors").unwrap() {
-        roots.add(CertificateDer::from(der)).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client {
-        None => builder.with_no_client_auth(),
-        Some((ca, name)) => {
-            let issuer = weft_identity::ca::CertAndKey {
-                cert_pem: std::fs::read_to_string(ca.dir.join("issuer.crt")).unwrap(),
-                key_pem: std::fs::read_to_string(ca.dir.join("issuer.key")).unwrap(),
-            };
-            let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
-            let signer =
-                weft_identity::ca::Ca::new(&issuer, &anchors, Duration::from_secs(3600)).unwrap();
-            let id = name.parse().unwrap();
-            let (key, csr) = weft_identity::csr::new_key_and_csr(&id).unwrap();
-            let leaf = signer.sign(&csr, &id, SystemTime::now()).unwrap();
-            let chain = std::iter::once(leaf.cert_der)
-                .chain(leaf.chain)
-                .map(CertificateDer::from)
-                .collect();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
-    std::sync::Arc::new(config)
-}
-
-/// Sends one HTTP/1.1 request over mesh TLS (SNI = the server's identity) and
-/// returns whatever came back, or the error.
-async fn mesh_request(
-    config: std::sync::Arc<rustls::ClientConfig>,
-    addr: SocketAddr,
-    request: &str,
-) -> Result<String, std::io::Error> {
-    mesh_request_in_parts(config, addr, &[request], Duration::ZERO).await
-}
-
-/// Like [`mesh_request`], writing `parts` with `pause` between them.
 /// `GET /headers` over mesh TLS as the identity `CLIENT` (certified by
 /// `ca`): the answer, which must be a 200.
 async fn get_as_client(anchors: &str, ca: &Ca, addr: SocketAddr) -> String {
@@ -141,32 +92,6 @@ async fn get_as_client(anchors: &str, ca: &Ca, addr: SocketAddr) -> String {
     .expect("mesh TLS request");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     answer
-}
-
-async fn mesh_request_in_parts(
-    config: std::sync::Arc<rustls::ClientConfig>,
-    addr: SocketAddr,
-    parts: &[&str],
-    pause: Duration,
-) -> Result<String, std::io::Error> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = rustls::pki_types::ServerName::try_from(WEB.to_string()).unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await?;
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            tokio::time::sleep(pause).await;
-        }
-        tls.write_all(part.as_bytes()).await?;
-        tls.flush().await?;
-    }
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut out))
-        .await
-        .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
-    Ok(out)
 }
 
 const CLIENT: &str = "client.demo.serviceaccount.identity.weft.cluster.local";

@@ -73,7 +73,7 @@ impl DenialLog {
             route = d.route.unwrap_or("-"),
             reason = d.reason,
             unlogged_since_last = suppressed,
-            "inbound policy refused (audit_would_deny: allowed by audit, would be refused) a client; logged once a minute per client, server and reason"
+            "refused by inbound policy (reason audit_would_deny: allowed by audit, refused under deny); logged once a minute per client, server and reason"
         );
     }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The identity service's own identity (its default).
 pub const IDENTITY_SERVICE: &str = "identity.weft.serviceaccount.identity.weft.cluster.local";
@@ -178,6 +178,8 @@ pub struct Destination {
     /// With a CA directory and its identity service's port, the service gets
     /// a certificate through Certify and serves TLS as `destination.weft...`.
     tls: Option<(PathBuf, u16)>,
+    /// More arguments (`--cluster-networks ...`), kept for restarts.
+    args: Vec<String>,
 }
 
 /// The destination service's own identity (its default).
@@ -186,16 +188,36 @@ pub const DESTINATION_SERVICE: &str = "destination.weft.serviceaccount.identity.
 impl Destination {
     /// Writes `files` (name, YAML) into a fresh directory and serves it.
     pub fn start(files: &[(&str, &str)]) -> Destination {
-        Self::start_with(files, None)
+        Self::start_with(files, None, &[])
+    }
+
+    /// The same, with more command-line arguments.
+    pub fn start_args(files: &[(&str, &str)], args: &[&str]) -> Destination {
+        Self::start_with(files, None, args)
     }
 
     /// The same, serving TLS with a certificate it gets from the identity
     /// service of `ca` on `identity_port`, with a token for its identity.
     pub fn start_tls(files: &[(&str, &str)], ca: &Ca, identity_port: u16) -> Destination {
-        Self::start_with(files, Some((ca.dir.clone(), identity_port)))
+        Self::start_tls_args(files, ca, identity_port, &[])
     }
 
-    fn start_with(files: &[(&str, &str)], tls: Option<(PathBuf, u16)>) -> Destination {
+    /// [`Destination::start_tls`] with more command-line arguments.
+    pub fn start_tls_args(
+        files: &[(&str, &str)],
+        ca: &Ca,
+        identity_port: u16,
+        args: &[&str],
+    ) -> Destination {
+        Self::start_with(files, Some((ca.dir.clone(), identity_port)), args)
+    }
+
+    fn start_with(
+        files: &[(&str, &str)],
+        tls: Option<(PathBuf, u16)>,
+        args: &[&str],
+    ) -> Destination {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let dir = std::env::temp_dir().join(format!(
             "weft-manifests-test-{}-{}",
             std::process::id(),
@@ -208,13 +230,14 @@ impl Destination {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.with_extension("log");
-        let child = Self::spawn(&dir, addr, admin, &log, tls.as_ref());
+        let child = Self::spawn(&dir, addr, admin, &log, tls.as_ref(), &args);
         Destination {
             dir,
             server: Server { child, admin },
             addr,
             log,
             tls,
+            args,
         }
     }
 
@@ -224,6 +247,7 @@ impl Destination {
         admin: SocketAddr,
         log: &std::path::Path,
         tls: Option<&(PathBuf, u16)>,
+        args: &[String],
     ) -> Child {
         let tls_args: Vec<String> = match tls {
             Some((ca_dir, identity_port)) => {
@@ -248,6 +272,7 @@ impl Destination {
                 dir.to_str().unwrap(),
             ])
             .args(&tls_args)
+            .args(args)
             .args(["--listen", &addr.to_string()])
             .args(["--admin-listen", &admin.to_string()])
             .env("WEFT_LOG", "info")
@@ -286,6 +311,7 @@ impl Destination {
             self.server.admin,
             &self.log,
             self.tls.as_ref(),
+            &self.args,
         );
     }
 
@@ -324,4 +350,81 @@ pub fn service_yaml(name: &str, cluster_ip: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  clusterIP: {cluster_ip}\n  selector: {{app: {name}}}\n  ports: [{{port: 80, targetPort: http}}]\n"
     )
+}
+
+/// A client TLS config trusting `anchors_pem`, presenting a certificate for
+/// `client` (signed by that CA's issuer) when given: a real mesh client.
+pub fn client_config(
+    anchors_pem: &str,
+    client: Option<(&Ca, &str)>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in weft_identity::ca::pem_certificates(anchors_pem, "anchors").unwrap() {
+        roots.add(CertificateDer::from(der)).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((ca, name)) => {
+            let issuer = weft_identity::ca::CertAndKey {
+                cert_pem: std::fs::read_to_string(ca.dir.join("issuer.crt")).unwrap(),
+                key_pem: std::fs::read_to_string(ca.dir.join("issuer.key")).unwrap(),
+            };
+            let anchors = std::fs::read_to_string(ca.dir.join("ca.crt")).unwrap();
+            let signer =
+                weft_identity::ca::Ca::new(&issuer, &anchors, Duration::from_secs(3600)).unwrap();
+            let id = name.parse().unwrap();
+            let (key, csr) = weft_identity::csr::new_key_and_csr(&id).unwrap();
+            let leaf = signer.sign(&csr, &id, SystemTime::now()).unwrap();
+            let chain = std::iter::once(leaf.cert_der)
+                .chain(leaf.chain)
+                .map(CertificateDer::from)
+                .collect();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    std::sync::Arc::new(config)
+}
+
+/// Sends one HTTP/1.1 request over mesh TLS (SNI = the server's identity) and
+/// returns whatever came back, or the error.
+pub async fn mesh_request(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    request: &str,
+) -> Result<String, std::io::Error> {
+    mesh_request_in_parts(config, addr, &[request], Duration::ZERO).await
+}
+
+/// Like [`mesh_request`], writing `parts` with `pause` between them.
+pub async fn mesh_request_in_parts(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    parts: &[&str],
+    pause: Duration,
+) -> Result<String, std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(WEB.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        tls.write_all(part.as_bytes()).await?;
+        tls.flush().await?;
+    }
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut out))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
+    Ok(out)
 }
