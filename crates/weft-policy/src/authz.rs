@@ -64,6 +64,14 @@ pub enum Protocol {
     Tls,
 }
 
+impl Protocol {
+    /// Carried as bytes, never detected or read as HTTP (opaque, or TLS the
+    /// application terminates).
+    pub fn is_opaque(self) -> bool {
+        matches!(self, Protocol::Opaque | Protocol::Tls)
+    }
+}
+
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

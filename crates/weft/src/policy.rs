@@ -412,10 +412,7 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for port in ports {
         let policy = compiled(served(&args.control, to, port).await?, to, port)?;
-        let http = !matches!(
-            policy.protocol,
-            weft_policy::Protocol::Opaque | weft_policy::Protocol::Tls
-        );
+        let http = !policy.protocol.is_opaque();
         let e = if http {
             weft_policy::explain::request(&policy, &client, &req)
         } else {

@@ -439,6 +439,17 @@ async fn an_opaque_port_authorizes_each_connection_and_closes_the_refused() {
     };
     let allowed = talk(Some(CLIENT)).await;
     assert_eq!(allowed, "220 weft-testkit greeter ready\r\n221 bye\r\n");
+    // The server speaks first: a client that waits for it is not held up
+    // by protocol detection (the Server says opaque).
+    let mut io = connect(&e, LOOPBACK, Some(CLIENT)).await.unwrap();
+    let mut greeting = [0u8; 32];
+    let read = tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut greeting)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))) && greeting.starts_with(b"220 weft-testkit greeter ready"),
+        "{read:?} {:?}",
+        String::from_utf8_lossy(&greeting)
+    );
+    drop(io);
     for refused in [Some(OTHER), None] {
         assert_eq!(talk(refused).await, "", "{refused:?} reached the app");
     }
@@ -451,7 +462,7 @@ async fn an_opaque_port_authorizes_each_connection_and_closes_the_refused() {
                 ("client_id", CLIENT)
             ]
         ),
-        1.0
+        2.0
     );
     assert_eq!(
         e.proxy

@@ -205,11 +205,18 @@ async fn accept_mesh_tls(
         );
         return None;
     };
-    let (protocol, prefix) = match detect::detect(&mut tls, detect_timeout).await {
-        Ok(detected) => detected,
-        Err(e) => {
-            debug!(error = %e, "mesh TLS connection failed during protocol detection");
-            return None;
+    // A port its Server calls opaque is not detected: a server-speaks-first
+    // protocol's client waits for the server, and would wait out the timeout.
+    let policy = shared.inbound_policy(target.port()).await;
+    let (protocol, prefix) = if policy.current().protocol.is_opaque() {
+        (Protocol::Opaque, Bytes::new())
+    } else {
+        match detect::detect(&mut tls, detect_timeout).await {
+            Ok(detected) => detected,
+            Err(e) => {
+                debug!(error = %e, "mesh TLS connection failed during protocol detection");
+                return None;
+            }
         }
     };
     Some(MeshAccepted {
@@ -267,9 +274,10 @@ impl Conn {
         let policy = shared.inbound_policy(self.target.port()).await;
         let current = policy.current();
         // The port's policy may say what it speaks, whatever the bytes look like.
-        let protocol = match current.protocol {
-            weft_policy::Protocol::Opaque | weft_policy::Protocol::Tls => Protocol::Opaque,
-            _ => protocol,
+        let protocol = if current.protocol.is_opaque() {
+            Protocol::Opaque
+        } else {
+            protocol
         };
         let target_label = self.target.to_string();
         let decision = crate::metrics::Decision {
