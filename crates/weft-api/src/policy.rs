@@ -453,22 +453,10 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The same containment the proxy enforces (an IPv4-mapped IPv6 address
+    /// is its IPv4 address).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        weft_policy::Cidr::new(self.addr, self.prefix).is_some_and(|n| n.contains(ip))
     }
 
     /// Whether every address of `other` is in this network.

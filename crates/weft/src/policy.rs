@@ -347,7 +347,7 @@ fn verdict_text(v: &Verdict) -> String {
             rate_limit: Some(limit),
             ..
         } => format!(
-            "ALLOWED by {}, within rate limit {} (over it: 429, gRPC RESOURCE_EXHAUSTED)",
+            "ALLOWED by {}; rate limit {} applies (over it: 429, gRPC RESOURCE_EXHAUSTED)",
             reference(by),
             limit.name
         ),

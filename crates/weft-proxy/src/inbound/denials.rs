@@ -55,16 +55,22 @@ impl DenialLog {
             if seen.len() >= MAX_TRACKED {
                 seen.clear();
             }
-            let entry = seen
-                .entry((who, d.server.clone(), d.reason))
-                .or_insert((now - EVERY, 0));
-            if now.duration_since(entry.0) < EVERY {
-                entry.1 += 1;
-                return;
+            match seen.entry((who, d.server.clone(), d.reason)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((now, 0));
+                    0
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let (logged, unlogged) = o.get_mut();
+                    if now.duration_since(*logged) < EVERY {
+                        *unlogged += 1;
+                        return;
+                    }
+                    let suppressed = *unlogged;
+                    *o.get_mut() = (now, 0);
+                    suppressed
+                }
             }
-            let suppressed = entry.1;
-            *entry = (now, 0);
-            suppressed
         };
         info!(
             client = %d.client,
