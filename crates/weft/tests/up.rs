@@ -325,6 +325,22 @@ fn assert_demo_policy(voting: &str, state_root: &str) {
         ),
     ];
     assert!(metric(voting, "inbound_http_authz_allow_total", &from_web) > 0.0);
+    // The stuffer's gRPC client got PERMISSION_DENIED (a trailers-only answer
+    // from voting's proxy), never a counted vote.
+    let stuffer_log = std::fs::read_to_string(
+        std::path::Path::new(state_root)
+            .join(MESH)
+            .join("logs/vote-stuffer-0.log"),
+    )
+    .unwrap();
+    assert!(
+        stuffer_log.contains("refused, as the policy says"),
+        "{stuffer_log}"
+    );
+    assert!(
+        !stuffer_log.contains("a stuffed vote was counted"),
+        "{stuffer_log}"
+    );
     let mesh = ["--mesh", MESH, "--state-root", state_root, "-o", "json"];
     let json = |args: &[&str]| -> serde_json::Value {
         let out = support::weft(&[args, &mesh[..]].concat());
