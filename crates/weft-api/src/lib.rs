@@ -21,6 +21,7 @@ mod profile;
 pub mod proxy;
 mod route;
 mod service;
+pub mod traffic;
 mod workload;
 
 use std::collections::BTreeMap;

@@ -214,6 +214,7 @@ pub fn parse_route_duration(s: &str) -> Result<std::time::Duration, String> {
 
 pub(crate) fn check_http_route(r: &HttpRoute) -> Result<(), String> {
     check_name(&r.metadata)?;
+    crate::traffic::check_annotations(&r.metadata.annotations)?;
     if r.spec.parent_refs.is_empty() {
         return Err("spec.parentRefs needs a Server (or a Service) to attach to".into());
     }

@@ -60,6 +60,7 @@ pub(crate) fn check_service(s: &Service) -> Result<(), String> {
         }
     }
     opaque_ports(&s.metadata)?;
+    crate::traffic::check_annotations(&s.metadata.annotations)?;
     Ok(())
 }
 

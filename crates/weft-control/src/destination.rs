@@ -746,16 +746,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = DestinationMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let policies =
-        crate::policy::service::Index::start(store.subscribe(), config.policy, metrics.clone());
-    let policy = linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer::new(
-        crate::policy::service::InboundPolicyService::new(policies),
+    let policies = crate::policy::service::PolicyIndexes::start(
+        store.subscribe(),
+        config.policy,
+        metrics.clone(),
     );
+    let inbound_policy = linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer::new(
+        policies.inbound(),
+    );
+    let outbound_policy =
+        linkerd2_proxy_api::outbound::outbound_policies_server::OutboundPoliciesServer::new(
+            policies.outbound(),
+        );
     let index = Index::start(store.subscribe(), config.cluster_domain, metrics);
     let service = api::destination_server::DestinationServer::new(DestinationService::new(index));
     crate::grpc::serve(
         crate::grpc::Serving {
-            what: "destination and inbound policy service",
+            what: "destination and policy service",
             listen: config.listen,
             admin_listen: config.admin_listen,
             registry,
@@ -763,7 +770,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         },
         tonic::transport::Server::builder()
             .add_service(service)
-            .add_service(policy),
+            .add_service(inbound_policy)
+            .add_service(outbound_policy),
     )
     .await
 }

@@ -137,6 +137,7 @@ impl DestinationArgs {
                 cluster_networks: weft_control::policy::parse_networks(&self.cluster_networks)
                     .map_err(|e| anyhow::anyhow!("--cluster-networks: {e}"))?,
                 trust_domain: self.cluster_domain.clone(),
+                cluster_domain: self.cluster_domain.clone(),
                 ..Default::default()
             },
             cluster_domain: self.cluster_domain,

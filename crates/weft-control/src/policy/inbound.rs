@@ -13,18 +13,16 @@
 
 use std::collections::HashMap;
 
-use linkerd2_proxy_api::http_route as route_api;
 use linkerd2_proxy_api::inbound as api;
 use linkerd2_proxy_api::meta::{self, Metadata};
 use linkerd2_proxy_api::net::IpNetwork;
 use weft_api::{
     AuthorizationPolicy, Cidr, DEFAULT_INBOUND_POLICY_ANNOTATION, DefaultPolicy, ExternalWorkload,
-    HttpRoute, HttpRouteMatch, IdentityMatch, Key, POLICY_GROUP, PathMatchKind, ProxyProtocol,
-    REQUIRE_IDENTITY_PORTS_ANNOTATION, RefKind, Server, ServerPort, TargetRef, ValueMatchKind,
-    opaque_ports,
+    HttpRoute, IdentityMatch, Key, POLICY_GROUP, ProxyProtocol, REQUIRE_IDENTITY_PORTS_ANNOTATION,
+    RefKind, Server, ServerPort, TargetRef, opaque_ports,
 };
 
-use super::PolicyConfig;
+use super::{PolicyConfig, routes};
 use crate::store::Snapshot;
 
 /// The policy for `port` of `workload`; `None` when the store has no such workload.
@@ -386,12 +384,7 @@ fn default_route(authorizations: &[api::Authz]) -> api::HttpRoute {
         hosts: Vec::new(),
         authorizations: authorizations.to_vec(),
         rules: vec![api::http_route::Rule {
-            matches: vec![route_api::HttpRouteMatch {
-                path: Some(route_api::PathMatch {
-                    kind: Some(route_api::path_match::Kind::Prefix("/".into())),
-                }),
-                ..Default::default()
-            }],
+            matches: vec![routes::any_path()],
             filters: Vec::new(),
         }],
     }
@@ -400,7 +393,7 @@ fn default_route(authorizations: &[api::Authz]) -> api::HttpRoute {
 fn http_route(key: &Key, route: &HttpRoute, authorizations: Vec<api::Authz>) -> api::HttpRoute {
     let rules = if route.spec.rules.is_empty() {
         vec![api::http_route::Rule {
-            matches: vec![route_match(&HttpRouteMatch::default())],
+            matches: vec![routes::any_path()],
             filters: Vec::new(),
         }]
     } else {
@@ -409,78 +402,16 @@ fn http_route(key: &Key, route: &HttpRoute, authorizations: Vec<api::Authz>) -> 
             .rules
             .iter()
             .map(|rule| api::http_route::Rule {
-                matches: if rule.matches.is_empty() {
-                    vec![route_match(&HttpRouteMatch::default())]
-                } else {
-                    rule.matches.iter().map(route_match).collect()
-                },
+                matches: routes::rule_matches(&rule.matches),
                 filters: Vec::new(),
             })
             .collect()
     };
     api::HttpRoute {
-        metadata: Some(Metadata {
-            kind: Some(meta::metadata::Kind::Resource(meta::Resource {
-                group: POLICY_GROUP.into(),
-                kind: "HTTPRoute".into(),
-                name: key.name.clone(),
-                namespace: key.namespace.clone(),
-                ..Default::default()
-            })),
-        }),
+        metadata: Some(routes::route_metadata(key)),
         hosts: Vec::new(),
         authorizations,
         rules,
-    }
-}
-
-fn route_match(m: &HttpRouteMatch) -> route_api::HttpRouteMatch {
-    use route_api::path_match::Kind as Path;
-    let path = match &m.path {
-        None => Path::Prefix("/".into()),
-        Some(p) => match p.kind {
-            PathMatchKind::Exact => Path::Exact(p.value.clone()),
-            PathMatchKind::PathPrefix => Path::Prefix(p.value.clone()),
-            PathMatchKind::RegularExpression => Path::Regex(p.value.clone()),
-        },
-    };
-    route_api::HttpRouteMatch {
-        path: Some(route_api::PathMatch { kind: Some(path) }),
-        headers: m
-            .headers
-            .iter()
-            .map(|h| route_api::HeaderMatch {
-                name: h.name.clone(),
-                value: Some(match h.kind {
-                    ValueMatchKind::Exact => {
-                        route_api::header_match::Value::Exact(h.value.clone().into_bytes())
-                    }
-                    ValueMatchKind::RegularExpression => {
-                        route_api::header_match::Value::Regex(h.value.clone())
-                    }
-                }),
-            })
-            .collect(),
-        query_params: m
-            .query_params
-            .iter()
-            .map(|q| route_api::QueryParamMatch {
-                name: q.name.clone(),
-                value: Some(match q.kind {
-                    ValueMatchKind::Exact => {
-                        route_api::query_param_match::Value::Exact(q.value.clone())
-                    }
-                    ValueMatchKind::RegularExpression => {
-                        route_api::query_param_match::Value::Regex(q.value.clone())
-                    }
-                }),
-            })
-            .collect(),
-        method: m
-            .method
-            .as_deref()
-            .and_then(|method| method.parse::<http::Method>().ok())
-            .map(Into::into),
     }
 }
 
@@ -531,6 +462,7 @@ fn rate_limit(
 
 #[cfg(test)]
 mod tests {
+    use linkerd2_proxy_api::http_route as route_api;
     use std::path::Path;
 
     use linkerd2_proxy_api::inbound::proxy_protocol::Kind;

@@ -1,14 +1,19 @@
-//! The inbound policy controller (`io.linkerd.proxy.inbound.InboundServerPolicies`),
-//! served by the destination process from the same store snapshots, as
-//! Linkerd's policy controller shares the destination pod and its identity.
+//! The policy controller (`io.linkerd.proxy.inbound.InboundServerPolicies`
+//! and `io.linkerd.proxy.outbound.OutboundPolicies`), served by the
+//! destination process from the same store snapshots, as Linkerd's policy
+//! controller shares the destination pod and its identity.
 //!
 //! [`inbound::server`] is a pure function of a snapshot: for one workload's
 //! port, the Server that selects it (or the default policy), its protocol,
 //! the authorizations with their authentications, the HTTP routes with
 //! their own authorizations, and the rate limit, as the proto's `Server`
-//! that linkerd2-proxy and Weft's proxy both read.
+//! that linkerd2-proxy and Weft's proxy both read. [`outbound::policy`] is
+//! its outbound twin: for a Service port (or an address outside the
+//! cluster), the routes, backends, timeouts, retries and circuit breaking.
 
 pub mod inbound;
+pub mod outbound;
+mod routes;
 pub mod service;
 
 use std::str::FromStr;
@@ -31,6 +36,8 @@ pub struct PolicyConfig {
     /// Identities are `<sa>.<ns>.serviceaccount.identity.<control namespace>.<trust domain>`.
     pub control_namespace: String,
     pub trust_domain: String,
+    /// Services are `<name>.<namespace>.svc.<cluster domain>`.
+    pub cluster_domain: String,
 }
 
 /// Linkerd's default cluster networks, and the local mesh's (198.18.0.0/15
@@ -47,6 +54,7 @@ impl Default for PolicyConfig {
             detect_timeout: Duration::from_secs(10),
             control_namespace: weft_api::CONTROL_NAMESPACE.into(),
             trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
         }
     }
 }

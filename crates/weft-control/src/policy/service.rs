@@ -1,6 +1,7 @@
-//! `InboundServerPolicies`: `GetPort` and `WatchPort` over one shared index
-//! per (workload, port), recomputed once per store change, as the
-//! destination service's index is.
+//! `InboundServerPolicies` (`GetPort`, `WatchPort`) and `OutboundPolicies`
+//! (`Get`, `Watch`), each over one shared index per watched key (a workload
+//! port; a resolved outbound target), recomputed once per store change, as
+//! the destination service's index is.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,6 +9,8 @@ use std::sync::Arc;
 use futures_util::Stream;
 use linkerd2_proxy_api::inbound as api;
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPolicies;
+use linkerd2_proxy_api::outbound;
+use linkerd2_proxy_api::outbound::outbound_policies_server::OutboundPolicies;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::debug;
@@ -21,58 +24,153 @@ use crate::watches::{Watches, refresh, subscribe};
 const INBOUND_POLICY: KindLabels = KindLabels {
     kind: "inbound_policy",
 };
+const OUTBOUND_POLICY: KindLabels = KindLabels {
+    kind: "outbound_policy",
+};
 
 type PortKey = (Key, u16);
 
-/// The inbound policy of every watched workload port.
-pub struct Index {
+/// How an index computes the answer for a key from a snapshot.
+type Compute<K, T> = fn(&Snapshot, &PolicyConfig, &K) -> Option<T>;
+
+/// The answer for every watched key: `None` while what it names is not in
+/// the store.
+pub struct Index<K, T> {
     store: watch::Receiver<Arc<Snapshot>>,
     config: PolicyConfig,
-    ports: Watches<PortKey, Option<api::Server>>,
+    watched: Watches<K, Option<T>>,
+    compute: Compute<K, T>,
+    kind: &'static KindLabels,
     metrics: DestinationMetrics,
 }
 
-impl Index {
+impl<K, T> Index<K, T>
+where
+    K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+    T: Clone + PartialEq + Send + Sync + 'static,
+{
     /// Starts following the store; the index lives as long as the runtime.
-    pub fn start(
+    fn start(
         store: watch::Receiver<Arc<Snapshot>>,
         config: PolicyConfig,
         metrics: DestinationMetrics,
-    ) -> Arc<Index> {
+        compute: Compute<K, T>,
+        kind: &'static KindLabels,
+    ) -> Arc<Self> {
         let index = Arc::new(Index {
             store,
             config,
-            ports: Default::default(),
+            watched: Default::default(),
+            compute,
+            kind,
             metrics,
         });
         crate::watches::follow(&index.store, &index, |index, snapshot| {
-            refresh(&index.ports, |(workload, port)| {
-                inbound::server(snapshot, &index.config, workload, *port)
+            refresh(&index.watched, |key| {
+                (index.compute)(snapshot, &index.config, key)
             });
             index
                 .metrics
                 .targets
-                .get_or_create(&INBOUND_POLICY)
-                .set(index.ports.lock().len() as i64);
+                .get_or_create(index.kind)
+                .set(index.watched.lock().len() as i64);
         });
         index
     }
 
-    fn watch(&self, key: &PortKey) -> watch::Receiver<Arc<Option<api::Server>>> {
-        subscribe(&self.ports, key, || {
-            inbound::server(&self.store.borrow(), &self.config, &key.0, key.1)
-        })
+    fn now(&self, key: &K) -> Option<T> {
+        (self.compute)(&self.store.borrow(), &self.config, key)
+    }
+
+    /// The first message is the current answer; then one per change. When
+    /// what the key names leaves the store, the stream ends with `gone`:
+    /// the proxy asks again.
+    fn stream(&self, key: &K, gone: Status) -> Result<WatchStream<T>, Status> {
+        let rx = subscribe(&self.watched, key, || self.now(key));
+        if rx.borrow().is_none() {
+            return Err(gone);
+        }
+        let guard = WatcherGuard::new(&self.metrics, self.kind);
+        let counter = self.metrics.updates.get_or_create(self.kind).clone();
+        let state = (rx, true, guard);
+        let stream = futures_util::stream::unfold(state, move |(mut rx, first, guard)| {
+            let counter = counter.clone();
+            let gone = gone.clone();
+            async move {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                let current = rx.borrow_and_update().clone();
+                match &*current {
+                    Some(answer) => {
+                        counter.inc();
+                        Some((Ok(answer.clone()), (rx, false, guard)))
+                    }
+                    None => Some((Err(gone), (rx, false, guard))),
+                }
+            }
+        });
+        let stream = futures_util::StreamExt::scan(stream, false, |ended, item| {
+            // Stops after the first error, which ends the stream for the client.
+            if *ended {
+                return futures_util::future::ready(None);
+            }
+            *ended = item.is_err();
+            futures_util::future::ready(Some(item))
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+type WatchStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Both policy services' indexes, started together beside Destination.
+pub struct PolicyIndexes {
+    inbound: Arc<Index<PortKey, api::Server>>,
+    outbound: Arc<Index<super::outbound::Target, outbound::OutboundPolicy>>,
+}
+
+impl PolicyIndexes {
+    pub fn start(
+        store: watch::Receiver<Arc<Snapshot>>,
+        config: PolicyConfig,
+        metrics: DestinationMetrics,
+    ) -> Self {
+        PolicyIndexes {
+            inbound: Index::start(
+                store.clone(),
+                config.clone(),
+                metrics.clone(),
+                |snapshot, config, (workload, port)| {
+                    inbound::server(snapshot, config, workload, *port)
+                },
+                &INBOUND_POLICY,
+            ),
+            outbound: Index::start(
+                store,
+                config,
+                metrics,
+                super::outbound::policy,
+                &OUTBOUND_POLICY,
+            ),
+        }
+    }
+
+    pub fn inbound(&self) -> InboundPolicyService {
+        InboundPolicyService {
+            index: self.inbound.clone(),
+        }
+    }
+
+    pub fn outbound(&self) -> OutboundPolicyService {
+        OutboundPolicyService {
+            index: self.outbound.clone(),
+        }
     }
 }
 
 pub struct InboundPolicyService {
-    index: Arc<Index>,
-}
-
-impl InboundPolicyService {
-    pub fn new(index: Arc<Index>) -> Self {
-        InboundPolicyService { index }
-    }
+    index: Arc<Index<PortKey, api::Server>>,
 }
 
 fn port_key(spec: &api::PortSpec) -> Result<PortKey, Status> {
@@ -88,8 +186,6 @@ fn unknown(key: &PortKey) -> Status {
     Status::not_found(format!("no workload {} in the store", key.0))
 }
 
-type ServerStream = Pin<Box<dyn Stream<Item = Result<api::Server, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl InboundServerPolicies for InboundPolicyService {
     async fn get_port(
@@ -98,57 +194,68 @@ impl InboundServerPolicies for InboundPolicyService {
     ) -> Result<Response<api::Server>, Status> {
         let key = port_key(request.get_ref())?;
         debug!(workload = %key.0, port = key.1, "GetPort");
-        let server = inbound::server(
-            &self.index.store.borrow(),
-            &self.index.config,
-            &key.0,
-            key.1,
-        );
-        server.map(Response::new).ok_or_else(|| unknown(&key))
+        self.index
+            .now(&key)
+            .map(Response::new)
+            .ok_or_else(|| unknown(&key))
     }
 
-    type WatchPortStream = ServerStream;
+    type WatchPortStream = WatchStream<api::Server>;
 
     async fn watch_port(
         &self,
         request: Request<api::PortSpec>,
-    ) -> Result<Response<ServerStream>, Status> {
+    ) -> Result<Response<Self::WatchPortStream>, Status> {
         let key = port_key(request.get_ref())?;
         debug!(workload = %key.0, port = key.1, "WatchPort");
-        let rx = self.index.watch(&key);
-        if rx.borrow().is_none() {
-            return Err(unknown(&key));
-        }
-        let metrics = self.index.metrics.clone();
-        let guard = WatcherGuard::new(&metrics, &INBOUND_POLICY);
-        let counter = metrics.updates.get_or_create(&INBOUND_POLICY).clone();
-        // The first message is the current policy; then one per change. A
-        // workload that leaves the store ends the stream: the proxy asks again.
-        let state = (rx, true, guard, key);
-        let stream = futures_util::stream::unfold(state, move |(mut rx, first, guard, key)| {
-            let counter = counter.clone();
-            async move {
-                if !first && rx.changed().await.is_err() {
-                    return None;
-                }
-                let current = rx.borrow_and_update().clone();
-                match &*current {
-                    Some(server) => {
-                        counter.inc();
-                        Some((Ok(server.clone()), (rx, false, guard, key)))
-                    }
-                    None => Some((Err(unknown(&key)), (rx, false, guard, key))),
-                }
-            }
-        });
-        let stream = futures_util::StreamExt::scan(stream, false, |ended, item| {
-            // Stops after the first error, which ends the stream for the client.
-            if *ended {
-                return futures_util::future::ready(None);
-            }
-            *ended = item.is_err();
-            futures_util::future::ready(Some(item))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        self.index.stream(&key, unknown(&key)).map(Response::new)
+    }
+}
+
+pub struct OutboundPolicyService {
+    index: Arc<Index<super::outbound::Target, outbound::OutboundPolicy>>,
+}
+
+impl OutboundPolicyService {
+    fn target(&self, spec: &outbound::TrafficSpec) -> Result<super::outbound::Target, Status> {
+        use super::outbound::Refusal;
+        super::outbound::target(&self.index.store.borrow(), &self.index.config, spec).map_err(
+            |refusal| match refusal {
+                Refusal::Invalid(why) => Status::invalid_argument(why),
+                Refusal::NotFound(why) => Status::not_found(why),
+            },
+        )
+    }
+}
+
+fn no_service(target: &super::outbound::Target) -> Status {
+    Status::not_found(format!("{target:?} is no longer in the store"))
+}
+
+#[tonic::async_trait]
+impl OutboundPolicies for OutboundPolicyService {
+    async fn get(
+        &self,
+        request: Request<outbound::TrafficSpec>,
+    ) -> Result<Response<outbound::OutboundPolicy>, Status> {
+        let target = self.target(request.get_ref())?;
+        debug!(?target, "outbound Get");
+        self.index
+            .now(&target)
+            .map(Response::new)
+            .ok_or_else(|| no_service(&target))
+    }
+
+    type WatchStream = WatchStream<outbound::OutboundPolicy>;
+
+    async fn watch(
+        &self,
+        request: Request<outbound::TrafficSpec>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let target = self.target(request.get_ref())?;
+        debug!(?target, "outbound Watch");
+        self.index
+            .stream(&target, no_service(&target))
+            .map(Response::new)
     }
 }
