@@ -25,6 +25,7 @@ mod policy;
 mod show;
 mod stat;
 mod target;
+mod traffic;
 mod up;
 
 use clap::{Parser, Subcommand};

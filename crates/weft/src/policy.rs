@@ -77,8 +77,14 @@ pub struct ExplainArgs {
 
 #[derive(Args)]
 pub struct DiagnoseArgs {
-    /// `WORKLOAD:PORT`, as for `weft policy explain --to`.
+    /// `WORKLOAD:PORT`, as for `weft policy explain --to`; with
+    /// `--outbound`, `SERVICE:PORT` (`web-svc:80`, `demo/web-svc:80`, an
+    /// authority) or `IP:PORT`.
     target: String,
+    /// What a client's proxy is told about the target (OutboundPolicies),
+    /// rather than what the workload's own proxy enforces (inbound).
+    #[arg(long)]
+    outbound: bool,
     #[command(flatten)]
     namespaces: NamespaceArgs,
     #[command(flatten)]
@@ -486,6 +492,17 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<()> {
 
 /// The controller's answer, field by field, as a proxy receives it.
 pub async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
+    if args.outbound {
+        let spec = crate::traffic::traffic_spec(&args.target, &args.namespaces, &args.control)?;
+        let data = crate::traffic::policy_json(&crate::traffic::served(&args.control, spec).await?);
+        if !args.output.data(&data)? {
+            outln!(
+                "{}",
+                serde_yaml_ng::to_string(&data).context("printing the policy")?
+            );
+        }
+        return Ok(());
+    }
     let pods = pods(&args.control)?;
     let (pod, ports) = find_ports(&pods, &args.target, &args.namespaces)?;
     let [port] = ports[..] else {

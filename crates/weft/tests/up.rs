@@ -452,6 +452,15 @@ fn assert_demo_policy(voting: &str, state_root: &str) {
                 && l.contains("no Server selects this port and its default is deny: 1 refused")),
         "{out}"
     );
+    // What a client's proxy is told about web-svc: its default route.
+    let outbound = json(&["diagnostics", "policy", "web-svc:80", "--outbound"]);
+    assert_eq!(outbound["metadata"]["name"], "web-svc", "{outbound}");
+    let routes = &outbound["protocol"]["detect"]["http_routes"];
+    assert_eq!(routes[0]["metadata"]["default"], "http", "{outbound}");
+    assert_eq!(
+        routes[0]["rules"][0]["backends"][0]["backend"]["kind"]["balance"],
+        "web-svc.demo.svc.cluster.local:80"
+    );
     let served = json(&["diagnostics", "policy", "voting:8080"]);
     assert_eq!(served["labels"]["name"], "voting-grpc", "{served}");
     let routes = served["protocol"]["http2"]["routes"].as_array().unwrap();
