@@ -175,6 +175,23 @@ pub struct RequestRedirect {
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+/// Gateway API's `HTTPPathModifier`: the whole path, or the matched prefix,
+/// replaced.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "type")]
+pub enum PathModifier {
+    ReplaceFullPath {
+        #[serde(rename = "replaceFullPath")]
+        replace_full_path: String,
+    },
+    ReplacePrefixMatch {
+        #[serde(rename = "replacePrefixMatch")]
+        replace_prefix_match: String,
+    },
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -248,7 +248,7 @@ pub struct Route {
 }
 
 #[derive(Debug)]
-struct RouteMatch {
+pub(crate) struct RouteMatch {
     path: PathMatch,
     headers: Vec<(http::HeaderName, ValueMatch)>,
     query: Vec<(String, ValueMatch)>,
@@ -279,10 +279,10 @@ impl ValueMatch {
 
 /// Gateway API precedence: an exact path, then the longest path, then more
 /// header matches, then more query matches, then a method.
-type Precedence = (u8, usize, usize, usize, bool);
+pub(crate) type Precedence = (u8, usize, usize, usize, bool);
 
 impl RouteMatch {
-    fn precedence(&self) -> Precedence {
+    pub(crate) fn precedence(&self) -> Precedence {
         let (kind, len) = match &self.path {
             PathMatch::Exact(p) => (2, p.len()),
             PathMatch::Regex(r) => (1, r.as_str().len()),
@@ -297,7 +297,7 @@ impl RouteMatch {
         )
     }
 
-    fn matches<B>(&self, req: &http::Request<B>) -> bool {
+    pub(crate) fn matches<B>(&self, req: &http::Request<B>) -> bool {
         let path = req.uri().path();
         let path_ok = match &self.path {
             PathMatch::Exact(p) => path == p,
@@ -320,6 +320,17 @@ impl RouteMatch {
                     })
                 })
             })
+    }
+}
+
+impl RouteMatch {
+    /// The path prefix this match selects on, if it is a prefix match (a
+    /// redirect's `ReplacePrefixMatch` replaces it).
+    pub(crate) fn prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(p) => Some(p),
+            _ => None,
+        }
     }
 }
 
@@ -562,13 +573,13 @@ fn compile_route(r: api::HttpRoute) -> Result<Route, String> {
     })
 }
 
-fn regex(pattern: &str) -> Result<regex_lite::Regex, String> {
+pub(crate) fn regex(pattern: &str) -> Result<regex_lite::Regex, String> {
     // Anchored, as Gateway API regular expressions match the whole value.
     regex_lite::Regex::new(&format!("^(?:{pattern})$"))
         .map_err(|e| format!("bad regular expression {pattern:?}: {e}"))
 }
 
-fn compile_match(m: route_api::HttpRouteMatch) -> Result<RouteMatch, String> {
+pub(crate) fn compile_match(m: route_api::HttpRouteMatch) -> Result<RouteMatch, String> {
     use route_api::path_match::Kind;
     let path = match m.path.and_then(|p| p.kind) {
         None => PathMatch::Prefix("/".into()),

@@ -11,6 +11,7 @@
 mod authz;
 mod cidr;
 pub mod explain;
+pub mod outbound;
 mod ratelimit;
 
 pub use authz::{Authz, Client, PortPolicy, Protocol, Ref, Refusal, RequestDecision, Route};

@@ -14,7 +14,10 @@
 //! - **Failure accrual**: after [`EJECT_AFTER`] consecutive failures
 //!   (connection errors or 5xx), an endpoint is ejected for a back-off that
 //!   starts at 1 s and doubles up to 60 s; when it expires, the endpoint is
-//!   tried again (probed) and one success clears its record.
+//!   tried again (probed) and one success clears its record. A backend of an
+//!   outbound policy uses the policy's circuit breaker instead
+//!   ([`Balancer::set_accrual`]), or none when the policy names none, as
+//!   Linkerd does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,11 +26,21 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
+use weft_policy::outbound::{Accrual, Backoff};
 
 /// Consecutive failures that eject an endpoint (Linkerd's default).
 pub const EJECT_AFTER: u32 = 7;
-const EJECT_MIN: Duration = Duration::from_secs(1);
-const EJECT_MAX: Duration = Duration::from_secs(60);
+
+/// The circuit breaker of a balancer no policy configures: Linkerd's
+/// defaults.
+pub const DEFAULT_ACCRUAL: Accrual = Accrual {
+    max_failures: EJECT_AFTER,
+    backoff: Backoff {
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+        jitter: 0.0,
+    },
+};
 /// The decay time constant of the latency estimate.
 const DECAY: Duration = Duration::from_secs(10);
 /// The estimate of an endpoint that has not answered yet.
@@ -75,7 +88,7 @@ impl EndpointLoad {
 
     /// Records how a request ended at `now`: its latency to response headers
     /// and whether it failed.
-    fn observe(&self, now: Instant, rtt: Duration, failed: bool) {
+    fn observe(&self, now: Instant, rtt: Duration, failed: bool, accrual: Option<&Accrual>) {
         self.pending.fetch_sub(1, Ordering::Relaxed);
         {
             let mut est = self.rtt.lock();
@@ -100,16 +113,17 @@ impl EndpointLoad {
             self.ejections.store(0, Ordering::Relaxed);
             return;
         }
+        let Some(accrual) = accrual else { return };
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= EJECT_AFTER {
-            let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(6);
-            let backoff = (EJECT_MIN * 2u32.pow(n)).min(EJECT_MAX);
+        if failures >= accrual.max_failures {
+            let n = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+            let backoff = accrual.backoff.delay(n, fastrand::f32());
             let until = now.duration_since(self.epoch) + backoff;
             self.ejected_until
                 .store(until.as_nanos() as u64, Ordering::Relaxed);
             // The probe after the back-off gets one chance before the next ejection.
             self.consecutive_failures
-                .store(EJECT_AFTER - 1, Ordering::Relaxed);
+                .store(accrual.max_failures - 1, Ordering::Relaxed);
             tracing::info!(endpoint = %self.addr, ?backoff, "endpoint ejected after consecutive failures");
         }
     }
@@ -138,6 +152,7 @@ pub struct Pick {
     load: Arc<EndpointLoad>,
     started: Instant,
     reported: bool,
+    accrual: Option<Accrual>,
 }
 
 impl Pick {
@@ -153,7 +168,7 @@ impl Pick {
 
     fn finish(mut self, now: Instant, rtt: Duration, failed: bool) {
         self.reported = true;
-        self.load.observe(now, rtt, failed);
+        self.load.observe(now, rtt, failed, self.accrual.as_ref());
     }
 }
 
@@ -170,6 +185,7 @@ impl Drop for Pick {
 pub struct Balancer {
     epoch: Instant,
     endpoints: Mutex<Arc<Vec<Arc<EndpointLoad>>>>,
+    accrual: Mutex<Option<Accrual>>,
 }
 
 impl Default for Balancer {
@@ -177,11 +193,18 @@ impl Default for Balancer {
         Balancer {
             epoch: Instant::now(),
             endpoints: Mutex::new(Arc::new(Vec::new())),
+            accrual: Mutex::new(Some(DEFAULT_ACCRUAL)),
         }
     }
 }
 
 impl Balancer {
+    /// The circuit breaker from now on (`None`: failures never eject);
+    /// what each endpoint has learned is kept.
+    pub fn set_accrual(&self, accrual: Option<Accrual>) {
+        *self.accrual.lock() = accrual;
+    }
+
     /// Replaces the endpoint set; endpoints still present keep their load and
     /// health, so an update never resets what was learned.
     pub fn update(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
@@ -206,6 +229,12 @@ impl Balancer {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether a pick could succeed now: an endpoint that is not ejected.
+    pub fn has_available(&self) -> bool {
+        let now = Instant::now();
+        self.endpoints.lock().iter().any(|e| !e.is_ejected(now))
     }
 
     /// Chooses an endpoint: the cheaper of two random healthy ones.
@@ -258,6 +287,7 @@ impl Balancer {
             load: chosen.clone(),
             started: now,
             reported: false,
+            accrual: *self.accrual.lock(),
         })
     }
 }

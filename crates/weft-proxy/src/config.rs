@@ -93,7 +93,7 @@ settings! {
     DESTINATION_SVC_NAME = "WEFT_PROXY_DESTINATION_SVC_NAME", ["LINKERD2_PROXY_DESTINATION_SVC_NAME"],
         "", "The identity the destination service proves over TLS, e.g. destination.weft.serviceaccount.identity.weft.cluster.local. Required when identity is on (the control plane is never reached in plaintext then); without identity it cannot be set, and discovery is plaintext.";
     POLICY_SVC_ADDR = "WEFT_PROXY_POLICY_SVC_ADDR", ["LINKERD2_PROXY_POLICY_SVC_ADDR"],
-        "", "host:port of the inbound policy service (InboundServerPolicies; Weft's destination process serves it). Unset: every inbound port has WEFT_PROXY_INBOUND_DEFAULT_POLICY.";
+        "", "host:port of the policy service (InboundServerPolicies and OutboundPolicies; Weft's destination process serves both). Unset: every inbound port has WEFT_PROXY_INBOUND_DEFAULT_POLICY, and outbound requests follow ServiceProfiles only.";
     POLICY_SVC_NAME = "WEFT_PROXY_POLICY_SVC_NAME", ["LINKERD2_PROXY_POLICY_SVC_NAME"],
         "", "The identity the policy service proves over TLS; required when identity is on, as for the destination service.";
     POLICY_WORKLOAD = "WEFT_PROXY_POLICY_WORKLOAD", ["LINKERD2_PROXY_POLICY_WORKLOAD"],

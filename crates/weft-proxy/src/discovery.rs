@@ -8,6 +8,10 @@
 //! when the control plane goes away, the last known endpoints keep serving
 //! while the task reconnects with back-off, and the first message of the new
 //! stream replaces the stale set (as destination.proto asks).
+//!
+//! With a policy service, a target's resolution also follows its outbound
+//! policy (`outbound/policy.rs`); the backends that policy names are
+//! resolved as [`Discovery::subscribe_endpoints`], endpoints only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -26,6 +30,7 @@ use weft_identity::verify::TrustAnchors;
 use crate::balance::Balancer;
 use crate::dial::{Dialer, MeshEndpoint};
 use crate::metrics::{DstLabels, Metrics};
+use crate::outbound::policy::{OutboundClient, PolicyAnswer};
 use crate::profile::Profile;
 use weft_identity::control::ControlAddr;
 
@@ -60,9 +65,12 @@ pub struct Resolution {
     pub target: String,
     answer: watch::Receiver<Option<Arc<Answer>>>,
     profile: watch::Receiver<Option<Arc<Profile>>>,
+    /// The outbound policy, when a policy service is configured and this is
+    /// a target the application addressed (not a policy's backend).
+    policy: Option<watch::Receiver<Option<Arc<PolicyAnswer>>>>,
     pub balancer: Balancer,
     last_used: Mutex<Instant>,
-    tasks: [tokio::task::AbortHandle; 2],
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 impl Drop for Resolution {
@@ -77,6 +85,29 @@ impl Resolution {
     /// The service profile, once the destination service has sent one.
     pub fn profile(&self) -> Option<Arc<Profile>> {
         self.profile.borrow().clone()
+    }
+
+    /// The outbound policy, waiting up to `timeout` for the first answer;
+    /// `None` without a policy service, before an answer, or when the
+    /// controller has none for the target.
+    pub async fn policy(
+        &self,
+        timeout: Duration,
+    ) -> Option<Arc<crate::outbound::policy::Compiled>> {
+        let rx = self.policy.as_ref()?;
+        let current = rx.borrow().clone();
+        let answer = match current {
+            Some(a) => a,
+            None => {
+                let mut rx = rx.clone();
+                let waited = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
+                waited.ok()?.ok()?.clone()?
+            }
+        };
+        match &*answer {
+            PolicyAnswer::Policy(p) => Some(p.clone()),
+            PolicyAnswer::None => None,
+        }
     }
 
     /// Discovery's metric labels for one of the target's endpoints.
@@ -110,9 +141,22 @@ pub struct Discovery {
     client: DestinationClient<Channel>,
     addr: String,
     context_token: String,
-    resolutions: Mutex<HashMap<String, Arc<Resolution>>>,
+    /// By target and whether only its endpoints are followed.
+    resolutions: Mutex<HashMap<(String, Follow), Arc<Resolution>>>,
     dialer: Arc<Dialer>,
     metrics: Arc<Metrics>,
+    policy: Option<Arc<OutboundClient>>,
+}
+
+/// What a resolution follows.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Follow {
+    /// Endpoints, profile and (with a policy service) outbound policy: a
+    /// target the application addressed.
+    Target,
+    /// Endpoints only: a backend an outbound policy names. Kept apart so a
+    /// policy never holds its own target's resolution (a cycle).
+    Endpoints,
 }
 
 impl Discovery {
@@ -125,8 +169,20 @@ impl Discovery {
         dialer: Arc<Dialer>,
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
+        policy: Option<(&ControlAddr, &str)>,
     ) -> anyhow::Result<Arc<Discovery>> {
         let channel = weft_identity::control::channel(service, anchors, connect_timeout)?;
+        let policy = match policy {
+            Some((svc, workload)) => {
+                let channel = weft_identity::control::channel(svc, anchors, connect_timeout)?;
+                Some(Arc::new(OutboundClient::new(
+                    channel,
+                    svc.addr.clone(),
+                    workload.to_string(),
+                )))
+            }
+            None => None,
+        };
         let discovery = Arc::new(Discovery {
             client: DestinationClient::new(channel),
             addr: service.addr.clone(),
@@ -134,15 +190,32 @@ impl Discovery {
             resolutions: Mutex::new(HashMap::new()),
             dialer,
             metrics,
+            policy,
         });
         tokio::spawn(sweep(Arc::downgrade(&discovery)));
         Ok(discovery)
     }
 
-    /// The shared resolution of `target` (`ip:port` or `host:port`).
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The shared resolution of `target` (`ip:port` or `host:port`), as the
+    /// application addressed it.
     pub fn subscribe(self: &Arc<Self>, target: &str) -> Arc<Resolution> {
+        self.resolution(target, Follow::Target)
+    }
+
+    /// The shared resolution of a policy's backend (`name.ns.svc.domain:port`):
+    /// its endpoints only.
+    pub fn subscribe_endpoints(self: &Arc<Self>, target: &str) -> Arc<Resolution> {
+        self.resolution(target, Follow::Endpoints)
+    }
+
+    fn resolution(self: &Arc<Self>, target: &str, follow: Follow) -> Arc<Resolution> {
+        let key = (target.to_string(), follow);
         let mut map = self.resolutions.lock();
-        if let Some(r) = map.get(target) {
+        if let Some(r) = map.get(&key) {
             return r.clone();
         }
         let (tx, rx) = watch::channel(None);
@@ -154,15 +227,32 @@ impl Discovery {
                 tx,
                 weak.clone(),
             ));
-            let profile =
-                tokio::spawn(follow_profile(self.clone(), target.to_string(), profile_tx));
+            let mut tasks = vec![endpoints.abort_handle()];
+            let mut policy = None;
+            if follow == Follow::Target {
+                let profile =
+                    tokio::spawn(follow_profile(self.clone(), target.to_string(), profile_tx));
+                tasks.push(profile.abort_handle());
+                if let Some(client) = &self.policy {
+                    let (policy_tx, policy_rx) = watch::channel(None);
+                    let task = tokio::spawn(crate::outbound::policy::follow(
+                        self.clone(),
+                        client.clone(),
+                        target.to_string(),
+                        policy_tx,
+                    ));
+                    tasks.push(task.abort_handle());
+                    policy = Some(policy_rx);
+                }
+            }
             Resolution {
                 target: target.into(),
                 answer: rx,
                 profile: profile_rx,
+                policy,
                 balancer: Balancer::default(),
                 last_used: Mutex::new(Instant::now()),
-                tasks: [endpoints.abort_handle(), profile.abort_handle()],
+                tasks,
             }
         });
         if map.len() >= MAX_RESOLUTIONS {
@@ -170,7 +260,7 @@ impl Discovery {
                 .iter()
                 .filter(|(_, r)| Arc::strong_count(r) == 1)
                 .min_by_key(|(_, r)| *r.last_used.lock())
-                .map(|(target, _)| target.clone());
+                .map(|(key, _)| key.clone());
             match unheld {
                 Some(oldest) => {
                     map.remove(&oldest);
@@ -184,7 +274,7 @@ impl Discovery {
                 }
             }
         }
-        map.insert(target.into(), resolution.clone());
+        map.insert(key, resolution.clone());
         resolution
     }
 
@@ -444,6 +534,7 @@ mod tests {
             dialer,
             metrics,
             Duration::from_millis(100),
+            None,
         )
         .unwrap();
         for n in 0..MAX_RESOLUTIONS + 500 {

@@ -151,6 +151,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             dialer.clone(),
             metrics.clone(),
             config.outbound_connect_timeout,
+            config
+                .policy
+                .as_ref()
+                .map(|(svc, workload)| (svc, workload.as_str())),
         )?),
         None => None,
     };

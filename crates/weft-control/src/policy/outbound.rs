@@ -205,13 +205,28 @@ fn opaque_route(metadata: Option<Metadata>, backend: api::Backend) -> api::Opaqu
 }
 
 /// Every request to the default backend (Linkerd's `http` default route).
-fn default_http_route(metadata: Option<Metadata>, backend: api::Backend) -> api::HttpRoute {
+/// A route for every request; with the Service's retry and timeout
+/// annotations when it is a Service's default route (as Linkerd applies
+/// them to every route of the Service).
+fn default_http_route(
+    metadata: Option<Metadata>,
+    backend: api::Backend,
+    retry: Option<&HttpRetry>,
+    timeouts: &Timeouts,
+) -> api::HttpRoute {
+    let timeouts = (*timeouts != Timeouts::default()).then(|| route_api::Timeouts {
+        response: timeouts.response.and_then(proto_duration),
+        request: timeouts.request.and_then(proto_duration),
+        idle: timeouts.idle.and_then(proto_duration),
+    });
     api::HttpRoute {
         metadata,
         hosts: Vec::new(),
         rules: vec![api::http_route::Rule {
             matches: vec![routes::any_path()],
             backends: Some(first_available(backend)),
+            retry: retry.map(http_retry),
+            timeouts,
             ..Default::default()
         }],
     }
@@ -259,6 +274,8 @@ fn egress_fallback(addr: SocketAddr, timeout: Duration) -> api::OutboundPolicy {
                 vec![default_http_route(
                     named_default("egress-fallback"),
                     backend,
+                    None,
+                    &Timeouts::default(),
                 )],
                 None,
             )),
@@ -347,7 +364,12 @@ fn service_policy(
             })
             .collect();
         if http_routes.is_empty() {
-            http_routes.push(default_http_route(named_default("http"), backend.clone()));
+            http_routes.push(default_http_route(
+                named_default("http"),
+                backend.clone(),
+                service_retry.as_ref(),
+                &service_timeouts,
+            ));
         }
         let accrual = traffic::failure_accrual(annotations)
             .ok()
@@ -583,7 +605,20 @@ fn filter(f: &HttpRouteFilter) -> api::http_route::Filter {
                     }),
                 }),
                 host: r.hostname.clone().unwrap_or_default(),
-                path: None,
+                path: r.path.as_ref().map(|p| {
+                    use route_api::path_modifier::Replace;
+                    use weft_api::PathModifier;
+                    route_api::PathModifier {
+                        replace: Some(match p {
+                            PathModifier::ReplaceFullPath { replace_full_path } => {
+                                Replace::Full(replace_full_path.clone())
+                            }
+                            PathModifier::ReplacePrefixMatch {
+                                replace_prefix_match,
+                            } => Replace::Prefix(replace_prefix_match.clone()),
+                        }),
+                    }
+                }),
                 port: r.port.map(u32::from).unwrap_or_default(),
                 status: u32::from(r.status_code.unwrap_or(302)),
             })

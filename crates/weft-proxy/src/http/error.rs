@@ -55,6 +55,16 @@ pub enum ProxyError {
     RateLimited { server: String, limit: String },
     #[error("no route of server {server} matches the request")]
     RouteNotFound { server: String },
+    #[error("no route of {parent} matches the request")]
+    NoRoute { parent: String },
+    #[error("the request did not complete within its route's timeout of {timeout:?}")]
+    RequestTimeout { timeout: Duration },
+    /// A route's or backend's failure filter, e.g. a backend that names a
+    /// Service that does not exist.
+    #[error("{message}")]
+    Injected { status: StatusCode, message: String },
+    #[error("the outbound policy of {parent} refuses the connection: {reason}")]
+    Refused { parent: String, reason: String },
 }
 
 impl ProxyError {
@@ -64,6 +74,10 @@ impl ProxyError {
         !matches!(
             self,
             ProxyError::ResponseTimeout { .. }
+                | ProxyError::RequestTimeout { .. }
+                | ProxyError::NoRoute { .. }
+                | ProxyError::Injected { .. }
+                | ProxyError::Refused { .. }
                 | ProxyError::BadRequest(_)
                 | ProxyError::RequestBody(_)
                 | ProxyError::Unauthorized { .. }
@@ -94,7 +108,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Connect(ConnectError::Timeout { .. })
-            | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            | ProxyError::ResponseTimeout { .. }
+            | ProxyError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect(_)
             | ProxyError::Mesh(_)
             | ProxyError::Upstream { .. }
@@ -105,9 +120,10 @@ impl ProxyError {
             ProxyError::NoEndpoints { .. }
             | ProxyError::AllEjected { .. }
             | ProxyError::DiscoveryTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
+            ProxyError::Unauthorized { .. } | ProxyError::Refused { .. } => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::RouteNotFound { .. } | ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Injected { status, .. } => *status,
         }
     }
 
@@ -140,7 +156,10 @@ impl ProxyError {
             ProxyError::DiscoveryTimeout { .. } => "discovery_timeout",
             ProxyError::Unauthorized { .. } => "unauthorized",
             ProxyError::RateLimited { .. } => "rate_limited",
-            ProxyError::RouteNotFound { .. } => "route_not_found",
+            ProxyError::RouteNotFound { .. } | ProxyError::NoRoute { .. } => "route_not_found",
+            ProxyError::RequestTimeout { .. } => "request_timeout",
+            ProxyError::Injected { .. } => "injected_failure",
+            ProxyError::Refused { .. } => "forbidden",
         }
     }
 

@@ -45,8 +45,9 @@ impl RequestHead {
 }
 
 /// Splits a retryable request into what every attempt reuses: the head,
-/// and a body that streams through while keeping a copy for replays.
-pub fn replayable(req: Request<Incoming>) -> (RequestHead, Replay<Incoming>) {
+/// and a body that streams through while keeping a copy of up to `limit`
+/// bytes for replays.
+pub fn replayable(req: Request<Incoming>, limit: usize) -> (RequestHead, Replay<Incoming>) {
     let (parts, body) = req.into_parts();
     let head = RequestHead {
         method: parts.method,
@@ -54,7 +55,7 @@ pub fn replayable(req: Request<Incoming>) -> (RequestHead, Replay<Incoming>) {
         version: parts.version,
         headers: parts.headers,
     };
-    (head, Replay::new(body, MAX_REPLAY_BODY))
+    (head, Replay::new(body, limit))
 }
 
 /// The retry budget: how many retries the proxy may add, shared by every

@@ -8,7 +8,8 @@
 //! no client-chosen authority unless asked for.
 //!
 //! One module per concern, each registering its own families: [`labels`]
-//! (shared label sets), `tcp`, `http`, `route`, `control`, `identity`,
+//! (shared label sets), `tcp`, `http`, `route` (profile routes),
+//! `policy_route` (outbound policy routes and backends), `control`, `identity`,
 //! `process`, and the error counters here. A new metric is a field and a
 //! `register` line in its module.
 
@@ -18,6 +19,7 @@ pub mod family;
 mod http;
 mod identity;
 pub mod labels;
+mod policy_route;
 mod process;
 mod route;
 mod tcp;
@@ -35,6 +37,7 @@ pub use self::family::SeriesLimits;
 use self::family::{Family, Registrar};
 pub use self::http::{AuthorityMetrics, HttpConnMetrics, StatusMetrics};
 pub use self::labels::{Direction, DstLabels, Peer, TcpLabels, Tls};
+pub use self::policy_route::{PolicyBackendMetrics, PolicyRouteMetrics};
 pub use self::route::{RouteMetrics, RouteStatus};
 pub use self::tcp::TcpConn;
 
@@ -73,6 +76,7 @@ pub struct Metrics {
     outbound_tcp_accept_errors_total: Family<ErrorLabels, Counter>,
     identity: identity::IdentityFamilies,
     route: route::RouteFamilies,
+    policy_route: policy_route::PolicyRouteFamilies,
     control: control::ControlFamilies,
     authz: authz::AuthzFamilies,
 }
@@ -90,6 +94,7 @@ impl Metrics {
         let tcp = tcp::TcpFamilies::register(&mut r);
         let http = http::HttpFamilies::register(&mut r);
         let route = route::RouteFamilies::register(&mut r);
+        let policy_route = policy_route::PolicyRouteFamilies::register(&mut r);
         let control = control::ControlFamilies::register(&mut r);
         let authz = authz::AuthzFamilies::register(&mut r);
         let mut errors = |name: &str, help: &str| r.counter(name, help);
@@ -121,6 +126,7 @@ impl Metrics {
             outbound_tcp_accept_errors_total,
             identity,
             route,
+            policy_route,
             control,
             authz,
         })

@@ -70,7 +70,16 @@ impl Conn {
     ) {
         // An explicit-proxy CONNECT is tunnelled, not pooled.
         let tunnel = self.target.is_none() && req.method() == Method::CONNECT;
-        let chosen = match self.service(conn, &req, exchange.authority.as_ref()).await {
+        let service = self.service(conn, &req, exchange.authority.as_ref()).await;
+        if let Ok(Service {
+            backend: super::Backend::Policy(compiled),
+            ..
+        }) = &service
+            && !tunnel
+        {
+            return super::routed::forward(conn, req, compiled, exchange, self.listen_addr).await;
+        }
+        let chosen = match service {
             Ok(service) => match service.backend.endpoint() {
                 Ok(endpoint)
                     if self.target.is_none() && is_self(endpoint.addr, self.listen_addr) =>
@@ -220,7 +229,7 @@ async fn proxy(
         }
         Some((backend, budget)) => {
             let policy = RetryPolicy { budget };
-            let (head, mut body) = retry::replayable(req);
+            let (head, mut body) = retry::replayable(req, retry::MAX_REPLAY_BODY);
             let (mut pool, mut pick, mut attempt) = (pools.outbound(addr), pick, 1);
             loop {
                 let replay = body.handle();

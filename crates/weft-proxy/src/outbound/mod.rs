@@ -16,6 +16,8 @@
 //! [`Endpoint`] the backend's balancer picks.
 
 pub mod http;
+pub mod policy;
+mod routed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,15 +126,16 @@ pub struct Service {
     pub backend: Backend,
 }
 
-/// What serves a service's requests, the second step. Today a service has
-/// one backend; traffic splits will give a route several, weighted, each
-/// with its own resolution and balancer.
+/// What serves a service's requests, the second step.
 pub enum Backend {
     /// Balanced over the endpoints the destination service answers.
     Balanced(Arc<Resolution>),
     /// An address as given: no discovery, or the destination service does
     /// not know it (or has not answered, and the address may be guessed).
     Addr(SocketAddr),
+    /// The target's outbound policy: each request's route chooses among
+    /// weighted backends (`routed.rs`), each connection's opaque route too.
+    Policy(Arc<policy::Compiled>),
 }
 
 impl Service {
@@ -157,7 +160,17 @@ impl Service {
             target: resolution.target.clone(),
             timeout,
         };
-        let backend = match resolution.answer(timeout).await.as_deref() {
+        let (answer, policy) = tokio::join!(resolution.answer(timeout), resolution.policy(timeout));
+        // A ServiceProfile with routes takes precedence over the policy's
+        // routes, as in Linkerd.
+        let profiled = resolution.profile().is_some_and(|p| !p.routes.is_empty());
+        if let Some(policy) = policy.filter(|_| !profiled) {
+            return Ok(Service {
+                discovery: Some(resolution),
+                backend: Backend::Policy(policy),
+            });
+        }
+        let backend = match answer.as_deref() {
             Some(Answer::Endpoints(_)) => Backend::Balanced(resolution.clone()),
             Some(Answer::Unknown) => fallback.map(Backend::Addr).ok_or_else(refused)?,
             None => fallback
@@ -196,6 +209,46 @@ impl Backend {
                     pick: Some(pick),
                 })
             }
+            Backend::Policy(compiled) => opaque_endpoint(compiled),
+        }
+    }
+}
+
+/// A connection's endpoint by the policy's opaque route: refused when the
+/// route forbids it, else a backend by weight and its endpoint.
+fn opaque_endpoint(compiled: &policy::Compiled) -> Result<Endpoint, ProxyError> {
+    let policy = &compiled.policy;
+    let refused = |reason: String| ProxyError::Refused {
+        parent: policy.parent.to_string(),
+        reason,
+    };
+    let route = policy
+        .opaque
+        .first()
+        .ok_or_else(|| refused("no opaque route".into()))?;
+    if let Some(reason) = &route.refusal {
+        return Err(refused(reason.clone()));
+    }
+    let backend = route
+        .backends
+        .choose(fastrand::u32(..), policy::BackendState::available)
+        .ok_or_else(|| refused("the opaque route has no backends".into()))?;
+    match (&backend.target, &backend.state.resolution) {
+        (weft_policy::outbound::BackendTarget::Forward(addr), _) => Ok(Endpoint {
+            addr: *addr,
+            pick: None,
+        }),
+        (weft_policy::outbound::BackendTarget::Balanced { .. }, Some(resolution)) => {
+            let pick = pick(resolution, None)?;
+            Ok(Endpoint {
+                addr: pick.addr(),
+                pick: Some(pick),
+            })
+        }
+        (weft_policy::outbound::BackendTarget::Balanced { path }, None) => {
+            Err(ProxyError::NoEndpoints {
+                target: path.clone(),
+            })
         }
     }
 }

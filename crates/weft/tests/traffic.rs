@@ -1,0 +1,570 @@
+//! A real weft-proxy following OutboundPolicies from a real `weft control
+//! destination`: HTTPRoute matches, filters, redirects, weighted splits
+//! (held within tolerance, shifted under load, kept while the controller
+//! is down), timeouts, retries and circuit breaking, with linkerd2-proxy's
+//! route and backend metrics.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::Destination;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use weft_testkit::proxy::Proxy;
+
+/// A replica named `name`: answers `{name} x-route={value}` on kept-alive
+/// connections; `/slow` after a second, `/fail` with 503.
+struct Replica {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn replica(name: &'static str, fail_everything: bool) -> Replica {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            conns.spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let (mut request_line, mut route) = (String::new(), String::new());
+                    loop {
+                        let mut line = String::new();
+                        match stream.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) if request_line.is_empty() => request_line = line,
+                            Ok(_) => {
+                                if let Some(v) = line.to_ascii_lowercase().strip_prefix("x-route:")
+                                {
+                                    route = v.trim().to_string();
+                                }
+                            }
+                        }
+                    }
+                    if request_line.contains(" /slow") {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    let status = if fail_everything || request_line.contains(" /fail") {
+                        "503 Service Unavailable"
+                    } else {
+                        "200 OK"
+                    };
+                    let body = format!("{name} x-route={route}\n");
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Replica { addr, task }
+}
+
+fn service(name: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo, annotations: {{{annotations}}}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 80, targetPort: http}}]\n"
+    )
+}
+
+fn workload(name: &str, app: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata: {{name: {name}, namespace: demo, labels: {{app: {app}}}}}\nspec:\n  ports: [{{name: http, port: {}}}]\n  workloadIPs: [{{ip: {}}}]\n",
+        addr.port(),
+        addr.ip()
+    )
+}
+
+/// web's routes: a header canary, a redirect, a timeout, header filters, a
+/// missing backend, and the v1/v2 split for everything else.
+fn web_routes(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web-routes, namespace: demo}}
+spec:
+  parentRefs: [{{kind: Service, name: web, port: 80}}]
+  rules:
+  - matches: [{{headers: [{{name: x-canary, value: \"1\"}}]}}]
+    backendRefs: [{{name: web-v2, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}, statusCode: 301}}
+  - matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
+    timeouts: {{request: 300ms}}
+    backendRefs: [{{name: web-v1, port: 80}}]
+  - matches: [{{path: {{type: Exact, value: /headers}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: x-route, value: headers}}]}}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {{add: [{{name: x-served-by, value: weft}}]}}
+    backendRefs: [{{name: web-v1, port: 80}}]
+  - matches: [{{path: {{type: Exact, value: /missing}}}}]
+    backendRefs: [{{name: web-v9, port: 80}}]
+  - backendRefs:
+    - {{name: web-v1, port: 80, weight: {v1}}}
+    - {{name: web-v2, port: 80, weight: {v2}}}
+"
+    )
+}
+
+struct Mesh {
+    _replicas: Vec<Replica>,
+    destination: Destination,
+    proxy: Proxy,
+}
+
+/// web (routed to web-v1 and web-v2), and flaky (one healthy and one
+/// failing endpoint, retries on 5xx, a circuit breaker after 3 failures).
+async fn mesh() -> Mesh {
+    let v1 = replica("web-v1", false).await;
+    let v2 = replica("web-v2", false).await;
+    let good = replica("flaky-good", false).await;
+    let bad = replica("flaky-bad", true).await;
+    let broken = replica("broken", true).await;
+    let flaky_annotations = "balancer.linkerd.io/failure-accrual: consecutive, balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"3\", retry.linkerd.io/http: 5xx, retry.linkerd.io/limit: \"2\"";
+    let files = [
+        ("web.yaml", service("web", "")),
+        ("web-v1.yaml", service("web-v1", "")),
+        ("web-v2.yaml", service("web-v2", "")),
+        ("flaky.yaml", service("flaky", flaky_annotations)),
+        (
+            "broken.yaml",
+            service(
+                "broken",
+                "balancer.linkerd.io/failure-accrual: consecutive, balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"3\"",
+            ),
+        ),
+        ("broken-0.yaml", workload("broken-0", "broken", broken.addr)),
+        ("v1-0.yaml", workload("web-v1-0", "web-v1", v1.addr)),
+        ("v2-0.yaml", workload("web-v2-0", "web-v2", v2.addr)),
+        ("flaky-0.yaml", workload("flaky-0", "flaky", good.addr)),
+        ("flaky-1.yaml", workload("flaky-1", "flaky", bad.addr)),
+        ("routes.yaml", web_routes(90, 10)),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let destination = Destination::start(&files);
+    let proxy = Proxy::builder(support::proxy_bin())
+        .env(
+            "WEFT_PROXY_DESTINATION_SVC_ADDR",
+            destination.addr.to_string(),
+        )
+        .env("WEFT_PROXY_POLICY_SVC_ADDR", destination.addr.to_string())
+        .env("WEFT_PROXY_POLICY_WORKLOAD", "demo:client-0")
+        .log_filter("warn,weft_proxy=info")
+        .start();
+    Mesh {
+        _replicas: vec![v1, v2, good, bad, broken],
+        destination,
+        proxy,
+    }
+}
+
+/// One response: status, headers (lower-case names) and body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A kept-alive explicit-proxy client.
+struct Client {
+    proxy: SocketAddr,
+    stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(proxy: SocketAddr) -> Client {
+        let stream = TcpStream::connect(proxy).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            proxy,
+            stream: BufReader::new(stream),
+        }
+    }
+
+    async fn get(&mut self, host: &str, path: &str, extra: &str) -> std::io::Result<Answer> {
+        let req = format!("GET http://{host}{path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+        self.stream.get_mut().write_all(req.as_bytes()).await?;
+        let mut status_line = String::new();
+        self.stream.read_line(&mut status_line).await?;
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).await?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':') {
+                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0usize);
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await?;
+        let closes = headers
+            .iter()
+            .any(|(n, v)| n == "connection" && v == "close");
+        if closes {
+            *self = Client::connect(self.proxy).await;
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    async fn web(&mut self, path: &str) -> Answer {
+        self.get(WEB, path, "").await.unwrap()
+    }
+}
+
+const WEB: &str = "web.demo.svc.cluster.local";
+const FLAKY: &str = "flaky.demo.svc.cluster.local";
+const BROKEN: &str = "broken.demo.svc.cluster.local";
+
+fn backend_requests(proxy: &Proxy, backend: &str) -> f64 {
+    proxy.metric(
+        "outbound_http_route_backend_requests_total",
+        &[
+            ("parent_kind", "Service"),
+            ("parent_name", "web"),
+            ("route_kind", "HTTPRoute"),
+            ("route_name", "web-routes"),
+            ("backend_name", backend),
+        ],
+    )
+}
+
+/// Sends `n` requests to `/`; how many web-v2 served.
+async fn v2_share(client: &mut Client, n: usize) -> usize {
+    let mut v2 = 0;
+    for _ in 0..n {
+        let a = client.web("/").await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        v2 += usize::from(a.body.starts_with("web-v2"));
+    }
+    v2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_filters_redirects_timeouts_and_missing_backends() {
+    let m = mesh().await;
+    let mut c = Client::connect(m.proxy.outbound).await;
+
+    // A 90/10 split holds within 4 points over 1,000 requests (binomial
+    // standard deviation: 0.95 points).
+    let v2 = v2_share(&mut c, 1000).await;
+    assert!((60..=140).contains(&v2), "web-v2 served {v2} of 1000");
+    assert_eq!(backend_requests(&m.proxy, "web-v2") as usize, v2);
+    assert_eq!(backend_requests(&m.proxy, "web-v1") as usize, 1000 - v2);
+
+    // The header canary always goes to v2.
+    for _ in 0..20 {
+        let a = c.get(WEB, "/", "x-canary: 1\r\n").await.unwrap();
+        assert!(a.body.starts_with("web-v2"), "{}", a.body);
+    }
+    // A header value that is not the canary's takes the split.
+    let a = c
+        .get(WEB, "/", "x-canary: 1 \r\nx-canary-x: 1\r\n")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+
+    // Redirects: the matched prefix replaced, the query kept, no backend asked.
+    let a = c.web("/old/page?q=1").await;
+    assert_eq!(a.status, 301);
+    assert_eq!(
+        a.header("location"),
+        Some("http://web.demo.svc.cluster.local/new/page?q=1")
+    );
+
+    // Request and response header filters.
+    let a = c.web("/headers").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.trim(), "web-v1 x-route=headers");
+    assert_eq!(a.header("x-served-by"), Some("weft"));
+    // A client's own x-route is replaced, not kept beside it.
+    let a = c.get(WEB, "/headers", "x-route: forged\r\n").await.unwrap();
+    assert_eq!(a.body.trim(), "web-v1 x-route=headers");
+
+    // The route's 300 ms request timeout: 504 from the proxy, well before
+    // the replica's one second.
+    let started = Instant::now();
+    let a = c.web("/slow").await;
+    assert_eq!(a.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        a.header("l5d-proxy-error")
+            .is_some_and(|e| e.contains("timeout"))
+    );
+
+    // A backend that names no Service: Linkerd's 500.
+    let a = c.web("/missing").await;
+    assert_eq!(a.status, 500);
+    assert!(
+        a.header("l5d-proxy-error")
+            .is_some_and(|e| e.contains("Service not found")),
+        "{:?}",
+        a.headers
+    );
+
+    let statuses = |status: &str, error: &str| {
+        m.proxy.metric(
+            "outbound_http_route_request_statuses_total",
+            &[
+                ("parent_name", "web"),
+                ("route_name", "web-routes"),
+                ("http_status", status),
+                ("error", error),
+            ],
+        )
+    };
+    assert_eq!(statuses("", "REQUEST_TIMEOUT"), 1.0);
+    assert_eq!(statuses("301", ""), 1.0);
+    assert!(statuses("200", "") >= 1022.0);
+    let text = m.proxy.metrics();
+    assert!(
+        text.contains("outbound_http_route_request_duration_seconds_bucket{parent_group=\"core\",parent_kind=\"Service\",parent_namespace=\"demo\",parent_name=\"web\",parent_port=\"80\""),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_shift_under_load_and_survive_the_controller() {
+    let mut m = mesh().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, v2_seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(m.proxy.outbound).await;
+        let (stop, ok, v2_seen) = (stop.clone(), ok.clone(), v2_seen.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match c.get(WEB, "/", "").await {
+                    Ok(a) if a.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        if a.body.starts_with("web-v2") {
+                            v2_seen.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(a) => failures.push(format!("{} {}", a.status, a.body)),
+                    Err(e) => {
+                        failures.push(e.to_string());
+                        c = Client::connect(c.proxy).await;
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    let wait_ok = |more: u64| {
+        let ok = ok.clone();
+        async move {
+            let target = ok.load(Ordering::Relaxed) + more;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while ok.load(Ordering::Relaxed) < target {
+                assert!(Instant::now() < deadline, "load stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_ok(300).await;
+
+    // All to v2: within a second every request goes there.
+    m.destination.write("routes.yaml", &web_routes(0, 100));
+    let edited = Instant::now();
+    let mut probe = Client::connect(m.proxy.outbound).await;
+    loop {
+        if v2_share(&mut probe, 20).await == 20 {
+            break;
+        }
+        assert!(
+            edited.elapsed() < Duration::from_secs(3),
+            "weights did not shift"
+        );
+    }
+    let shift = edited.elapsed();
+    assert_eq!(v2_share(&mut probe, 200).await, 200);
+
+    // The controller dies: the last policy keeps routing.
+    m.destination.kill();
+    wait_ok(300).await;
+    assert_eq!(v2_share(&mut probe, 100).await, 100);
+    // It comes back with different weights, and they apply.
+    m.destination.write("routes.yaml", &web_routes(100, 0));
+    m.destination.restart();
+    let restarted = Instant::now();
+    loop {
+        if v2_share(&mut probe, 20).await == 0 {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(15),
+            "the restarted controller's weights did not apply"
+        );
+    }
+    wait_ok(100).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for t in tasks {
+        failures.extend(t.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "requests failed under load: {failures:?}"
+    );
+    eprintln!(
+        "weights shifted within {shift:?}; {} requests under load, {} to web-v2",
+        ok.load(Ordering::Relaxed),
+        v2_seen.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_the_circuit_breaker_hide_a_failing_endpoint() {
+    let m = mesh().await;
+    let mut c = Client::connect(m.proxy.outbound).await;
+    // One of flaky's two endpoints always fails: retries to the other make
+    // every request succeed, and the circuit breaker soon stops sending
+    // first attempts to it at all.
+    for n in 0..200 {
+        let a = c.get(FLAKY, "/", "").await.unwrap();
+        assert_eq!(a.status, 200, "request {n}: {}", a.body);
+        assert_eq!(a.body.trim(), "flaky-good x-route=");
+    }
+    let route = |name: &str| {
+        m.proxy.metric(
+            name,
+            &[
+                ("parent_name", "flaky"),
+                ("route_kind", "default"),
+                ("route_name", "http"),
+            ],
+        )
+    };
+    let retries = route("outbound_http_route_retry_requests_total");
+    assert!(retries >= 1.0, "no retry was sent");
+    assert_eq!(route("outbound_http_route_retry_successes_total"), retries);
+    let failed_attempts = m.proxy.metric(
+        "outbound_http_route_backend_response_statuses_total",
+        &[("parent_name", "flaky"), ("http_status", "503")],
+    );
+    assert!(
+        failed_attempts >= retries,
+        "{failed_attempts} failed attempts, {retries} retries"
+    );
+
+    // A path that fails everywhere: the retries run out, and the client gets
+    // the last 503, counted as the limit exceeded.
+    let a = c.get(FLAKY, "/fail", "").await.unwrap();
+    assert_eq!(a.status, 503);
+    assert!(
+        route("outbound_http_route_retry_limit_exceeded_total") >= 1.0
+            || route("outbound_http_route_retry_overflow_total") >= 1.0
+    );
+
+    // broken's only endpoint always fails and its circuit breaker opens after
+    // three: the fourth request is refused by the proxy without reaching it.
+    for n in 0..3 {
+        let a = c.get(BROKEN, "/", "").await.unwrap();
+        assert_eq!(a.status, 503);
+        assert!(
+            a.header("l5d-proxy-error").is_none(),
+            "request {n}: {:?}",
+            a.headers
+        );
+    }
+    let a = c.get(BROKEN, "/", "").await.unwrap();
+    assert_eq!(a.status, 503);
+    assert!(
+        a.header("l5d-proxy-error")
+            .is_some_and(|e| e.contains("ejected")),
+        "{:?}",
+        a.headers
+    );
+    // Without the annotation there is no circuit breaker (as in Linkerd):
+    // web's failing path reaches the replica every time.
+    for _ in 0..10 {
+        let a = c.web("/fail").await;
+        assert_eq!(a.status, 503);
+        assert!(a.header("l5d-proxy-error").is_none(), "{:?}", a.headers);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_with_routes_takes_precedence_and_bad_policies_keep_the_last_good_one() {
+    let m = mesh().await;
+    let mut c = Client::connect(m.proxy.outbound).await;
+    assert_eq!(c.web("/old/x").await.status, 301);
+    // A broken route file is a manifest problem; the served routes stay.
+    m.destination.write("routes.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web-routes, namespace: demo}\nspec:\n  parentRefs: [{kind: Service, name: web, port: 80}]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: \"(\"}}]\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !m.destination.log().contains("routes.yaml") {
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.web("/old/x").await.status, 301, "{}", m.destination.log());
+    // A ServiceProfile with routes for web: the proxy routes by the profile
+    // (to web's own endpoints, which it has none of) instead of the policy.
+    m.destination.write(
+        "profile.yaml",
+        "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: web.demo.svc.cluster.local, namespace: demo}\nspec:\n  routes:\n  - name: everything\n    condition: {pathRegex: \".*\"}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = c.web("/old/x").await;
+        if a.status != 301 {
+            assert_eq!(a.status, 503, "{}", a.body);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the profile did not take over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
