@@ -713,6 +713,54 @@ pub fn dangling_references(r: &crate::Resources) -> Vec<(&'static str, Key, Stri
                 ));
             }
         }
+        let service = |field: &str, namespace: &str, name: &str, port: Option<u16>| {
+            let svc = r.services.get(&Key {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            });
+            let problem = match (svc, port) {
+                (None, _) => {
+                    format!("{field} names Service {namespace}/{name}, which does not exist")
+                }
+                (Some(s), Some(port)) if !s.spec.ports.iter().any(|p| p.port == port) => {
+                    format!(
+                        "{field} names port {port} of Service {namespace}/{name}, which it does not define"
+                    )
+                }
+                _ => return None,
+            };
+            Some((HttpRoute::KIND, key.clone(), problem))
+        };
+        for p in route.spec.parent_refs.iter().filter(|p| p.is_service()) {
+            let namespace = p.namespace.as_deref().unwrap_or(&key.namespace);
+            found.extend(service("parentRefs", namespace, &p.name, p.port));
+        }
+        for (i, rule) in route.spec.rules.iter().enumerate() {
+            for b in rule
+                .backend_refs
+                .iter()
+                .filter(|b| b.kind.as_deref().is_none_or(|k| k == "Service"))
+            {
+                let namespace = b.namespace.as_deref().unwrap_or(&key.namespace);
+                found.extend(service(
+                    &format!("rules[{i}].backendRefs"),
+                    namespace,
+                    &b.name,
+                    b.port,
+                ));
+            }
+            if !rule.backend_refs.is_empty()
+                && rule.backend_refs.iter().all(|b| b.weight == Some(0))
+            {
+                found.push((
+                    HttpRoute::KIND,
+                    key.clone(),
+                    format!(
+                        "rules[{i}].backendRefs all have weight 0: every request of the rule fails"
+                    ),
+                ));
+            }
+        }
     }
     found
 }

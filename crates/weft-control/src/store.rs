@@ -511,6 +511,39 @@ spec:
         assert_eq!(s.authorization_policies.len(), 1);
     }
 
+    #[test]
+    fn routes_to_missing_services_ports_and_zero_weights_are_reported() {
+        let text = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  ports: [{port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: web, port: 8080}, {kind: Service, name: gone}]
+  rules:
+  - backendRefs: [{name: web, port: 80}, {name: web-v9, port: 80}]
+  - backendRefs: [{name: web, port: 80, weight: 0}]
+";
+        let (m, errors) = parse_manifests(Path::new("r.yaml"), text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = Snapshot::new(1, m, Vec::new());
+        let problems: Vec<String> = s.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "r.yaml:7: HTTPRoute demo/r: parentRefs names port 8080 of Service demo/web, which it does not define",
+                "r.yaml:7: HTTPRoute demo/r: parentRefs names Service demo/gone, which does not exist",
+                "r.yaml:7: HTTPRoute demo/r: rules[0].backendRefs names Service demo/web-v9, which does not exist",
+                "r.yaml:7: HTTPRoute demo/r: rules[1].backendRefs all have weight 0: every request of the rule fails",
+            ]
+        );
+        assert_eq!(s.http_routes.len(), 1, "still served");
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("weft-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
