@@ -629,9 +629,12 @@ fn http_route<R: Default, B>(
     })
 }
 
+/// Retries per request at most, whatever a controller asks (Weft's allows 10).
+const MAX_RETRIES: u32 = 10;
+
 fn retry(r: api::http_route::Retry) -> Retry {
     Retry {
-        max_retries: r.max_retries,
+        max_retries: r.max_retries.min(MAX_RETRIES),
         max_request_bytes: usize::try_from(r.max_request_bytes).unwrap_or(usize::MAX),
         statuses: r
             .conditions
