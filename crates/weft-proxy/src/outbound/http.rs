@@ -80,7 +80,11 @@ impl Conn {
             return super::routed::forward(conn, req, compiled, exchange, self.listen_addr).await;
         }
         let chosen = match service {
-            Ok(service) => match service.backend.endpoint() {
+            Ok(service) => match service
+                .backend
+                .endpoint(conn.shared.config.discovery_timeout)
+                .await
+            {
                 Ok(endpoint)
                     if self.target.is_none() && is_self(endpoint.addr, self.listen_addr) =>
                 {

@@ -21,9 +21,11 @@ mod routed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
+use weft_policy::outbound::{BackendTarget, RouteBackend};
 
 use crate::balance::{NoEndpoint, Pick};
 use crate::config::Config;
@@ -101,7 +103,11 @@ async fn forward_opaque<I>(
         }
         None => Ok(Service::addr(target)),
     };
-    let Endpoint { addr, pick } = match service.and_then(|s| s.backend.endpoint()) {
+    let endpoint = match service {
+        Ok(s) => s.backend.endpoint(shared.config.discovery_timeout).await,
+        Err(e) => Err(e),
+    };
+    let Endpoint { addr, pick } = match endpoint {
         Ok(endpoint) => endpoint,
         Err(e) => return info!(error = %e, "opaque connection refused"),
     };
@@ -195,8 +201,9 @@ impl Service {
 
 impl Backend {
     /// The endpoint for one request or connection, the third step: the
-    /// balancer's pick (to be told how it went), or the address as given.
-    pub fn endpoint(&self) -> Result<Endpoint, ProxyError> {
+    /// balancer's pick (to be told how it went), or the address as given;
+    /// a policy's backend may wait up to `timeout` for its first endpoints.
+    pub async fn endpoint(&self, timeout: Duration) -> Result<Endpoint, ProxyError> {
         match self {
             Backend::Addr(addr) => Ok(Endpoint {
                 addr: *addr,
@@ -209,14 +216,17 @@ impl Backend {
                     pick: Some(pick),
                 })
             }
-            Backend::Policy(compiled) => opaque_endpoint(compiled),
+            Backend::Policy(compiled) => opaque_endpoint(compiled, timeout).await,
         }
     }
 }
 
 /// A connection's endpoint by the policy's opaque route: refused when the
 /// route forbids it, else a backend by weight and its endpoint.
-fn opaque_endpoint(compiled: &policy::Compiled) -> Result<Endpoint, ProxyError> {
+async fn opaque_endpoint(
+    compiled: &policy::Compiled,
+    timeout: Duration,
+) -> Result<Endpoint, ProxyError> {
     let policy = &compiled.policy;
     let refused = |reason: String| ProxyError::Refused {
         parent: policy.parent.to_string(),
@@ -233,24 +243,45 @@ fn opaque_endpoint(compiled: &policy::Compiled) -> Result<Endpoint, ProxyError> 
         .backends
         .choose(fastrand::u32(..), policy::BackendState::available)
         .ok_or_else(|| refused("the opaque route has no backends".into()))?;
-    match (&backend.target, &backend.state.resolution) {
-        (weft_policy::outbound::BackendTarget::Forward(addr), _) => Ok(Endpoint {
-            addr: *addr,
-            pick: None,
-        }),
-        (weft_policy::outbound::BackendTarget::Balanced { .. }, Some(resolution)) => {
-            let pick = pick(resolution, None)?;
-            Ok(Endpoint {
-                addr: pick.addr(),
-                pick: Some(pick),
-            })
+    policy_backend_endpoint(backend, timeout).await
+}
+
+/// The endpoint of one of a policy's backends: a forward backend's address,
+/// or a balanced backend's pick once its endpoints are known (waiting at
+/// most `timeout` for the first answer).
+async fn policy_backend_endpoint(
+    backend: &RouteBackend<policy::BackendState>,
+    timeout: Duration,
+) -> Result<Endpoint, ProxyError> {
+    let path = match &backend.target {
+        BackendTarget::Forward(addr) => {
+            return Ok(Endpoint {
+                addr: *addr,
+                pick: None,
+            });
         }
-        (weft_policy::outbound::BackendTarget::Balanced { path }, None) => {
-            Err(ProxyError::NoEndpoints {
+        BackendTarget::Balanced { path } => path,
+    };
+    let no_endpoints = || ProxyError::NoEndpoints {
+        target: path.clone(),
+    };
+    // Compiled with a resolution for every balanced backend.
+    let resolution = backend.state.resolution.as_ref().ok_or_else(no_endpoints)?;
+    match resolution.answer(timeout).await.as_deref() {
+        Some(Answer::Endpoints(_)) => {}
+        Some(Answer::Unknown) => return Err(no_endpoints()),
+        None => {
+            return Err(ProxyError::DiscoveryTimeout {
                 target: path.clone(),
-            })
+                timeout,
+            });
         }
     }
+    let picked = pick(resolution, None)?;
+    Ok(Endpoint {
+        addr: picked.addr(),
+        pick: Some(picked),
+    })
 }
 
 /// The endpoint chosen for one request or connection.

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use weft_policy::outbound::{BackendTarget, Filter, HeaderModifier, RouteBackend, Routed};
+use weft_policy::outbound::{Filter, HeaderModifier, RouteBackend, Routed};
 
 use super::policy::{BackendState, Compiled, RouteState};
 use super::{Endpoint, pick};
@@ -159,40 +159,8 @@ async fn decide<'p>(
         Filtered::Forward(f) => response_filters.extend(f),
         Filtered::Answered(resp) => return Ok(Decided::Answered(resp)),
     }
-    let endpoint = match (&backend.target, &backend.state.resolution) {
-        (BackendTarget::Balanced { path }, Some(resolution)) => {
-            let timeout = conn.shared.config.discovery_timeout;
-            match resolution.answer(timeout).await.as_deref() {
-                Some(crate::discovery::Answer::Endpoints(_)) => {}
-                Some(crate::discovery::Answer::Unknown) => {
-                    return Err(ProxyError::NoEndpoints {
-                        target: path.clone(),
-                    });
-                }
-                None => {
-                    return Err(ProxyError::DiscoveryTimeout {
-                        target: path.clone(),
-                        timeout,
-                    });
-                }
-            }
-            let picked = pick(resolution, None)?;
-            Endpoint {
-                addr: picked.addr(),
-                pick: Some(picked),
-            }
-        }
-        (BackendTarget::Forward(addr), _) => Endpoint {
-            addr: *addr,
-            pick: None,
-        },
-        // Compiled with a resolution for every balanced backend.
-        (BackendTarget::Balanced { path }, None) => {
-            return Err(ProxyError::NoEndpoints {
-                target: path.clone(),
-            });
-        }
-    };
+    let endpoint =
+        super::policy_backend_endpoint(backend, conn.shared.config.discovery_timeout).await?;
     Ok(Decided::Forward(backend, response_filters, endpoint))
 }
 
