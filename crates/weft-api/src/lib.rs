@@ -14,6 +14,8 @@
 //! [`parse_manifests`] reads a multi-document YAML file; see [`manifest`].
 
 mod deployment;
+mod egress;
+mod grpc_route;
 mod manifest;
 mod meta;
 mod policy;
@@ -29,6 +31,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use deployment::*;
+pub use egress::*;
+pub use grpc_route::*;
 pub use manifest::{
     Located, MAX_MANIFEST_BYTES, ManifestError, Origins, parse_manifests, to_manifest, yaml_lines,
 };
@@ -154,6 +158,12 @@ kinds! {
         ["policy.linkerd.io/v1beta3", "gateway.networking.k8s.io/v1",
          "policy.linkerd.io/v1beta2", "gateway.networking.k8s.io/v1beta1"],
         route::check_http_route;
+    /// Outbound only (parent: a Service).
+    grpc_routes: GrpcRoute = "GRPCRoute"
+        ["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1alpha2"],
+        grpc_route::check_grpc_route;
     rate_limits: HttpLocalRateLimitPolicy = "HTTPLocalRateLimitPolicy"
         ["policy.linkerd.io/v1alpha1"], policy::check_rate_limit;
+    egress_networks: EgressNetwork = "EgressNetwork"
+        ["policy.linkerd.io/v1alpha1"], egress::check_egress_network;
 }

@@ -535,7 +535,12 @@ pub(crate) fn check_network_authentication(a: &NetworkAuthentication) -> Result<
     if a.spec.networks.is_empty() {
         return Err("spec.networks needs at least one network".into());
     }
-    for net in &a.spec.networks {
+    check_networks(&a.spec.networks)
+}
+
+/// Every exception inside its network, and none taking all of it.
+pub(crate) fn check_networks(networks: &[Network]) -> Result<(), String> {
+    for net in networks {
         for except in &net.except {
             if except.covers(&net.cidr) {
                 return Err(format!(
@@ -713,53 +718,96 @@ pub fn dangling_references(r: &crate::Resources) -> Vec<(&'static str, Key, Stri
                 ));
             }
         }
-        let service = |field: &str, namespace: &str, name: &str, port: Option<u16>| {
-            let svc = r.services.get(&Key {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-            });
-            let problem = match (svc, port) {
-                (None, _) => {
-                    format!("{field} names Service {namespace}/{name}, which does not exist")
-                }
-                (Some(s), Some(port)) if !s.spec.ports.iter().any(|p| p.port == port) => {
-                    format!(
-                        "{field} names port {port} of Service {namespace}/{name}, which it does not define"
-                    )
-                }
-                _ => return None,
-            };
-            Some((HttpRoute::KIND, key.clone(), problem))
+        let rules: Vec<&[crate::BackendRef]> = route
+            .spec
+            .rules
+            .iter()
+            .map(|r| r.backend_refs.as_slice())
+            .collect();
+        found.extend(service_references(
+            r,
+            HttpRoute::KIND,
+            key,
+            &route.spec.parent_refs,
+            &rules,
+        ));
+    }
+    for (key, route) in &r.grpc_routes {
+        let rules: Vec<&[crate::BackendRef]> = route
+            .spec
+            .rules
+            .iter()
+            .map(|r| r.backend_refs.as_slice())
+            .collect();
+        found.extend(service_references(
+            r,
+            crate::GrpcRoute::KIND,
+            key,
+            &route.spec.parent_refs,
+            &rules,
+        ));
+    }
+    found
+}
+
+/// A route's Service parents and backends that name a missing Service or
+/// port, and rules whose backends all weigh 0.
+fn service_references(
+    r: &crate::Resources,
+    kind: &'static str,
+    key: &Key,
+    parents: &[crate::ParentRef],
+    rules: &[&[crate::BackendRef]],
+) -> Vec<(&'static str, Key, String)> {
+    let mut found = Vec::new();
+    let service = |found: &mut Vec<_>,
+                   field: &str,
+                   namespace: &str,
+                   name: &str,
+                   port: Option<u16>| {
+        let svc = r.services.get(&Key {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        });
+        let problem = match (svc, port) {
+            (None, _) => {
+                format!("{field} names Service {namespace}/{name}, which does not exist")
+            }
+            (Some(s), Some(port)) if !s.spec.ports.iter().any(|p| p.port == port) => {
+                format!(
+                    "{field} names port {port} of Service {namespace}/{name}, which it does not define"
+                )
+            }
+            _ => return,
         };
-        for p in route.spec.parent_refs.iter().filter(|p| p.is_service()) {
-            let namespace = p.namespace.as_deref().unwrap_or(&key.namespace);
-            found.extend(service("parentRefs", namespace, &p.name, p.port));
+        found.push((kind, key.clone(), problem));
+    };
+    for p in parents.iter().filter(|p| p.is_service()) {
+        let namespace = p.namespace.as_deref().unwrap_or(&key.namespace);
+        service(&mut found, "parentRefs", namespace, &p.name, p.port);
+    }
+    for (i, backends) in rules.iter().enumerate() {
+        for b in backends
+            .iter()
+            .filter(|b| b.kind.as_deref().is_none_or(|k| k == "Service"))
+        {
+            let namespace = b.namespace.as_deref().unwrap_or(&key.namespace);
+            service(
+                &mut found,
+                &format!("rules[{i}].backendRefs"),
+                namespace,
+                &b.name,
+                b.port,
+            );
         }
-        for (i, rule) in route.spec.rules.iter().enumerate() {
-            for b in rule
-                .backend_refs
-                .iter()
-                .filter(|b| b.kind.as_deref().is_none_or(|k| k == "Service"))
-            {
-                let namespace = b.namespace.as_deref().unwrap_or(&key.namespace);
-                found.extend(service(
-                    &format!("rules[{i}].backendRefs"),
-                    namespace,
-                    &b.name,
-                    b.port,
-                ));
-            }
-            if !rule.backend_refs.is_empty()
-                && rule.backend_refs.iter().all(|b| b.weight == Some(0))
-            {
-                found.push((
-                    HttpRoute::KIND,
-                    key.clone(),
-                    format!(
-                        "rules[{i}].backendRefs all have weight 0: every request of the rule fails"
-                    ),
-                ));
-            }
+        if !backends.is_empty() && backends.iter().all(|b| b.weight == Some(0)) {
+            found.push((
+                kind,
+                key.clone(),
+                format!(
+                    "rules[{i}].backendRefs all have weight 0: every request of the rule fails"
+                ),
+            ));
         }
     }
     found

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::route::parse_route_duration;
 
 pub const RETRY_HTTP: &str = "retry.linkerd.io/http";
+pub const RETRY_GRPC: &str = "retry.linkerd.io/grpc";
 pub const RETRY_LIMIT: &str = "retry.linkerd.io/limit";
 pub const RETRY_TIMEOUT: &str = "retry.linkerd.io/timeout";
 pub const TIMEOUT_REQUEST: &str = "timeout.linkerd.io/request";
@@ -33,6 +34,24 @@ pub struct HttpRetry {
     pub limit: u32,
     /// Each attempt's timeout.
     pub timeout: Option<Duration>,
+}
+
+/// Retries of gRPC calls that end with these status codes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcRetry {
+    pub codes: Vec<GrpcRetryCode>,
+    pub limit: u32,
+    pub timeout: Option<Duration>,
+}
+
+/// The gRPC statuses Linkerd's outbound API can name as retryable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcRetryCode {
+    Cancelled,
+    DeadlineExceeded,
+    ResourceExhausted,
+    Internal,
+    Unavailable,
 }
 
 /// Request, response and idle timeouts.
@@ -91,20 +110,54 @@ pub fn http_retry(annotations: &BTreeMap<String, String>) -> Result<Option<HttpR
     if statuses.is_empty() {
         return Err(format!("annotation {RETRY_HTTP} names no status"));
     }
-    let limit = match annotations.get(RETRY_LIMIT) {
-        None => 1,
+    Ok(Some(HttpRetry {
+        statuses,
+        limit: retry_limit(annotations)?,
+        timeout: duration(annotations, RETRY_TIMEOUT)?,
+    }))
+}
+
+/// `retry.linkerd.io/limit`: retries after the first attempt (default 1).
+fn retry_limit(annotations: &BTreeMap<String, String>) -> Result<u32, String> {
+    match annotations.get(RETRY_LIMIT) {
+        None => Ok(1),
         Some(v) => v
             .trim()
             .parse::<u32>()
             .ok()
             .filter(|n| *n <= 10)
-            .ok_or_else(|| {
-                format!("annotation {RETRY_LIMIT}: {v:?} is not a number from 0 to 10")
-            })?,
+            .ok_or_else(|| format!("annotation {RETRY_LIMIT}: {v:?} is not a number from 0 to 10")),
+    }
+}
+
+/// The gRPC retry annotations; `None` without `retry.linkerd.io/grpc`.
+/// Codes are written as Linkerd writes them: `cancelled`,
+/// `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`.
+pub fn grpc_retry(annotations: &BTreeMap<String, String>) -> Result<Option<GrpcRetry>, String> {
+    let Some(list) = annotations.get(RETRY_GRPC) else {
+        return Ok(None);
     };
-    Ok(Some(HttpRetry {
-        statuses,
-        limit,
+    let mut codes = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        codes.push(match part.to_ascii_lowercase().as_str() {
+            "cancelled" => GrpcRetryCode::Cancelled,
+            "deadline-exceeded" => GrpcRetryCode::DeadlineExceeded,
+            "internal" => GrpcRetryCode::Internal,
+            "resource-exhausted" => GrpcRetryCode::ResourceExhausted,
+            "unavailable" => GrpcRetryCode::Unavailable,
+            _ => {
+                return Err(format!(
+                    "annotation {RETRY_GRPC}: {part:?} is not one of cancelled, deadline-exceeded, internal, resource-exhausted, unavailable"
+                ));
+            }
+        });
+    }
+    if codes.is_empty() {
+        return Err(format!("annotation {RETRY_GRPC} names no status"));
+    }
+    Ok(Some(GrpcRetry {
+        codes,
+        limit: retry_limit(annotations)?,
         timeout: duration(annotations, RETRY_TIMEOUT)?,
     }))
 }
@@ -175,6 +228,7 @@ pub fn failure_accrual(
 /// Every traffic annotation of a Service or route, checked.
 pub(crate) fn check_annotations(annotations: &BTreeMap<String, String>) -> Result<(), String> {
     http_retry(annotations)?;
+    grpc_retry(annotations)?;
     timeouts(annotations)?;
     failure_accrual(annotations)?;
     Ok(())
@@ -203,6 +257,16 @@ mod tests {
         assert_eq!(r.statuses, [(500, 599), (429, 429)]);
         assert_eq!((r.limit, r.timeout), (3, Some(Duration::from_millis(300))));
         assert_eq!(http_retry(&of(&[])).unwrap(), None);
+        let g = grpc_retry(&of(&[(RETRY_GRPC, "Unavailable, internal")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (g.codes.as_slice(), g.limit),
+            (
+                &[GrpcRetryCode::Unavailable, GrpcRetryCode::Internal][..],
+                1
+            )
+        );
         assert_eq!(
             timeouts(&of(&[(TIMEOUT_REQUEST, "2s")])).unwrap().request,
             Some(Duration::from_secs(2))
@@ -219,6 +283,8 @@ mod tests {
             of(&[(RETRY_HTTP, "700")]),
             of(&[(RETRY_HTTP, "5xx"), (RETRY_LIMIT, "many")]),
             of(&[(TIMEOUT_IDLE, "soon")]),
+            of(&[(RETRY_GRPC, "unavailable,not-found")]),
+            of(&[(RETRY_GRPC, " , ")]),
             of(&[(FAILURE_ACCRUAL, "always")]),
             of(&[
                 (FAILURE_ACCRUAL, "consecutive"),

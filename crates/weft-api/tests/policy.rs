@@ -72,6 +72,7 @@ fn linkerd_policy_manifests_read_unchanged() {
 fn problem(kind: &str, body: &str) -> String {
     let version = match kind {
         "Server" | "HTTPRoute" => "policy.linkerd.io/v1beta3",
+        "GRPCRoute" => "gateway.networking.k8s.io/v1",
         _ => "policy.linkerd.io/v1alpha1",
     };
     let text = format!(
@@ -178,6 +179,32 @@ fn every_mistake_is_named_with_its_line() {
             "not inside",
         ),
         ("HTTPRoute", "spec: {rules: []}\n", "needs a Server"),
+        ("GRPCRoute", "spec: {rules: []}\n", "needs a Service"),
+        (
+            "GRPCRoute",
+            "spec:\n  parentRefs: [{group: policy.linkerd.io, kind: Server, name: s}]\n",
+            "is not a Service",
+        ),
+        (
+            "GRPCRoute",
+            "spec:\n  parentRefs: [{kind: Service, name: s}]\n  rules:\n  - matches: [{method: {type: RegularExpression, service: \".*\"}}]\n",
+            "only Exact method matches",
+        ),
+        (
+            "GRPCRoute",
+            "spec:\n  parentRefs: [{kind: Service, name: s}]\n  rules:\n  - matches: [{method: {service: \"a/b\"}}]\n",
+            "is not a gRPC service name",
+        ),
+        (
+            "GRPCRoute",
+            "spec:\n  parentRefs: [{kind: Service, name: s}]\n  rules:\n  - matches: [{method: {}}]\n",
+            "neither a service nor a method",
+        ),
+        (
+            "GRPCRoute",
+            "spec:\n  parentRefs: [{kind: Service, name: s}]\n  rules:\n  - filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {}}]\n",
+            "ResponseHeaderModifier is not supported",
+        ),
         (
             "HTTPRoute",
             "spec:\n  parentRefs: [{kind: Gateway, name: g}]\n",

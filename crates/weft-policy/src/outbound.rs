@@ -151,15 +151,20 @@ pub struct Retry {
     pub max_request_bytes: usize,
     /// Response statuses worth another attempt (inclusive ranges).
     pub statuses: Vec<(u16, u16)>,
+    /// gRPC status codes worth another attempt (gRPC routes).
+    pub grpc_codes: Vec<u32>,
     /// Each attempt's own timeout; a timed-out attempt is retried.
     pub timeout: Option<Duration>,
     pub backoff: Backoff,
 }
 
 impl Retry {
-    pub fn retries_status(&self, status: StatusCode) -> bool {
+    /// Whether a response with this status, and this `grpc-status` in its
+    /// headers (a trailers-only gRPC answer), is worth another attempt.
+    pub fn retries(&self, status: StatusCode, grpc_status: Option<u32>) -> bool {
         let s = status.as_u16();
         self.statuses.iter().any(|(lo, hi)| *lo <= s && s <= *hi)
+            || grpc_status.is_some_and(|c| self.grpc_codes.contains(&c))
     }
 }
 
@@ -205,6 +210,8 @@ pub enum Filter {
     /// share of requests (`numerator`/`denominator`).
     Fail {
         status: StatusCode,
+        /// A gRPC route's failure: this `grpc-status` instead.
+        grpc: Option<u32>,
         message: String,
         numerator: u32,
         denominator: u32,
@@ -340,7 +347,23 @@ impl<R: Default, B> ClientPolicy<R, B> {
                 policy.accrual = h.failure_accrual.as_ref().and_then(accrual);
                 policy.http2 = http(h.routes, &mut backend)?;
             }
-            Kind::Grpc(_) => return Err("gRPC route policies are not supported yet".into()),
+            Kind::Grpc(g) => {
+                policy.protocol = Protocol::Grpc;
+                policy.accrual = g.failure_accrual.as_ref().and_then(accrual);
+                // gRPC is HTTP/2; an HTTP/1 request to it takes the same
+                // routes (and matches none of a call's paths, so gets 404).
+                policy.http2 = g
+                    .routes
+                    .iter()
+                    .cloned()
+                    .map(|r| grpc_route(r, &mut backend))
+                    .collect::<Result<_, String>>()?;
+                policy.http1 = g
+                    .routes
+                    .into_iter()
+                    .map(|r| grpc_route(r, &mut backend))
+                    .collect::<Result<_, String>>()?;
+            }
             Kind::Tls(_) => return Err("TLS route policies are not supported".into()),
         }
         Ok(policy)
@@ -569,13 +592,8 @@ fn accrual(a: &api::FailureAccrual) -> Option<Accrual> {
     }
 }
 
-fn http_route<R: Default, B>(
-    r: api::HttpRoute,
-    backend: &mut dyn FnMut(&BackendTarget) -> B,
-) -> Result<HttpRoute<R, B>, String> {
-    let meta = Meta::from_proto(r.metadata.as_ref(), "default");
-    let hosts = r
-        .hosts
+fn host_matches(hosts: Vec<route_api::HostMatch>) -> Vec<HostMatch> {
+    hosts
         .into_iter()
         .filter_map(|h| match h.r#match? {
             route_api::host_match::Match::Exact(e) => Some(HostMatch::Exact(e)),
@@ -586,7 +604,34 @@ fn http_route<R: Default, B>(
                 ))
             }
         })
-        .collect();
+        .collect()
+}
+
+/// A rule's timeouts; an old controller sends only the deprecated
+/// `request_timeout`.
+fn rule_timeouts(
+    timeouts: Option<route_api::Timeouts>,
+    legacy: Option<prost_types::Duration>,
+) -> Timeouts {
+    timeouts.map_or(
+        Timeouts {
+            request: duration(legacy),
+            ..Timeouts::default()
+        },
+        |t| Timeouts {
+            request: duration(t.request),
+            response: duration(t.response),
+            idle: duration(t.idle),
+        },
+    )
+}
+
+fn http_route<R: Default, B>(
+    r: api::HttpRoute,
+    backend: &mut dyn FnMut(&BackendTarget) -> B,
+) -> Result<HttpRoute<R, B>, String> {
+    let meta = Meta::from_proto(r.metadata.as_ref(), "default");
+    let hosts = host_matches(r.hosts);
     let rules = r
         .rules
         .into_iter()
@@ -599,21 +644,12 @@ fn http_route<R: Default, B>(
                     .map(compile_match)
                     .collect::<Result<_, _>>()?
             };
-            let timeouts = rule.timeouts.map(|t| Timeouts {
-                request: duration(t.request),
-                response: duration(t.response),
-                idle: duration(t.idle),
-            });
             #[allow(deprecated)]
-            let legacy = duration(rule.request_timeout);
-            let timeouts = timeouts.unwrap_or(Timeouts {
-                request: legacy,
-                ..Timeouts::default()
-            });
+            let timeouts = rule_timeouts(rule.timeouts, rule.request_timeout);
             Ok(Rule {
                 matches,
                 filters: filters(rule.filters)?,
-                backends: distribution(rule.backends, backend)
+                backends: distribution(http_entries(rule.backends)?, backend)
                     .map_err(|e| format!("route {meta}: {e}"))?,
                 timeouts,
                 retry: rule.retry.map(retry),
@@ -652,6 +688,7 @@ fn retry(r: api::http_route::Retry) -> Retry {
                     .collect()
             })
             .unwrap_or_default(),
+        grpc_codes: Vec::new(),
         timeout: duration(r.timeout),
         backoff: backoff(
             r.backoff.as_ref(),
@@ -708,14 +745,13 @@ fn filters(list: Vec<api::http_route::Filter>) -> Result<Vec<Filter>, String> {
                 }
                 Kind::Redirect(r) => Filter::Redirect(redirect(r)?),
                 Kind::FailureInjector(f) => {
-                    let (numerator, denominator) = f
-                        .ratio
-                        .map_or((1, 1), |r| (r.numerator, r.denominator.max(1)));
+                    let (numerator, denominator) = fail_ratio(f.ratio);
                     Filter::Fail {
                         status: u16::try_from(f.status)
                             .ok()
                             .and_then(|s| StatusCode::from_u16(s).ok())
                             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                        grpc: None,
                         message: f.message,
                         numerator,
                         denominator,
@@ -724,6 +760,122 @@ fn filters(list: Vec<api::http_route::Filter>) -> Result<Vec<Filter>, String> {
             })
         })
         .collect()
+}
+
+fn fail_ratio(ratio: Option<route_api::Ratio>) -> (u32, u32) {
+    ratio.map_or((1, 1), |r| (r.numerator, r.denominator.max(1)))
+}
+
+fn grpc_filters(list: Vec<api::grpc_route::Filter>) -> Result<Vec<Filter>, String> {
+    use api::grpc_route::filter::Kind;
+    list.into_iter()
+        .filter_map(|f| f.kind)
+        .map(|kind| {
+            Ok(match kind {
+                Kind::RequestHeaderModifier(m) => {
+                    Filter::RequestHeaders(header_modifier(m.add, m.set, m.remove)?)
+                }
+                Kind::FailureInjector(f) => {
+                    let (numerator, denominator) = fail_ratio(f.ratio);
+                    Filter::Fail {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        grpc: Some(f.code),
+                        message: f.message,
+                        numerator,
+                        denominator,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// A gRPC call's service and method as the `:path` it is sent on
+/// (`/package.Service/Method`), so gRPC routes are decided as HTTP routes.
+fn grpc_match(m: linkerd2_proxy_api::grpc_route::GrpcRouteMatch) -> route_api::HttpRouteMatch {
+    use route_api::path_match::Kind;
+    let rpc = m.rpc.unwrap_or_default();
+    let path = match (rpc.service.as_str(), rpc.method.as_str()) {
+        ("", "") => Kind::Prefix("/".into()),
+        (service, "") => Kind::Prefix(format!("/{service}")),
+        ("", method) => Kind::Regex(format!("/[^/]+/{}", regex_lite::escape(method))),
+        (service, method) => Kind::Exact(format!("/{service}/{method}")),
+    };
+    route_api::HttpRouteMatch {
+        path: Some(route_api::PathMatch { kind: Some(path) }),
+        headers: m.headers,
+        ..Default::default()
+    }
+}
+
+fn grpc_route<R: Default, B>(
+    r: api::GrpcRoute,
+    backend: &mut dyn FnMut(&BackendTarget) -> B,
+) -> Result<HttpRoute<R, B>, String> {
+    let meta = Meta::from_proto(r.metadata.as_ref(), "default");
+    let rules = r
+        .rules
+        .into_iter()
+        .map(|rule| {
+            let matches = if rule.matches.is_empty() {
+                vec![compile_match(route_api::HttpRouteMatch::default())?]
+            } else {
+                rule.matches
+                    .into_iter()
+                    .map(|m| compile_match(grpc_match(m)))
+                    .collect::<Result<_, _>>()?
+            };
+            #[allow(deprecated)]
+            let timeouts = rule_timeouts(rule.timeouts, rule.request_timeout);
+            Ok(Rule {
+                matches,
+                filters: grpc_filters(rule.filters)?,
+                backends: distribution(grpc_entries(rule.backends)?, backend)?,
+                timeouts,
+                retry: rule.retry.map(grpc_retry),
+            })
+        })
+        .collect::<Result<_, String>>()
+        .map_err(|e| format!("route {meta}: {e}"))?;
+    Ok(HttpRoute {
+        meta,
+        hosts: host_matches(r.hosts),
+        rules,
+        state: R::default(),
+    })
+}
+
+/// gRPC status codes (grpc/status.h) a gRPC retry may name.
+const GRPC_CANCELLED: u32 = 1;
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
+const GRPC_INTERNAL: u32 = 13;
+const GRPC_UNAVAILABLE: u32 = 14;
+
+fn grpc_retry(r: api::grpc_route::Retry) -> Retry {
+    let c = r.conditions.unwrap_or_default();
+    let grpc_codes = [
+        (c.cancelled, GRPC_CANCELLED),
+        (c.deadine_exceeded, GRPC_DEADLINE_EXCEEDED),
+        (c.resource_exhausted, GRPC_RESOURCE_EXHAUSTED),
+        (c.internal, GRPC_INTERNAL),
+        (c.unavailable, GRPC_UNAVAILABLE),
+    ]
+    .into_iter()
+    .filter_map(|(on, code)| on.then_some(code))
+    .collect();
+    Retry {
+        max_retries: r.max_retries.min(MAX_RETRIES),
+        max_request_bytes: usize::try_from(r.max_request_bytes).unwrap_or(usize::MAX),
+        statuses: Vec::new(),
+        grpc_codes,
+        timeout: duration(r.timeout),
+        backoff: backoff(
+            r.backoff.as_ref(),
+            Duration::from_millis(25),
+            Duration::from_millis(250),
+        ),
+    }
 }
 
 fn redirect(r: route_api::RequestRedirect) -> Result<Redirect, String> {
@@ -775,55 +927,100 @@ fn backend_target(b: &api::Backend) -> Result<Option<BackendTarget>, String> {
     })
 }
 
-fn distribution<B>(
-    d: Option<api::http_route::Distribution>,
-    backend: &mut dyn FnMut(&BackendTarget) -> B,
-) -> Result<Distribution<B>, String> {
+/// A backend as a distribution lists it, before the proxy's state is made.
+type Entry = (api::Backend, Vec<Filter>, u32);
+
+fn http_entries(d: Option<api::http_route::Distribution>) -> Result<(Vec<Entry>, bool), String> {
     use api::http_route::distribution::Kind;
-    let one = |b: api::http_route::RouteBackend,
-               backend: &mut dyn FnMut(&BackendTarget) -> B|
-     -> Result<RouteBackend<B>, String> {
-        let proto = b.backend.unwrap_or_default();
-        let meta = Meta::from_proto(proto.metadata.as_ref(), "default");
-        let filters = filters(b.filters)?;
-        let target = backend_target(&proto)?;
-        let target = match target {
-            Some(t) => t,
-            None if filters.iter().any(|f| matches!(f, Filter::Fail { .. })) => {
-                // Never dialled: its failure filter answers first.
-                BackendTarget::Forward(SocketAddr::from(([0, 0, 0, 0], 0)))
-            }
-            None => return Err(format!("backend {meta} has no target")),
-        };
-        Ok(RouteBackend {
-            state: backend(&target),
-            meta,
-            target,
-            filters,
-        })
+    let entry = |b: api::http_route::RouteBackend, weight| -> Result<Entry, String> {
+        Ok((b.backend.unwrap_or_default(), filters(b.filters)?, weight))
     };
-    let (list, first_available) = match d.and_then(|d| d.kind) {
+    Ok(match d.and_then(|d| d.kind) {
         None | Some(Kind::Empty(_)) => (Vec::new(), false),
         Some(Kind::FirstAvailable(f)) => (
             f.backends
                 .into_iter()
-                .map(|b| Ok((one(b, backend)?, 1)))
-                .collect::<Result<_, String>>()?,
+                .map(|b| entry(b, 1))
+                .collect::<Result<_, _>>()?,
             true,
         ),
         Some(Kind::RandomAvailable(r)) => (
             r.backends
                 .into_iter()
                 .map(|w| {
-                    let b = w.backend.ok_or("a weighted backend without a backend")?;
-                    Ok((one(b, backend)?, w.weight))
+                    entry(
+                        w.backend.ok_or("a weighted backend without a backend")?,
+                        w.weight,
+                    )
                 })
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, _>>()?,
             false,
         ),
+    })
+}
+
+fn grpc_entries(d: Option<api::grpc_route::Distribution>) -> Result<(Vec<Entry>, bool), String> {
+    use api::grpc_route::distribution::Kind;
+    let entry = |b: api::grpc_route::RouteBackend, weight| -> Result<Entry, String> {
+        Ok((
+            b.backend.unwrap_or_default(),
+            grpc_filters(b.filters)?,
+            weight,
+        ))
     };
+    Ok(match d.and_then(|d| d.kind) {
+        None | Some(Kind::Empty(_)) => (Vec::new(), false),
+        Some(Kind::FirstAvailable(f)) => (
+            f.backends
+                .into_iter()
+                .map(|b| entry(b, 1))
+                .collect::<Result<_, _>>()?,
+            true,
+        ),
+        Some(Kind::RandomAvailable(r)) => (
+            r.backends
+                .into_iter()
+                .map(|w| {
+                    entry(
+                        w.backend.ok_or("a weighted backend without a backend")?,
+                        w.weight,
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+            false,
+        ),
+    })
+}
+
+fn distribution<B>(
+    (entries, first_available): (Vec<Entry>, bool),
+    backend: &mut dyn FnMut(&BackendTarget) -> B,
+) -> Result<Distribution<B>, String> {
+    let backends = entries
+        .into_iter()
+        .map(|(proto, filters, weight)| {
+            let meta = Meta::from_proto(proto.metadata.as_ref(), "default");
+            let target = match backend_target(&proto)? {
+                Some(t) => t,
+                None if filters.iter().any(|f| matches!(f, Filter::Fail { .. })) => {
+                    // Never dialled: its failure filter answers first.
+                    BackendTarget::Forward(SocketAddr::from(([0, 0, 0, 0], 0)))
+                }
+                None => return Err(format!("backend {meta} has no target")),
+            };
+            Ok((
+                RouteBackend {
+                    state: backend(&target),
+                    meta,
+                    target,
+                    filters,
+                },
+                weight,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
     Ok(Distribution {
-        backends: list,
+        backends,
         first_available,
     })
 }

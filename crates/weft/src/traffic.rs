@@ -176,6 +176,82 @@ fn http_route(r: &api::HttpRoute) -> Value {
     json!({"metadata": meta(&r.metadata), "hosts": r.hosts.len(), "rules": rules})
 }
 
+fn grpc_route(r: &api::GrpcRoute) -> Value {
+    use api::grpc_route::distribution::Kind as Dist;
+    let rules: Vec<Value> = r
+        .rules
+        .iter()
+        .map(|rule| {
+            let backends: Vec<Value> = match rule.backends.as_ref().and_then(|b| b.kind.as_ref()) {
+                Some(Dist::FirstAvailable(f)) => f
+                    .backends
+                    .iter()
+                    .map(|b| json!({"backend": backend(&b.backend), "weight": null}))
+                    .collect(),
+                Some(Dist::RandomAvailable(r)) => r
+                    .backends
+                    .iter()
+                    .map(|w| {
+                        json!({
+                            "backend": backend(&w.backend.as_ref().and_then(|b| b.backend.clone())),
+                            "weight": w.weight,
+                        })
+                    })
+                    .collect(),
+                Some(Dist::Empty(_)) | None => Vec::new(),
+            };
+            let matches: Vec<String> = rule
+                .matches
+                .iter()
+                .map(|m| {
+                    let rpc = m.rpc.as_ref();
+                    let mut parts = vec![format!(
+                        "/{}/{}",
+                        rpc.map_or("*", |r| if r.service.is_empty() {
+                            "*"
+                        } else {
+                            &r.service
+                        }),
+                        rpc.map_or("*", |r| if r.method.is_empty() { "*" } else { &r.method }),
+                    )];
+                    parts.extend(m.headers.iter().map(|h| format!("header {}", h.name)));
+                    parts.join(" ")
+                })
+                .collect();
+            let timeouts = rule.timeouts.as_ref();
+            json!({
+                "matches": matches,
+                "filters": rule.filters.len(),
+                "backends": backends,
+                "timeouts": {
+                    "request": timeouts.map_or(Value::Null, |t| duration(&t.request)),
+                    "response": timeouts.map_or(Value::Null, |t| duration(&t.response)),
+                    "idle": timeouts.map_or(Value::Null, |t| duration(&t.idle)),
+                },
+                "retry": rule.retry.as_ref().map(|r| {
+                    let c = r.conditions.unwrap_or_default();
+                    let codes: Vec<&str> = [
+                        (c.cancelled, "cancelled"),
+                        (c.deadine_exceeded, "deadline-exceeded"),
+                        (c.internal, "internal"),
+                        (c.resource_exhausted, "resource-exhausted"),
+                        (c.unavailable, "unavailable"),
+                    ]
+                    .into_iter()
+                    .filter_map(|(on, name)| on.then_some(name))
+                    .collect();
+                    json!({
+                        "max_retries": r.max_retries,
+                        "grpc_statuses": codes,
+                        "timeout": duration(&r.timeout),
+                    })
+                }),
+            })
+        })
+        .collect();
+    json!({"metadata": meta(&r.metadata), "hosts": r.hosts.len(), "rules": rules})
+}
+
 fn accrual(a: &Option<api::FailureAccrual>) -> Value {
     match a.as_ref().and_then(|a| a.kind.as_ref()) {
         Some(api::failure_accrual::Kind::ConsecutiveFailures(c)) => json!({
@@ -210,7 +286,10 @@ pub fn policy_json(p: &api::OutboundPolicy) -> Value {
         Some(Kind::Http2(h)) => {
             json!({"http2": h.routes.iter().map(http_route).collect::<Vec<_>>()})
         }
-        Some(Kind::Grpc(g)) => json!({"grpc": {"routes": g.routes.len()}}),
+        Some(Kind::Grpc(g)) => json!({"grpc": {
+            "grpc_routes": g.routes.iter().map(grpc_route).collect::<Vec<_>>(),
+            "failure_accrual": accrual(&g.failure_accrual),
+        }}),
         Some(Kind::Tls(t)) => json!({"tls": {"routes": t.routes.len()}}),
         None => Value::Null,
     };

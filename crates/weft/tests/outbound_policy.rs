@@ -400,3 +400,110 @@ async fn what_is_not_a_service_gets_linkerds_answers() {
         tonic::Code::InvalidArgument
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpcroute_takes_over_its_port_with_methods_retries_and_missing_backends() {
+    let d = start();
+    let mut c = client(&d).await;
+    let mut stream = c
+        .watch(to_authority("emoji.demo.svc.cluster.local:8080"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await;
+    assert!(matches!(
+        first.protocol.as_ref().and_then(|p| p.kind.as_ref()),
+        Some(Kind::Detect(_))
+    ));
+    d.write(
+        "grpc.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: emoji-grpc
+  namespace: demo
+  annotations: {retry.linkerd.io/grpc: \"unavailable,internal\", retry.linkerd.io/limit: \"3\", timeout.linkerd.io/request: 2s}
+spec:
+  parentRefs: [{kind: Service, name: emoji, port: 8080}]
+  rules:
+  - matches: [{method: {service: emojivoto.v1.EmojiService, method: ListAll}}]
+    backendRefs: [{name: emoji-v2, port: 8080, weight: 3}, {name: emoji-v9, port: 8080}]
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-via, value: grpc}]}
+",
+    );
+    let update = next(&mut stream).await;
+    let grpc = match update.protocol.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(Kind::Grpc(g)) => g,
+        other => panic!("not gRPC: {other:?}"),
+    };
+    assert_eq!(grpc.routes.len(), 1, "the HTTPRoute no longer applies");
+    let route = &grpc.routes[0];
+    let (group, kind, name, _) = resource(&route.metadata);
+    assert_eq!(
+        (group.as_str(), kind.as_str(), name.as_str()),
+        ("gateway.networking.k8s.io", "GRPCRoute", "emoji-grpc")
+    );
+    let list_all = &route.rules[0];
+    let rpc = list_all.matches[0].rpc.as_ref().unwrap();
+    assert_eq!(
+        (rpc.service.as_str(), rpc.method.as_str()),
+        ("emojivoto.v1.EmojiService", "ListAll")
+    );
+    let retry = list_all.retry.as_ref().unwrap();
+    let conditions = retry.conditions.unwrap();
+    assert_eq!(retry.max_retries, 3);
+    assert!(conditions.unavailable && conditions.internal && !conditions.cancelled);
+    let timeouts = list_all.timeouts.as_ref().unwrap();
+    assert_eq!(
+        timeouts.request,
+        Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 0
+        })
+    );
+    match list_all.backends.as_ref().and_then(|b| b.kind.as_ref()) {
+        Some(api::grpc_route::distribution::Kind::RandomAvailable(r)) => {
+            assert_eq!(r.backends.len(), 2);
+            assert_eq!(r.backends[0].weight, 3);
+            let v2 = r.backends[0]
+                .backend
+                .as_ref()
+                .unwrap()
+                .backend
+                .as_ref()
+                .unwrap();
+            assert_eq!(balanced(v2).0, "emoji-v2");
+            let missing = r.backends[1].backend.as_ref().unwrap();
+            match missing.filters[0].kind.as_ref() {
+                Some(api::grpc_route::filter::Kind::FailureInjector(f)) => {
+                    assert_eq!(f.code, 14, "UNAVAILABLE");
+                    assert!(f.message.contains("emoji-v9"), "{}", f.message);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    // The catch-all rule: every call, its header filter, the default backend.
+    let rest = &route.rules[1];
+    assert_eq!(rest.matches.len(), 1);
+    assert!(rest.matches[0].rpc.is_none());
+    assert!(matches!(
+        rest.filters[0].kind,
+        Some(api::grpc_route::filter::Kind::RequestHeaderModifier(_))
+    ));
+    // Removing the GRPCRoute gives the port back to its HTTPRoute.
+    d.write("grpc.yaml", "");
+    let back = next(&mut stream).await;
+    assert_eq!(http1(&back).routes.len(), 1);
+}
+
+async fn next(stream: &mut tonic::Streaming<api::OutboundPolicy>) -> api::OutboundPolicy {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("an update within 5 s")
+        .unwrap()
+        .unwrap()
+}

@@ -568,3 +568,176 @@ async fn a_profile_with_routes_takes_precedence_and_bad_policies_keep_the_last_g
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// echo (two Echo servers behind echo and echo-v2) and its GRPCRoute:
+/// `Chat` calls to v2, a header canary to v2, a missing backend, and the
+/// rest split 1:1, with retries of UNAVAILABLE.
+async fn grpc_mesh() -> (Destination, Proxy, Vec<tokio::task::JoinHandle<()>>) {
+    let mut servers = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        servers.push(tokio::spawn(async move {
+            let _ = weft_testkit::grpc::serve(listener).await;
+        }));
+    }
+    let routes = "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: echo-routes
+  namespace: demo
+  annotations: {retry.linkerd.io/grpc: unavailable, retry.linkerd.io/limit: \"2\"}
+spec:
+  parentRefs: [{kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{method: {service: weft.testkit.Echo, method: Chat}}]
+    backendRefs: [{name: echo-v2, port: 80}]
+  - matches: [{headers: [{name: x-canary, value: \"1\"}]}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: l5d-client-id, value: canary}]}
+    backendRefs: [{name: echo-v2, port: 80}]
+  - matches: [{method: {method: Unary}, headers: [{name: x-missing, value: \"1\"}]}]
+    backendRefs: [{name: echo-v9, port: 80}]
+  - backendRefs:
+    - {name: echo, port: 80, weight: 1}
+    - {name: echo-v2, port: 80, weight: 1}
+";
+    let files = [
+        ("echo.yaml", service("echo", "")),
+        ("echo-v2.yaml", service("echo-v2", "")),
+        ("echo-0.yaml", workload("echo-0", "echo", addrs[0])),
+        ("echo-v2-0.yaml", workload("echo-v2-0", "echo-v2", addrs[1])),
+        ("routes.yaml", routes.to_string()),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let destination = Destination::start(&files);
+    let proxy = Proxy::builder(support::proxy_bin())
+        .env(
+            "WEFT_PROXY_DESTINATION_SVC_ADDR",
+            destination.addr.to_string(),
+        )
+        .env("WEFT_PROXY_POLICY_SVC_ADDR", destination.addr.to_string())
+        .env("WEFT_PROXY_POLICY_WORKLOAD", "demo:client-0")
+        .log_filter("warn,weft_proxy=info")
+        .start();
+    (destination, proxy, servers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_match_methods_split_retry_and_count_grpc_statuses() {
+    use weft_testkit::pb::{EchoRequest, echo_client::EchoClient};
+    let (_destination, proxy, _servers) = grpc_mesh().await;
+    // A gRPC client pointed at the proxy, its :authority naming the Service.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound))
+        .unwrap()
+        .origin("http://echo.demo.svc.cluster.local:80".parse().unwrap())
+        .connect()
+        .await
+        .expect("connect to the proxy");
+    let mut client = EchoClient::new(channel);
+    let unary = |message: &str, fail: u32| {
+        tonic::Request::new(EchoRequest {
+            message: message.to_string(),
+            fail_with_code: fail,
+            ..Default::default()
+        })
+    };
+    let backend = |name: &str| {
+        proxy.metric(
+            "outbound_grpc_route_backend_requests_total",
+            &[
+                ("route_kind", "GRPCRoute"),
+                ("route_name", "echo-routes"),
+                ("backend_name", name),
+            ],
+        )
+    };
+
+    // The split rule: 1:1 over 400 calls (standard deviation 10 calls).
+    // Every call is replayable (the route retries), and none needs a
+    // retry: the replayed bodies must not send the empty DATA frames that
+    // make an HTTP/2 server close the shared connection after 100.
+    for i in 0..400 {
+        let reply = client.unary(unary(&format!("m{i}"), 0)).await;
+        assert_eq!(
+            reply.expect("unary call").into_inner().message,
+            format!("m{i}")
+        );
+    }
+    let (v1, v2) = (backend("echo"), backend("echo-v2"));
+    assert_eq!(v1 + v2, 400.0, "{}", proxy.metrics());
+    assert!((150.0..=250.0).contains(&v2), "echo-v2 took {v2} of 400");
+
+    // Chat (a streaming method) always goes to v2.
+    let before = backend("echo-v2");
+    let outbound = tokio_stream::iter((0..3).map(|i| EchoRequest {
+        message: format!("chat {i}"),
+        ..Default::default()
+    }));
+    let mut replies = client.chat(outbound).await.expect("chat").into_inner();
+    let mut n = 0;
+    while let Some(r) = tokio_stream::StreamExt::next(&mut replies).await {
+        assert_eq!(r.expect("chat reply").message, format!("chat {n}"));
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    assert_eq!(backend("echo-v2"), before + 1.0);
+
+    // The header canary: to v2, with the rule's header filter applied.
+    let mut req = unary("canary", 0);
+    req.metadata_mut().insert("x-canary", "1".parse().unwrap());
+    let reply = client.unary(req).await.expect("canary call").into_inner();
+    assert_eq!(reply.client_id, "canary", "the request header filter ran");
+    assert_eq!(backend("echo-v2"), before + 2.0);
+
+    // A backend that names no Service: UNAVAILABLE from the proxy.
+    let mut req = unary("missing", 0);
+    req.metadata_mut().insert("x-missing", "1".parse().unwrap());
+    let status = client.unary(req).await.expect_err("a missing backend");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("Service not found"), "{status:?}");
+
+    // UNAVAILABLE from the server is retried twice, then given to the
+    // client; NOT_FOUND is not retried. Both are counted by grpc-status,
+    // though the HTTP status of every one of them is 200.
+    let status = client
+        .unary(unary("down", 14))
+        .await
+        .expect_err("unavailable");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let status = client.unary(unary("gone", 5)).await.expect_err("not found");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let route = |name: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("parent_name", "echo"), ("route_name", "echo-routes")];
+        labels.extend_from_slice(extra);
+        proxy.metric(name, &labels)
+    };
+    assert_eq!(route("outbound_grpc_route_retry_requests_total", &[]), 2.0);
+    assert_eq!(
+        route("outbound_grpc_route_retry_limit_exceeded_total", &[]),
+        1.0
+    );
+    let statuses = |code: &str| {
+        route(
+            "outbound_grpc_route_request_statuses_total",
+            &[("grpc_status", code), ("error", "")],
+        )
+    };
+    assert_eq!(
+        statuses("0"),
+        402.0,
+        "400 unary calls, the chat, the canary"
+    );
+    assert_eq!(statuses("14"), 1.0);
+    assert_eq!(statuses("5"), 1.0);
+    assert_eq!(
+        proxy.metric(
+            "outbound_http_route_request_statuses_total",
+            &[("parent_name", "echo")]
+        ),
+        0.0,
+        "gRPC routes are counted in the gRPC families only"
+    );
+}

@@ -11,6 +11,7 @@
 //! its outbound twin: for a Service port (or an address outside the
 //! cluster), the routes, backends, timeouts, retries and circuit breaking.
 
+mod grpc;
 pub mod inbound;
 pub mod outbound;
 mod routes;

@@ -22,7 +22,7 @@ use weft_api::{
     parse_route_duration,
 };
 
-use super::{PolicyConfig, routes};
+use super::{PolicyConfig, grpc, routes};
 use crate::store::Snapshot;
 
 /// What a proxy asked about, resolved.
@@ -126,18 +126,18 @@ fn service_resource(key: &Key, port: u16) -> Metadata {
     }
 }
 
-fn named_default(name: &str) -> Option<Metadata> {
+pub(super) fn named_default(name: &str) -> Option<Metadata> {
     Some(Metadata {
         kind: Some(meta::metadata::Kind::Default(name.into())),
     })
 }
 
-fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
+pub(super) fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
 
 /// Linkerd's queue for every backend: 100 requests, failing fast after 3 s.
-fn queue() -> api::Queue {
+pub(super) fn queue() -> api::Queue {
     api::Queue {
         capacity: 100,
         failfast_timeout: proto_duration(Duration::from_secs(3)),
@@ -153,7 +153,7 @@ fn peak_ewma() -> api::backend::balance_p2c::Load {
 }
 
 /// A Service's port as a balanced backend, its endpoints from `Destination`.
-fn service_backend(config: &PolicyConfig, key: &Key, port: u16) -> api::Backend {
+pub(super) fn service_backend(config: &PolicyConfig, key: &Key, port: u16) -> api::Backend {
     api::Backend {
         metadata: Some(service_resource(key, port)),
         queue: Some(queue()),
@@ -311,8 +311,8 @@ fn undefined_port(key: &Key, port: u16) -> api::OutboundPolicy {
     }
 }
 
-fn attaches(route: &HttpRoute, route_ns: &str, service: &Key, port: u16) -> bool {
-    route.spec.parent_refs.iter().any(|p| {
+fn attaches(parents: &[weft_api::ParentRef], route_ns: &str, service: &Key, port: u16) -> bool {
+    parents.iter().any(|p| {
         p.is_service()
             && p.name == service.name
             && p.namespace.as_deref().unwrap_or(route_ns) == service.namespace
@@ -344,7 +344,10 @@ fn service_policy(
         let mut http_routes: Vec<api::HttpRoute> = snapshot
             .http_routes
             .iter()
-            .filter(|(k, r)| k.namespace == key.namespace && attaches(r, &k.namespace, key, port))
+            .filter(|(k, r)| {
+                k.namespace == key.namespace
+                    && attaches(&r.spec.parent_refs, &k.namespace, key, port)
+            })
             .map(|(k, r)| {
                 let retry = traffic::http_retry(&r.metadata.annotations)
                     .ok()
@@ -375,7 +378,36 @@ fn service_policy(
             .ok()
             .flatten()
             .map(failure_accrual);
-        detect(config.detect_timeout, opaque_default, http_routes, accrual)
+        // GRPCRoutes, when any attach, are the port's routes (as in Linkerd).
+        let service_grpc_retry = traffic::grpc_retry(annotations).ok().flatten();
+        let grpc_routes: Vec<api::GrpcRoute> = snapshot
+            .grpc_routes
+            .iter()
+            .filter(|(k, r)| {
+                k.namespace == key.namespace
+                    && attaches(&r.spec.parent_refs, &k.namespace, key, port)
+            })
+            .map(|(k, r)| {
+                let annotations = &r.metadata.annotations;
+                let retry = traffic::grpc_retry(annotations)
+                    .ok()
+                    .flatten()
+                    .or_else(|| service_grpc_retry.clone());
+                let timeouts = traffic::timeouts(annotations)
+                    .ok()
+                    .filter(|t| *t != Timeouts::default())
+                    .unwrap_or_else(|| service_timeouts.clone());
+                grpc::route(snapshot, config, k, r, port, &backend, retry, &timeouts)
+            })
+            .collect();
+        if grpc_routes.is_empty() {
+            detect(config.detect_timeout, opaque_default, http_routes, accrual)
+        } else {
+            api::proxy_protocol::Kind::Grpc(api::proxy_protocol::Grpc {
+                routes: grpc_routes,
+                failure_accrual: accrual,
+            })
+        }
     };
     api::OutboundPolicy {
         metadata: Some(service_resource(key, port)),
@@ -475,7 +507,7 @@ fn http_route(
     }
 }
 
-fn host_match(host: &str) -> route_api::HostMatch {
+pub(super) fn host_match(host: &str) -> route_api::HostMatch {
     use route_api::host_match::{Match, Suffix};
     let host = host.to_ascii_lowercase();
     route_api::HostMatch {
@@ -504,12 +536,58 @@ fn http_retry(r: &HttpRetry) -> api::http_route::Retry {
                 .collect(),
         }),
         timeout: r.timeout.and_then(proto_duration),
-        backoff: Some(api::ExponentialBackoff {
-            min_backoff: proto_duration(Duration::from_millis(25)),
-            max_backoff: proto_duration(Duration::from_millis(250)),
-            jitter_ratio: 1.0,
-            respect_retry_after_hint: false,
-        }),
+        backoff: Some(retry_backoff()),
+    }
+}
+
+/// Linkerd's back-off between retries: 25 ms doubling to 250 ms, jittered.
+pub(super) fn retry_backoff() -> api::ExponentialBackoff {
+    api::ExponentialBackoff {
+        min_backoff: proto_duration(Duration::from_millis(25)),
+        max_backoff: proto_duration(Duration::from_millis(250)),
+        jitter_ratio: 1.0,
+        respect_retry_after_hint: false,
+    }
+}
+
+/// What a backendRef names: a Service's port, or (missing) why not.
+pub(super) enum BackendRefTarget {
+    Service(Box<api::Backend>),
+    Missing(String),
+}
+
+/// A backendRef resolved against the store, with its weight.
+pub(super) fn backend_ref(
+    snapshot: &Snapshot,
+    config: &PolicyConfig,
+    route_ns: &str,
+    b: &BackendRef,
+    parent_port: u16,
+) -> (BackendRefTarget, u32) {
+    let key = Key {
+        namespace: b.namespace.clone().unwrap_or_else(|| route_ns.to_string()),
+        name: b.name.clone(),
+    };
+    let port = b.port.unwrap_or(parent_port);
+    let exists = snapshot
+        .services
+        .get(&key)
+        .is_some_and(|s| s.spec.ports.iter().any(|p| p.port == port));
+    let target = if exists {
+        BackendRefTarget::Service(Box::new(service_backend(config, &key, port)))
+    } else {
+        BackendRefTarget::Missing(format!("Service not found {key}:{port}"))
+    };
+    (target, b.weight.unwrap_or(1))
+}
+
+/// The backend of a missing backendRef: it has no endpoints, and its
+/// failure filter answers instead.
+pub(super) fn invalid_backend() -> api::Backend {
+    api::Backend {
+        metadata: named_default("invalid"),
+        queue: Some(queue()),
+        kind: None,
     }
 }
 
@@ -522,39 +600,25 @@ fn weighted_backend(
     b: &BackendRef,
     parent_port: u16,
 ) -> api::http_route::WeightedRouteBackend {
-    let key = Key {
-        namespace: b.namespace.clone().unwrap_or_else(|| route_ns.to_string()),
-        name: b.name.clone(),
-    };
-    let port = b.port.unwrap_or(parent_port);
-    let weight = b.weight.unwrap_or(1);
-    let exists = snapshot
-        .services
-        .get(&key)
-        .is_some_and(|s| s.spec.ports.iter().any(|p| p.port == port));
-    let route_backend = if exists {
-        api::http_route::RouteBackend {
-            backend: Some(service_backend(config, &key, port)),
+    let (target, weight) = backend_ref(snapshot, config, route_ns, b, parent_port);
+    let route_backend = match target {
+        BackendRefTarget::Service(backend) => api::http_route::RouteBackend {
+            backend: Some(*backend),
             ..Default::default()
-        }
-    } else {
-        api::http_route::RouteBackend {
-            backend: Some(api::Backend {
-                metadata: named_default("invalid"),
-                queue: Some(queue()),
-                kind: None,
-            }),
+        },
+        BackendRefTarget::Missing(message) => api::http_route::RouteBackend {
+            backend: Some(invalid_backend()),
             filters: vec![api::http_route::Filter {
                 kind: Some(api::http_route::filter::Kind::FailureInjector(
                     route_api::HttpFailureInjector {
                         status: 500,
-                        message: format!("Service not found {key}:{port}"),
+                        message,
                         ratio: None,
                     },
                 )),
             }],
             ..Default::default()
-        }
+        },
     };
     api::http_route::WeightedRouteBackend {
         backend: Some(route_backend),
@@ -575,16 +639,22 @@ fn headers(list: &[weft_api::Header]) -> Option<linkerd2_proxy_api::http_types::
     })
 }
 
+pub(super) fn request_header_modifier(
+    m: &weft_api::HeaderModifier,
+) -> route_api::RequestHeaderModifier {
+    route_api::RequestHeaderModifier {
+        add: headers(&m.add),
+        set: headers(&m.set),
+        remove: m.remove.clone(),
+    }
+}
+
 fn filter(f: &HttpRouteFilter) -> api::http_route::Filter {
     use api::http_route::filter::Kind;
     let kind = match f {
         HttpRouteFilter::RequestHeaderModifier {
             request_header_modifier: m,
-        } => Kind::RequestHeaderModifier(route_api::RequestHeaderModifier {
-            add: headers(&m.add),
-            set: headers(&m.set),
-            remove: m.remove.clone(),
-        }),
+        } => Kind::RequestHeaderModifier(request_header_modifier(m)),
         HttpRouteFilter::ResponseHeaderModifier {
             response_header_modifier: m,
         } => Kind::ResponseHeaderModifier(route_api::ResponseHeaderModifier {

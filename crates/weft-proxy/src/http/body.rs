@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::metrics::RouteEnd;
 use crate::metrics::family::Series;
 
 /// How a response will be classified once it ends.
@@ -28,12 +29,18 @@ pub struct ResponseEnd {
     /// gRPC responses are classified by `grpc-status`, others by HTTP status.
     pub grpc: bool,
     pub http_failed: bool,
+    /// A policy-routed request's route and backend, counted at the end too.
+    /// Boxed: most responses have none, and bodies stay small.
+    pub route: Option<Box<RouteEnd>>,
 }
 
 impl ResponseEnd {
     /// Records the outcome; `trailers` are the final trailers if any, `clean`
     /// whether the stream ended without error.
     fn record(self, trailers: Option<&HeaderMap>, clean: bool) {
+        if let Some(route) = self.route {
+            route.finish(trailers, clean);
+        }
         let failed = !clean
             || if self.grpc {
                 trailers.and_then(grpc_status).is_some_and(|code| code != 0)
@@ -71,6 +78,14 @@ impl ProxyBody {
         ProxyBody::Upstream {
             inner,
             end: Some(end),
+        }
+    }
+
+    /// Counts `route` when the body ends (at once for a body the proxy made).
+    pub fn on_route_end(&mut self, route: RouteEnd) {
+        match self {
+            ProxyBody::Upstream { end: Some(end), .. } => end.route = Some(Box::new(route)),
+            _ => route.finish(None, true),
         }
     }
 }
@@ -149,13 +164,25 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
+    /// Empty DATA frames are dropped: they carry nothing, and an HTTP/2
+    /// server counts the ones that do not end the stream against the
+    /// connection (h2 sends GOAWAY ENHANCE_YOUR_CALM after 100), so passing
+    /// on a client's, or the one a stream's end arrives in, would get the
+    /// proxy's shared upstream connection closed.
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
-            RequestBody::Replay(body) => body.poll(cx),
+        let this = self.get_mut();
+        loop {
+            let frame = ready!(match this {
+                RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+                RequestBody::Replay(body) => body.poll(cx),
+            });
+            match frame {
+                Some(Ok(f)) if f.data_ref().is_some_and(Bytes::is_empty) => continue,
+                other => return Poll::Ready(other),
+            }
         }
     }
 
@@ -305,8 +332,10 @@ impl<B: Body<Data = Bytes> + Unpin> Replay<B> {
 
     fn is_end_stream(&self) -> bool {
         let state = self.state.lock();
+        // The client's body may be known to be over before it is polled
+        // to its end; saying so lets the last frame carry END_STREAM.
         state.generation != self.generation
-            || (state.inner.is_none()
+            || (state.inner.as_ref().is_none_or(Body::is_end_stream)
                 && self.position >= state.chunks.len()
                 && (self.trailers_sent || state.trailers.is_none()))
     }

@@ -60,9 +60,13 @@ pub enum ProxyError {
     #[error("the request did not complete within its route's timeout of {timeout:?}")]
     RequestTimeout { timeout: Duration },
     /// A route's or backend's failure filter, e.g. a backend that names a
-    /// Service that does not exist.
+    /// Service that does not exist; a gRPC route's names its `grpc-status`.
     #[error("{message}")]
-    Injected { status: StatusCode, message: String },
+    Injected {
+        status: StatusCode,
+        grpc: Option<u32>,
+        message: String,
+    },
     #[error("the outbound policy of {parent} refuses the connection: {reason}")]
     Refused { parent: String, reason: String },
 }
@@ -127,15 +131,22 @@ impl ProxyError {
         }
     }
 
-    fn grpc_status(&self) -> u8 {
-        match self.status() {
+    fn grpc_status(&self) -> u32 {
+        if let ProxyError::Injected {
+            grpc: Some(code), ..
+        } = self
+        {
+            return *code;
+        }
+        let code = match self.status() {
             StatusCode::GATEWAY_TIMEOUT => GRPC_DEADLINE_EXCEEDED,
             StatusCode::BAD_REQUEST => GRPC_INVALID_ARGUMENT,
             StatusCode::FORBIDDEN => GRPC_PERMISSION_DENIED,
             StatusCode::TOO_MANY_REQUESTS => GRPC_RESOURCE_EXHAUSTED,
             StatusCode::NOT_FOUND => GRPC_NOT_FOUND,
             _ => GRPC_UNAVAILABLE,
-        }
+        };
+        u32::from(code)
     }
 
     /// The `error` label of `{inbound,outbound}_http_errors_total`.

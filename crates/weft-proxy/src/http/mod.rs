@@ -292,6 +292,7 @@ pub(crate) fn respond(
         failure: status.failure,
         grpc: classify_grpc,
         http_failed,
+        route: None,
     };
     resp.map(|body| ProxyBody::upstream(body, end))
 }

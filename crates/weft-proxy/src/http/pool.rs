@@ -110,7 +110,7 @@ impl Pool {
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "endpoint HTTP/2 connection ended with an error");
+                debug!(%addr, error = ?e, "endpoint HTTP/2 connection ended with an error");
             }
         });
         *self.http2.lock() = Some(sender.clone());

@@ -37,7 +37,7 @@ pub use self::family::SeriesLimits;
 use self::family::{Family, Registrar};
 pub use self::http::{AuthorityMetrics, HttpConnMetrics, StatusMetrics};
 pub use self::labels::{Direction, DstLabels, Peer, TcpLabels, Tls};
-pub use self::policy_route::{PolicyBackendMetrics, PolicyRouteMetrics};
+pub use self::policy_route::{Outcome, PolicyBackendMetrics, PolicyRouteMetrics, RouteEnd};
 pub use self::route::{RouteMetrics, RouteStatus};
 pub use self::tcp::TcpConn;
 
@@ -77,6 +77,7 @@ pub struct Metrics {
     identity: identity::IdentityFamilies,
     route: route::RouteFamilies,
     policy_route: policy_route::PolicyRouteFamilies,
+    policy_grpc_route: policy_route::PolicyRouteFamilies,
     control: control::ControlFamilies,
     authz: authz::AuthzFamilies,
 }
@@ -94,7 +95,8 @@ impl Metrics {
         let tcp = tcp::TcpFamilies::register(&mut r);
         let http = http::HttpFamilies::register(&mut r);
         let route = route::RouteFamilies::register(&mut r);
-        let policy_route = policy_route::PolicyRouteFamilies::register(&mut r);
+        let policy_route = policy_route::PolicyRouteFamilies::register(&mut r, "http");
+        let policy_grpc_route = policy_route::PolicyRouteFamilies::register(&mut r, "grpc");
         let control = control::ControlFamilies::register(&mut r);
         let authz = authz::AuthzFamilies::register(&mut r);
         let mut errors = |name: &str, help: &str| r.counter(name, help);
@@ -127,6 +129,7 @@ impl Metrics {
             identity,
             route,
             policy_route,
+            policy_grpc_route,
             control,
             authz,
         })

@@ -1,5 +1,6 @@
-//! Outbound policy route metrics, with linkerd2-proxy's names and labels:
-//! `outbound_http_route_request_duration_seconds`,
+//! Outbound policy route metrics, with linkerd2-proxy's names and labels
+//! (`outbound_grpc_route_*` with `grpc_status` for gRPC routes, the same
+//! families otherwise): `outbound_http_route_request_duration_seconds`,
 //! `outbound_http_route_request_statuses_total` and the `retry_*` counters per
 //! (parent, route); `outbound_http_route_backend_requests_total` and
 //! `outbound_http_route_backend_response_statuses_total` per (parent, route,
@@ -7,15 +8,17 @@
 //! from a client, and every family is bounded.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use weft_policy::outbound::Meta;
 
 use super::family::{Family, Registrar, Series};
 use super::{HistogramFamily, Metrics};
+use crate::http::body::grpc_status;
 use crate::http::error::ProxyError;
 
 /// Seconds, as linkerd2-proxy's route histograms.
@@ -53,111 +56,112 @@ struct BackendLabels {
     backend_section_name: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteStatusLabels {
-    #[prometheus(flatten)]
-    route: RouteLabels,
-    http_status: String,
+/// A route's or backend's labels with the outcome: `http_status` (HTTP
+/// routes) or `grpc_status` (gRPC routes), and `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct StatusLabels<L> {
+    inner: L,
+    status_label: &'static str,
+    status: String,
     error: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BackendStatusLabels {
-    #[prometheus(flatten)]
-    backend: BackendLabels,
-    http_status: String,
-    error: &'static str,
-}
-
-/// A label set that a status counter extends with `http_status` and `error`.
-trait WithStatus: Clone {
-    type Labels: Clone
-        + std::hash::Hash
-        + Eq
-        + EncodeLabelSet
-        + Send
-        + Sync
-        + std::fmt::Debug
-        + 'static;
-    fn with_status(&self, http_status: String, error: &'static str) -> Self::Labels;
-}
-
-impl WithStatus for RouteLabels {
-    type Labels = RouteStatusLabels;
-    fn with_status(&self, http_status: String, error: &'static str) -> RouteStatusLabels {
-        RouteStatusLabels {
-            route: self.clone(),
-            http_status,
-            error,
-        }
-    }
-}
-
-impl WithStatus for BackendLabels {
-    type Labels = BackendStatusLabels;
-    fn with_status(&self, http_status: String, error: &'static str) -> BackendStatusLabels {
-        BackendStatusLabels {
-            backend: self.clone(),
-            http_status,
-            error,
-        }
+impl<L: EncodeLabelSet> EncodeLabelSet for StatusLabels<L> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.inner.encode(encoder)?;
+        (self.status_label, self.status.as_str()).encode(encoder.encode_label())?;
+        ("error", self.error).encode(encoder.encode_label())
     }
 }
 
 #[derive(Debug)]
 pub(super) struct PolicyRouteFamilies {
     request_duration: HistogramFamily<RouteLabels>,
-    request_statuses: Family<RouteStatusLabels, Counter>,
+    request_statuses: Family<StatusLabels<RouteLabels>, Counter>,
     retry_requests: Family<RouteLabels, Counter>,
     retry_successes: Family<RouteLabels, Counter>,
     retry_limit_exceeded: Family<RouteLabels, Counter>,
     retry_overflow: Family<RouteLabels, Counter>,
     backend_requests: Family<BackendLabels, Counter>,
     backend_response_duration: HistogramFamily<BackendLabels>,
-    backend_response_statuses: Family<BackendStatusLabels, Counter>,
+    backend_response_statuses: Family<StatusLabels<BackendLabels>, Counter>,
+    /// `http_status` or `grpc_status`.
+    status_label: &'static str,
 }
 
 impl PolicyRouteFamilies {
-    pub(super) fn register(r: &mut Registrar) -> Self {
+    /// The families of `protocol` routes: `http` or `grpc`, as
+    /// linkerd2-proxy names them (`outbound_{protocol}_route_*`).
+    pub(super) fn register(r: &mut Registrar, protocol: &str) -> Self {
+        let name = |what: &str| format!("outbound_{protocol}_route_{what}");
         PolicyRouteFamilies {
             request_duration: r.family(
-                "outbound_http_route_request_duration_seconds",
-                "Time from a request's start to its response headers, retries included, per policy route",
+                &name("request_duration_seconds"),
+                "Time from a request's start to the end of its response, retries included, per policy route",
                 seconds_histogram,
             ),
             request_statuses: r.counter(
-                "outbound_http_route_request_statuses",
+                &name("request_statuses"),
                 "Completed requests per policy route, by status or error, as the client saw them",
             ),
-            retry_requests: r.counter(
-                "outbound_http_route_retry_requests",
-                "Retries sent per policy route",
-            ),
+            retry_requests: r.counter(&name("retry_requests"), "Retries sent per policy route"),
             retry_successes: r.counter(
-                "outbound_http_route_retry_successes",
+                &name("retry_successes"),
                 "Requests per policy route that succeeded after a retry",
             ),
             retry_limit_exceeded: r.counter(
-                "outbound_http_route_retry_limit_exceeded",
+                &name("retry_limit_exceeded"),
                 "Requests per policy route that failed retryably with no retries left",
             ),
             retry_overflow: r.counter(
-                "outbound_http_route_retry_overflow",
+                &name("retry_overflow"),
                 "Retries per policy route not sent: the budget was spent or the body too large",
             ),
             backend_requests: r.counter(
-                "outbound_http_route_backend_requests",
+                &name("backend_requests"),
                 "Requests dispatched to a policy route's backend, each attempt counted",
             ),
             backend_response_duration: r.family(
-                "outbound_http_route_backend_response_duration_seconds",
-                "Time from an attempt's dispatch to its response headers, per route backend",
+                &name("backend_response_duration_seconds"),
+                "Time from an attempt's dispatch to the end of its response (a retried attempt: to its headers), per route backend",
                 seconds_histogram,
             ),
             backend_response_statuses: r.counter(
-                "outbound_http_route_backend_response_statuses",
+                &name("backend_response_statuses"),
                 "Attempts per route backend, by response status or error",
             ),
+            status_label: if protocol == "grpc" {
+                "grpc_status"
+            } else {
+                "http_status"
+            },
+        }
+    }
+}
+
+/// How a request or attempt ended, as its status labels say.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    /// The HTTP status (HTTP routes) or `grpc-status` (gRPC routes).
+    Status(u32),
+    /// A gRPC response that ended without a `grpc-status`.
+    NoStatus,
+    Error(&'static str),
+}
+
+impl Outcome {
+    pub fn of(result: Result<u32, &ProxyError>) -> Self {
+        match result {
+            Ok(code) => Outcome::Status(code),
+            Err(e) => Outcome::Error(error_label(e)),
+        }
+    }
+
+    fn labels(self) -> (String, &'static str) {
+        match self {
+            Outcome::Status(code) => (code.to_string(), ""),
+            Outcome::NoStatus => (String::new(), ""),
+            Outcome::Error(e) => (String::new(), e),
         }
     }
 }
@@ -174,42 +178,41 @@ pub fn error_label(e: &ProxyError) -> &'static str {
     }
 }
 
-/// A response's `http_status` and `error` labels.
-fn status_of(result: Result<u16, &ProxyError>) -> (String, &'static str) {
-    match result {
-        Ok(code) => (code.to_string(), ""),
-        Err(e) => (String::new(), error_label(e)),
-    }
-}
-
 /// Status counters resolved on first use of each (status, error).
 #[derive(Debug)]
 struct Statuses<L> {
     labels: L,
+    status_label: &'static str,
     seen: Mutex<Vec<(String, &'static str, Series<Counter>)>>,
 }
 
-impl<L: WithStatus> Statuses<L> {
-    fn new(labels: L) -> Self {
+impl<L> Statuses<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + Send + Sync + std::fmt::Debug + 'static,
+{
+    fn new(labels: L, status_label: &'static str) -> Self {
         Statuses {
             labels,
+            status_label,
             seen: Mutex::new(Vec::new()),
         }
     }
 
-    fn inc(&self, family: &Family<L::Labels, Counter>, result: Result<u16, &ProxyError>) {
-        let (http_status, error) = status_of(result);
+    fn inc(&self, family: &Family<StatusLabels<L>, Counter>, outcome: Outcome) {
+        let (status, error) = outcome.labels();
         let mut seen = self.seen.lock();
-        if let Some((_, _, c)) = seen
-            .iter()
-            .find(|(s, e, _)| *s == http_status && *e == error)
-        {
+        if let Some((_, _, c)) = seen.iter().find(|(s, e, _)| *s == status && *e == error) {
             c.inc();
             return;
         }
-        let c = family.get_or_create(&self.labels.with_status(http_status.clone(), error));
+        let c = family.get_or_create(&StatusLabels {
+            inner: self.labels.clone(),
+            status_label: self.status_label,
+            status: status.clone(),
+            error,
+        });
         c.inc();
-        seen.push((http_status, error, c));
+        seen.push((status, error, c));
     }
 }
 
@@ -217,6 +220,8 @@ impl<L: WithStatus> Statuses<L> {
 #[derive(Debug)]
 pub struct PolicyRouteMetrics {
     labels: RouteLabels,
+    /// Whether it is a gRPC route (the `outbound_grpc_route_*` families).
+    pub grpc: bool,
     duration: Series<Histogram>,
     statuses: Statuses<RouteLabels>,
     pub retry_requests: Series<Counter>,
@@ -229,6 +234,7 @@ pub struct PolicyRouteMetrics {
 /// Handles for one backend of a policy route.
 #[derive(Debug)]
 pub struct PolicyBackendMetrics {
+    grpc: bool,
     pub requests: Series<Counter>,
     duration: Series<Histogram>,
     statuses: Statuses<BackendLabels>,
@@ -236,8 +242,22 @@ pub struct PolicyBackendMetrics {
 }
 
 impl Metrics {
-    /// The metrics of route `route` of parent `parent`.
-    pub fn policy_route(self: &Arc<Self>, parent: &Meta, route: &Meta) -> PolicyRouteMetrics {
+    fn route_families(&self, grpc: bool) -> &PolicyRouteFamilies {
+        if grpc {
+            &self.policy_grpc_route
+        } else {
+            &self.policy_route
+        }
+    }
+
+    /// The metrics of route `route` of parent `parent`; `grpc` for a
+    /// GRPCRoute (or any route of a gRPC policy).
+    pub fn policy_route(
+        self: &Arc<Self>,
+        parent: &Meta,
+        route: &Meta,
+        grpc: bool,
+    ) -> PolicyRouteMetrics {
         let labels = RouteLabels {
             parent_group: parent.group.clone(),
             parent_kind: parent.kind.clone(),
@@ -250,10 +270,11 @@ impl Metrics {
             route_namespace: route.namespace.clone(),
             route_name: route.name.clone(),
         };
-        let f = &self.policy_route;
+        let f = self.route_families(grpc);
         PolicyRouteMetrics {
+            grpc,
             duration: f.request_duration.get_or_create(&labels),
-            statuses: Statuses::new(labels.clone()),
+            statuses: Statuses::new(labels.clone(), f.status_label),
             retry_requests: f.retry_requests.get_or_create(&labels),
             retry_successes: f.retry_successes.get_or_create(&labels),
             retry_limit_exceeded: f.retry_limit_exceeded.get_or_create(&labels),
@@ -266,10 +287,12 @@ impl Metrics {
 
 impl PolicyRouteMetrics {
     /// How the request ended for the client, `seconds` after it started.
-    pub fn response(&self, result: Result<u16, &ProxyError>, seconds: f64) {
+    pub fn response(&self, outcome: Outcome, seconds: f64) {
         self.duration.observe(seconds);
-        self.statuses
-            .inc(&self.metrics.policy_route.request_statuses, result);
+        self.statuses.inc(
+            &self.metrics.route_families(self.grpc).request_statuses,
+            outcome,
+        );
     }
 
     /// The metrics of one of the route's backends.
@@ -283,11 +306,12 @@ impl PolicyRouteMetrics {
             backend_port: backend.port.clone(),
             backend_section_name: backend.section.clone(),
         };
-        let f = &self.metrics.policy_route;
+        let f = self.metrics.route_families(self.grpc);
         PolicyBackendMetrics {
+            grpc: self.grpc,
             requests: f.backend_requests.get_or_create(&labels),
             duration: f.backend_response_duration.get_or_create(&labels),
-            statuses: Statuses::new(labels),
+            statuses: Statuses::new(labels, f.status_label),
             metrics: self.metrics.clone(),
         }
     }
@@ -295,9 +319,47 @@ impl PolicyRouteMetrics {
 
 impl PolicyBackendMetrics {
     /// How one attempt ended, `seconds` after it was dispatched.
-    pub fn response(&self, result: Result<u16, &ProxyError>, seconds: f64) {
+    pub fn response(&self, outcome: Outcome, seconds: f64) {
         self.duration.observe(seconds);
-        self.statuses
-            .inc(&self.metrics.policy_route.backend_response_statuses, result);
+        self.statuses.inc(
+            &self
+                .metrics
+                .route_families(self.grpc)
+                .backend_response_statuses,
+            outcome,
+        );
+    }
+}
+
+/// A routed request whose response is still streaming: its route and final
+/// attempt are counted when the body ends, because only then is a gRPC
+/// call's status known (its trailers) and the response complete.
+#[derive(Debug)]
+pub struct RouteEnd {
+    pub route: Arc<PolicyRouteMetrics>,
+    pub backend: Arc<PolicyBackendMetrics>,
+    pub request_started: Instant,
+    pub attempt_started: Instant,
+    pub http_status: u16,
+    /// A `grpc-status` in the response headers (a trailers-only answer).
+    pub header_grpc_status: Option<u32>,
+}
+
+impl RouteEnd {
+    pub fn finish(self, trailers: Option<&http::HeaderMap>, clean: bool) {
+        let outcome = if !clean {
+            Outcome::Error("UNEXPECTED")
+        } else if self.route.grpc {
+            trailers
+                .and_then(grpc_status)
+                .or(self.header_grpc_status)
+                .map_or(Outcome::NoStatus, Outcome::Status)
+        } else {
+            Outcome::Status(u32::from(self.http_status))
+        };
+        self.backend
+            .response(outcome, self.attempt_started.elapsed().as_secs_f64());
+        self.route
+            .response(outcome, self.request_started.elapsed().as_secs_f64());
     }
 }

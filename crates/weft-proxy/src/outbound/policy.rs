@@ -30,7 +30,7 @@ pub type ServicePolicy = ClientPolicy<RouteState, BackendState>;
 #[derive(Debug, Default)]
 pub struct RouteState {
     /// Resolved on first use.
-    pub metrics: OnceLock<PolicyRouteMetrics>,
+    pub metrics: OnceLock<Arc<PolicyRouteMetrics>>,
 }
 
 /// The proxy's state beside each backend of a route.
@@ -38,7 +38,7 @@ pub struct RouteState {
 pub struct BackendState {
     /// The backend's endpoints and balancer; `None` for a forward backend.
     pub resolution: Option<Arc<Resolution>>,
-    pub metrics: OnceLock<PolicyBackendMetrics>,
+    pub metrics: OnceLock<Arc<PolicyBackendMetrics>>,
 }
 
 impl BackendState {

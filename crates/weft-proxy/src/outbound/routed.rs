@@ -19,15 +19,17 @@ use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use weft_policy::outbound::{Filter, HeaderModifier, RouteBackend, Routed};
+use weft_policy::outbound::{Filter, HeaderModifier, Protocol, RouteBackend, Routed};
 
 use super::policy::{BackendState, Compiled, RouteState};
 use super::{Endpoint, pick};
-use crate::http::body::{ProxyBody, RequestBody};
+use crate::http::body::{ProxyBody, RequestBody, grpc_status};
 use crate::http::error::ProxyError;
 use crate::http::retry;
 use crate::http::{Attempt, Exchange, HttpConn, headers, request_target, respond};
-use crate::metrics::{AuthorityMetrics, PolicyBackendMetrics, PolicyRouteMetrics};
+use crate::metrics::{
+    AuthorityMetrics, Outcome, PolicyBackendMetrics, PolicyRouteMetrics, RouteEnd,
+};
 
 /// What a request's rule and backend filters decided.
 enum Filtered<'p> {
@@ -64,23 +66,27 @@ pub(super) async fn forward(
             parent: policy.parent.to_string(),
         });
     };
+    let grpc = policy.protocol == Protocol::Grpc;
     let route_metrics = routed.route.state.metrics.get_or_init(|| {
-        shared
-            .metrics
-            .policy_route(&policy.parent, &routed.route.meta)
+        Arc::new(
+            shared
+                .metrics
+                .policy_route(&policy.parent, &routed.route.meta, grpc),
+        )
     });
+    let since_start = || exchange.started.elapsed().as_secs_f64();
     let decided = decide(conn, &mut req, &routed).await;
     let (backend, response_filters, endpoint) = match decided {
         Ok(Decided::Forward(backend, filters, endpoint)) => (backend, filters, endpoint),
         Ok(Decided::Answered(resp)) => {
             route_metrics.response(
-                Ok(resp.status().as_u16()),
-                exchange.started.elapsed().as_secs_f64(),
+                Outcome::Status(u32::from(resp.status().as_u16())),
+                since_start(),
             );
             return (answered(), Ok(resp));
         }
         Err(e) => {
-            route_metrics.response(Err(&e), exchange.started.elapsed().as_secs_f64());
+            route_metrics.response(Outcome::of(Err(&e)), since_start());
             return unrouted(e);
         }
     };
@@ -97,7 +103,7 @@ pub(super) async fn forward(
     let backend_metrics = backend
         .state
         .metrics
-        .get_or_init(|| route_metrics.backend(&backend.meta));
+        .get_or_init(|| Arc::new(route_metrics.backend(&backend.meta)));
     let sent = Sent {
         conn,
         compiled,
@@ -108,23 +114,35 @@ pub(super) async fn forward(
         exchange,
     };
     let result = sent.send(req, endpoint).await;
-    route_metrics.response(
-        result.as_ref().map(|(r, _, _)| r.status().as_u16()),
-        exchange.started.elapsed().as_secs_f64(),
-    );
-    let result = result.map(|(mut resp, on_client_upgrade, is_connect)| {
-        for f in &response_filters {
-            f.apply(resp.headers_mut());
+    let result = match result {
+        Err(e) => {
+            route_metrics.response(Outcome::of(Err(&e)), since_start());
+            Err(e)
         }
-        respond(
-            conn,
-            resp,
-            on_client_upgrade,
-            is_connect,
-            &metrics,
-            exchange,
-        )
-    });
+        Ok(((mut resp, on_client_upgrade, is_connect), attempt_started)) => {
+            for f in &response_filters {
+                f.apply(resp.headers_mut());
+            }
+            let end = RouteEnd {
+                route: route_metrics.clone(),
+                backend: backend_metrics.clone(),
+                request_started: exchange.started,
+                attempt_started,
+                http_status: resp.status().as_u16(),
+                header_grpc_status: grpc_status(resp.headers()),
+            };
+            let mut resp = respond(
+                conn,
+                resp,
+                on_client_upgrade,
+                is_connect,
+                &metrics,
+                exchange,
+            );
+            resp.body_mut().on_route_end(end);
+            Ok(resp)
+        }
+    };
     (metrics, result)
 }
 
@@ -153,6 +171,7 @@ async fn decide<'p>(
         .choose(fastrand::u32(..), BackendState::available)
         .ok_or_else(|| ProxyError::Injected {
             status: StatusCode::INTERNAL_SERVER_ERROR,
+            grpc: None,
             message: format!("route {} has no backends", routed.route.meta),
         })?;
     match apply_filters(&backend.filters, routed, req)? {
@@ -178,6 +197,7 @@ fn apply_filters<'p>(
             Filter::ResponseHeaders(m) => response.push(m),
             Filter::Fail {
                 status,
+                grpc,
                 message,
                 numerator,
                 denominator,
@@ -185,6 +205,7 @@ fn apply_filters<'p>(
                 if fastrand::u32(..*denominator) < *numerator {
                     return Err(ProxyError::Injected {
                         status: *status,
+                        grpc: *grpc,
                         message: message.clone(),
                     });
                 }
@@ -209,8 +230,8 @@ struct Sent<'a> {
     compiled: &'a Compiled,
     rule: &'a weft_policy::outbound::Rule<BackendState>,
     backend: &'a RouteBackend<BackendState>,
-    route_metrics: &'a PolicyRouteMetrics,
-    backend_metrics: &'a PolicyBackendMetrics,
+    route_metrics: &'a Arc<PolicyRouteMetrics>,
+    backend_metrics: &'a Arc<PolicyBackendMetrics>,
     exchange: &'a Exchange,
 }
 
@@ -223,7 +244,7 @@ impl Sent<'_> {
         &self,
         mut req: Request<Incoming>,
         endpoint: Endpoint,
-    ) -> Result<Sending, ProxyError> {
+    ) -> Result<(Sending, Instant), ProxyError> {
         let conn = self.conn;
         let exchange = self.exchange;
         let Endpoint {
@@ -283,7 +304,7 @@ impl Sent<'_> {
                 )
                 .await;
             return result
-                .map(|resp| (resp, on_client_upgrade, is_connect))
+                .map(|(resp, started)| ((resp, on_client_upgrade, is_connect), started))
                 .map_err(as_request_timeout);
         };
         self.compiled.budget.deposit();
@@ -297,7 +318,7 @@ impl Sent<'_> {
                 .attempt(&attempt_of(attempt_deadline()), &pool, req, picked.take())
                 .await;
             let retryable = match &result {
-                Ok(resp) => retry.retries_status(resp.status()),
+                Ok((resp, _)) => retry.retries(resp.status(), grpc_status(resp.headers())),
                 Err(ProxyError::ResponseTimeout { .. }) => !request_expired(),
                 Err(e) => e.is_retryable(),
             };
@@ -307,6 +328,11 @@ impl Sent<'_> {
             if retries >= retry.max_retries {
                 self.route_metrics.retry_limit_exceeded.inc();
                 break result;
+            }
+            // This attempt's answer is dropped for another: counted now.
+            if let Ok((resp, started)) = &result {
+                self.backend_metrics
+                    .response(self.outcome(resp), started.elapsed().as_secs_f64());
             }
             let Some(again) = replay.again() else {
                 self.route_metrics.retry_overflow.inc();
@@ -337,29 +363,47 @@ impl Sent<'_> {
             self.route_metrics.retry_requests.inc();
             tracing::debug!(retries, addr = %pool.addr, "retrying on the route's policy");
         };
-        if retries > 0 && result.as_ref().is_ok_and(|r| !r.status().is_server_error()) {
+        if retries > 0
+            && result
+                .as_ref()
+                .is_ok_and(|(r, _)| !retry.retries(r.status(), grpc_status(r.headers())))
+        {
             self.route_metrics.retry_successes.inc();
         }
         result
-            .map(|resp| (resp, on_client_upgrade, is_connect))
+            .map(|(resp, started)| ((resp, on_client_upgrade, is_connect), started))
             .map_err(as_request_timeout)
     }
 
-    /// One attempt, counted on the backend.
+    /// An attempt's answer as its status label says it (HTTP status, or a
+    /// trailers-only gRPC answer's `grpc-status`).
+    fn outcome(&self, resp: &Response<Incoming>) -> Outcome {
+        if self.route_metrics.grpc {
+            grpc_status(resp.headers()).map_or(Outcome::NoStatus, Outcome::Status)
+        } else {
+            Outcome::Status(u32::from(resp.status().as_u16()))
+        }
+    }
+
+    /// One attempt, counted on the backend; a failed one is counted now,
+    /// an answer when it is dropped for a retry or when its body ends.
     async fn attempt(
         &self,
         attempt: &Attempt<'_>,
         pool: &Arc<crate::http::pool::Pool>,
         req: Request<RequestBody>,
         pick: Option<crate::balance::Pick>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Instant), ProxyError> {
         self.backend_metrics.requests.inc();
         let started = Instant::now();
         let (result, _) = attempt.send(pool, req, pick).await;
-        self.backend_metrics.response(
-            result.as_ref().map(|r| r.status().as_u16()),
-            started.elapsed().as_secs_f64(),
-        );
-        result
+        match result {
+            Ok(resp) => Ok((resp, started)),
+            Err(e) => {
+                self.backend_metrics
+                    .response(Outcome::of(Err(&e)), started.elapsed().as_secs_f64());
+                Err(e)
+            }
+        }
     }
 }

@@ -45,6 +45,7 @@ pub fn cluster_state(
     rendered(&mut docs, &snapshot.meshtls_authentications)?;
     rendered(&mut docs, &snapshot.network_authentications)?;
     rendered(&mut docs, &snapshot.http_routes)?;
+    rendered(&mut docs, &snapshot.grpc_routes)?;
     rendered(&mut docs, &snapshot.rate_limits)?;
     for pod in &plan.pods {
         let is_ready = ready
