@@ -705,6 +705,25 @@ pub fn dangling_references(r: &crate::Resources) -> Vec<(&'static str, Key, Stri
         );
     }
     for (key, route) in &r.http_routes {
+        for p in route
+            .spec
+            .parent_refs
+            .iter()
+            .filter(|p| p.is_egress_network())
+        {
+            let namespace = p.namespace.as_deref().unwrap_or(&key.namespace);
+            let egress = Key {
+                namespace: namespace.to_string(),
+                name: p.name.clone(),
+            };
+            if !r.egress_networks.contains_key(&egress) {
+                found.push((
+                    HttpRoute::KIND,
+                    key.clone(),
+                    format!("parentRefs names EgressNetwork {egress}, which does not exist"),
+                ));
+            }
+        }
         for p in route.spec.parent_refs.iter().filter(|p| p.is_server()) {
             let namespace = p.namespace.as_deref().unwrap_or(&key.namespace);
             if !exists(RefKind::Server, namespace, &p.name) {

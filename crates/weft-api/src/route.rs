@@ -54,6 +54,17 @@ impl ParentRef {
                 .is_some_and(|g| g.eq_ignore_ascii_case(POLICY_GROUP))
     }
 
+    /// Whether it names an EgressNetwork (policy.linkerd.io).
+    pub fn is_egress_network(&self) -> bool {
+        self.kind
+            .as_deref()
+            .is_some_and(|k| k.eq_ignore_ascii_case("EgressNetwork"))
+            && self
+                .group
+                .as_deref()
+                .is_some_and(|g| g.eq_ignore_ascii_case(POLICY_GROUP))
+    }
+
     /// Whether it names a Service (core, the Gateway API's mesh binding).
     pub fn is_service(&self) -> bool {
         self.kind
@@ -236,9 +247,9 @@ pub(crate) fn check_http_route(r: &HttpRoute) -> Result<(), String> {
         return Err("spec.parentRefs needs a Server (or a Service) to attach to".into());
     }
     for p in &r.spec.parent_refs {
-        if !p.is_server() && !p.is_service() {
+        if !p.is_server() && !p.is_service() && !p.is_egress_network() {
             return Err(format!(
-                "spec.parentRefs: {} {:?} is neither a Server ({POLICY_GROUP}) nor a Service",
+                "spec.parentRefs: {} {:?} is not a Server or EgressNetwork ({POLICY_GROUP}) or a Service",
                 p.kind.as_deref().unwrap_or("(no kind)"),
                 p.name
             ));
@@ -308,12 +319,11 @@ pub(crate) fn check_http_route(r: &HttpRoute) -> Result<(), String> {
             }
         }
         for b in &rule.backend_refs {
-            if b.kind
-                .as_deref()
-                .is_some_and(|k| !k.eq_ignore_ascii_case("Service"))
-            {
+            if b.kind.as_deref().is_some_and(|k| {
+                !k.eq_ignore_ascii_case("Service") && !k.eq_ignore_ascii_case("EgressNetwork")
+            }) {
                 return Err(format!(
-                    "{}: {:?} is not a Service",
+                    "{}: {:?} is not a Service or an EgressNetwork",
                     at("backendRefs"),
                     b.kind
                 ));

@@ -208,7 +208,7 @@ fn every_mistake_is_named_with_its_line() {
         (
             "HTTPRoute",
             "spec:\n  parentRefs: [{kind: Gateway, name: g}]\n",
-            "neither a Server",
+            "is not a Server or EgressNetwork",
         ),
         (
             "HTTPRoute",

@@ -129,10 +129,28 @@ pub struct Rule<B> {
 #[derive(Debug)]
 pub struct OpaqueRoute<R, B> {
     pub meta: Meta,
-    /// Forbidden or invalid: the connection is refused with this reason.
-    pub refusal: Option<String>,
+    /// Forbidden or invalid: the connection is refused.
+    pub refusal: Option<Refusal>,
     pub backends: Distribution<B>,
     pub state: R,
+}
+
+/// Why an opaque route refuses its connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Policy forbids it (an undefined port, denied egress).
+    Forbidden,
+    /// The controller says the route is invalid, and why.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Forbidden => f.write_str("forbidden by policy"),
+            Refusal::Invalid(why) => write!(f, "invalid: {why}"),
+        }
+    }
 }
 
 /// Request and response timeouts of a rule (`timeouts.request`: the whole
@@ -1037,8 +1055,8 @@ fn opaque_routes<R: Default, B>(
             let meta = Meta::from_proto(r.metadata.as_ref(), "opaq");
             let rule = r.rules.into_iter().next().unwrap_or_default();
             let refusal = rule.filters.into_iter().find_map(|f| match f.kind? {
-                F::Invalid(i) => Some(format!("invalid: {}", i.message)),
-                F::Forbidden(_) => Some("forbidden by policy".to_string()),
+                F::Invalid(i) => Some(Refusal::Invalid(i.message)),
+                F::Forbidden(_) => Some(Refusal::Forbidden),
             });
             let mut one = |b: api::opaque_route::RouteBackend| -> Result<RouteBackend<B>, String> {
                 let proto = b.backend.unwrap_or_default();

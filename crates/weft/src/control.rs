@@ -106,6 +106,10 @@ pub struct DestinationArgs {
     /// NetworkAuthentication admit clients from.
     #[arg(long, default_value = weft_control::policy::DEFAULT_CLUSTER_NETWORKS)]
     cluster_networks: String,
+    /// The namespace whose EgressNetworks apply to clients of every
+    /// namespace (others apply to their own namespace's clients).
+    #[arg(long, default_value = weft_control::policy::DEFAULT_EGRESS_NAMESPACE)]
+    global_egress_network_namespace: String,
 }
 
 impl DestinationArgs {
@@ -138,6 +142,7 @@ impl DestinationArgs {
                     .map_err(|e| anyhow::anyhow!("--cluster-networks: {e}"))?,
                 trust_domain: self.cluster_domain.clone(),
                 cluster_domain: self.cluster_domain.clone(),
+                egress_namespace: self.global_egress_network_namespace,
                 ..Default::default()
             },
             cluster_domain: self.cluster_domain,

@@ -507,3 +507,85 @@ async fn next(stream: &mut tonic::Streaming<api::OutboundPolicy>) -> api::Outbou
         .unwrap()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egressnetwork_answers_for_its_namespace_and_denies_opaque_traffic() {
+    let d = start();
+    d.write(
+        "egress.yaml",
+        "apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: internet, namespace: demo}
+spec:
+  networks: [{cidr: 203.0.113.0/24, except: [203.0.113.128/25]}]
+  trafficPolicy: Deny
+",
+    );
+    let mut c = client(&d).await;
+    let ask = |workload: &str, addr: &str| {
+        let mut spec = to_addr(addr);
+        spec.source_workload = workload.to_string();
+        spec
+    };
+    // Wait for the file to be served: the answer for demo's client changes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        let a = c
+            .get(ask(r#"{"ns":"demo","pod":"web-0"}"#, "203.0.113.9:5432"))
+            .await
+            .unwrap()
+            .into_inner();
+        if resource_kind(&a.metadata) == Some("EgressNetwork".into()) {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "{a:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (group, kind, name, port) = resource(&answer.metadata);
+    assert_eq!(
+        (group.as_str(), kind.as_str(), name.as_str(), port),
+        ("policy.linkerd.io", "EgressNetwork", "internet", 5432)
+    );
+    let Some(Kind::Detect(detect)) = answer.protocol.as_ref().and_then(|p| p.kind.as_ref()) else {
+        panic!("{answer:?}")
+    };
+    let opaque = &detect.opaque.as_ref().unwrap().routes[0];
+    assert_eq!(default_name(&opaque.metadata), "tcp-egress-deny");
+    assert!(matches!(
+        opaque.rules[0].filters[0].kind,
+        Some(api::opaque_route::filter::Kind::Forbidden(_))
+    ));
+    let http = &detect.http1.as_ref().unwrap().routes;
+    assert_eq!(
+        default_name(&http.last().unwrap().metadata),
+        "http-egress-deny"
+    );
+    // Weft's own proxy names its workload `ns:pod`.
+    let same = c
+        .get(ask("demo:web-0", "203.0.113.9:80"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resource(&same.metadata).2, "internet");
+    // Another namespace's client, an excepted address, a client that names
+    // no namespace: Linkerd's egress fallback.
+    for (workload, addr) in [
+        (r#"{"ns":"other","pod":"x"}"#, "203.0.113.9:5432"),
+        ("demo:web-0", "203.0.113.200:5432"),
+        ("", "203.0.113.9:5432"),
+    ] {
+        let a = c.get(ask(workload, addr)).await.unwrap().into_inner();
+        assert_eq!(
+            default_name(&a.metadata),
+            "egress-fallback",
+            "{workload} {addr}"
+        );
+    }
+}
+
+fn resource_kind(m: &Option<linkerd2_proxy_api::meta::Metadata>) -> Option<String> {
+    match m.as_ref().and_then(|m| m.kind.as_ref()) {
+        Some(MetaKind::Resource(r)) => Some(r.kind.clone()),
+        _ => None,
+    }
+}

@@ -30,7 +30,11 @@ impl Drop for Replica {
 }
 
 async fn replica(name: &'static str, fail_everything: bool) -> Replica {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    replica_at(name, fail_everything, [127, 0, 0, 1]).await
+}
+
+async fn replica_at(name: &'static str, fail_everything: bool, ip: [u8; 4]) -> Replica {
+    let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
@@ -730,7 +734,11 @@ async fn grpc_routes_match_methods_split_retry_and_count_grpc_statuses() {
         402.0,
         "400 unary calls, the chat, the canary"
     );
-    assert_eq!(statuses("14"), 1.0);
+    assert_eq!(
+        statuses("14"),
+        2.0,
+        "the server's and the missing backend's"
+    );
     assert_eq!(statuses("5"), 1.0);
     assert_eq!(
         proxy.metric(
@@ -740,4 +748,99 @@ async fn grpc_routes_match_methods_split_retry_and_count_grpc_statuses() {
         0.0,
         "gRPC routes are counted in the gRPC families only"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_networks_deny_what_no_route_lets_out_and_allow_the_rest() {
+    // Loopback is outside the cluster here, so the replica is "the internet".
+    let outside = replica("outside", false).await;
+    let elsewhere = replica_at("elsewhere", false, [127, 0, 0, 2]).await;
+    // The demo namespace's own EgressNetwork denies all of loopback; the
+    // global one allows one address, and being more specific it wins.
+    let egress = format!(
+        "apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {{name: internet, namespace: demo}}
+spec:
+  networks: [{{cidr: 127.0.0.0/8}}]
+  trafficPolicy: Deny
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {{name: partners, namespace: linkerd-egress}}
+spec:
+  networks: [{{cidr: {}/32}}]
+  trafficPolicy: Allow
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: let-get-out, namespace: demo}}
+spec:
+  parentRefs: [{{group: policy.linkerd.io, kind: EgressNetwork, name: internet}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /allowed}}, method: GET}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: x-route, value: egress}}]}}
+",
+        elsewhere.addr.ip()
+    );
+    let destination = Destination::start_args(
+        &[("egress.yaml", &egress)],
+        &["--cluster-networks", "198.18.0.0/16"],
+    );
+    let proxy = Proxy::builder(support::proxy_bin())
+        .env(
+            "WEFT_PROXY_DESTINATION_SVC_ADDR",
+            destination.addr.to_string(),
+        )
+        .env("WEFT_PROXY_POLICY_SVC_ADDR", destination.addr.to_string())
+        .env("WEFT_PROXY_POLICY_WORKLOAD", "demo:client-0")
+        .log_filter("warn,weft_proxy=info")
+        .start();
+    let mut c = Client::connect(proxy.outbound).await;
+    let host = outside.addr.to_string();
+    // The attached route lets GET /allowed out, its filter applied.
+    let a = c.get(&host, "/allowed/page", "").await.unwrap();
+    assert_eq!(a.status, 200, "{:?} {}", a.headers, a.body);
+    assert_eq!(a.body.trim(), "outside x-route=egress");
+    // Everything else is denied by the proxy, never reaching the address.
+    for path in ["/", "/allowedx", "/secret"] {
+        let a = c.get(&host, path, "").await.unwrap();
+        assert_eq!(a.status, 403, "{path}: {}", a.body);
+        assert!(
+            a.header("l5d-proxy-error")
+                .is_some_and(|e| e.contains("traffic not allowed")),
+            "{path}: {:?}",
+            a.headers
+        );
+    }
+    let denied = proxy.metric(
+        "outbound_http_route_request_statuses_total",
+        &[
+            ("parent_kind", "EgressNetwork"),
+            ("parent_name", "internet"),
+            ("route_name", "http-egress-deny"),
+            ("http_status", "403"),
+        ],
+    );
+    assert_eq!(denied, 3.0);
+    // The global namespace's Allow network, more specific, lets all out.
+    let a = c
+        .get(&elsewhere.addr.to_string(), "/secret", "")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?} {}", a.headers, a.body);
+    assert_eq!(a.body.trim(), "elsewhere x-route=");
+    let allowed = proxy.metric(
+        "outbound_http_route_request_statuses_total",
+        &[
+            ("parent_kind", "EgressNetwork"),
+            ("parent_namespace", "linkerd-egress"),
+            ("parent_name", "partners"),
+            ("route_name", "http-egress-allow"),
+            ("http_status", "200"),
+        ],
+    );
+    assert_eq!(allowed, 1.0);
 }

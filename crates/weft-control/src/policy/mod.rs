@@ -11,6 +11,7 @@
 //! its outbound twin: for a Service port (or an address outside the
 //! cluster), the routes, backends, timeouts, retries and circuit breaking.
 
+mod egress;
 mod grpc;
 pub mod inbound;
 pub mod outbound;
@@ -39,7 +40,13 @@ pub struct PolicyConfig {
     pub trust_domain: String,
     /// Services are `<name>.<namespace>.svc.<cluster domain>`.
     pub cluster_domain: String,
+    /// EgressNetworks here apply to every client (others to their own
+    /// namespace's clients).
+    pub egress_namespace: String,
 }
+
+/// Linkerd's global egress namespace, so its manifests apply unchanged.
+pub const DEFAULT_EGRESS_NAMESPACE: &str = "linkerd-egress";
 
 /// Linkerd's default cluster networks, and the local mesh's (198.18.0.0/15
 /// for namespaces, 127.0.0.0/8 for rootless pods on loopback).
@@ -56,6 +63,7 @@ impl Default for PolicyConfig {
             control_namespace: weft_api::CONTROL_NAMESPACE.into(),
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
+            egress_namespace: DEFAULT_EGRESS_NAMESPACE.into(),
         }
     }
 }

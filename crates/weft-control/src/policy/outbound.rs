@@ -22,7 +22,7 @@ use weft_api::{
     parse_route_duration,
 };
 
-use super::{PolicyConfig, grpc, routes};
+use super::{PolicyConfig, egress, grpc, routes};
 use crate::store::Snapshot;
 
 /// What a proxy asked about, resolved.
@@ -35,8 +35,28 @@ pub enum Target {
         port: u16,
         addr: Option<SocketAddr>,
     },
-    /// An address outside the cluster networks.
-    Egress(SocketAddr),
+    /// An address outside the cluster networks, for a client in
+    /// `namespace` (whose EgressNetworks apply to it).
+    Egress {
+        addr: SocketAddr,
+        namespace: Option<String>,
+    },
+}
+
+/// The client's namespace from a `TrafficSpec`'s `source_workload`:
+/// linkerd2-proxy sends `{"ns":"demo","pod":"web-0"}`, Weft's proxy
+/// `demo:web-0`. Anything else names no namespace.
+fn source_namespace(workload: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Workload {
+        ns: String,
+    }
+    let ns = if workload.trim_start().starts_with('{') {
+        serde_json::from_str::<Workload>(workload).ok()?.ns
+    } else {
+        workload.split_once(':')?.0.to_string()
+    };
+    weft_api::is_dns_label(&ns).then_some(ns)
 }
 
 /// Why a traffic spec has no answer: the proto's InvalidArgument and NotFound.
@@ -90,7 +110,10 @@ pub fn target(
             if config.cluster_networks.iter().any(|n| n.contains(ip)) {
                 return Err(Refusal::NotFound(format!("no Service has cluster IP {ip}")));
             }
-            Ok(Target::Egress(addr))
+            Ok(Target::Egress {
+                addr,
+                namespace: source_namespace(&spec.source_workload),
+            })
         }
     }
 }
@@ -102,7 +125,12 @@ pub fn policy(
     target: &Target,
 ) -> Option<api::OutboundPolicy> {
     match target {
-        Target::Egress(addr) => Some(egress_fallback(*addr, config.detect_timeout)),
+        Target::Egress { addr, namespace } => Some(
+            match egress_network(snapshot, config, addr.ip(), namespace.as_deref()) {
+                Some((key, network)) => egress::policy(snapshot, config, key, network, *addr),
+                None => egress_fallback(*addr, config.detect_timeout),
+            },
+        ),
         Target::Service { key, port, .. } => {
             let service = snapshot.services.get(key)?;
             if !service.spec.ports.iter().any(|p| p.port == *port) {
@@ -173,7 +201,7 @@ pub(super) fn service_backend(config: &PolicyConfig, key: &Key, port: u16) -> ap
     }
 }
 
-fn first_available(backend: api::Backend) -> api::http_route::Distribution {
+pub(super) fn first_available(backend: api::Backend) -> api::http_route::Distribution {
     api::http_route::Distribution {
         kind: Some(api::http_route::distribution::Kind::FirstAvailable(
             api::http_route::distribution::FirstAvailable {
@@ -186,7 +214,7 @@ fn first_available(backend: api::Backend) -> api::http_route::Distribution {
     }
 }
 
-fn opaque_route(metadata: Option<Metadata>, backend: api::Backend) -> api::OpaqueRoute {
+pub(super) fn opaque_route(metadata: Option<Metadata>, backend: api::Backend) -> api::OpaqueRoute {
     use api::opaque_route::distribution::{FirstAvailable, Kind};
     api::OpaqueRoute {
         metadata,
@@ -232,7 +260,7 @@ fn default_http_route(
     }
 }
 
-fn detect(
+pub(super) fn detect(
     timeout: Duration,
     opaque: api::OpaqueRoute,
     http_routes: Vec<api::HttpRoute>,
@@ -252,6 +280,41 @@ fn detect(
             failure_accrual: accrual,
         }),
     })
+}
+
+/// The EgressNetwork `ip` falls in for a client in `namespace`: among those
+/// in the client's namespace and the global egress namespace whose networks
+/// hold it, the most specific network first, then the client's own
+/// namespace, then by name.
+fn egress_network<'s>(
+    snapshot: &'s Snapshot,
+    config: &PolicyConfig,
+    ip: IpAddr,
+    namespace: Option<&str>,
+) -> Option<(&'s Key, &'s weft_api::EgressNetwork)> {
+    snapshot
+        .egress_networks
+        .iter()
+        .filter(|(k, _)| {
+            k.namespace == config.egress_namespace || Some(k.namespace.as_str()) == namespace
+        })
+        .filter_map(|(k, e)| {
+            // No networks: everything outside the cluster, the least specific.
+            let specificity = if e.spec.networks.is_empty() {
+                Some(0)
+            } else {
+                e.spec
+                    .networks
+                    .iter()
+                    .filter(|n| n.contains(ip))
+                    .map(|n| u16::from(n.cidr.prefix) + 1)
+                    .max()
+            }?;
+            let own = Some(k.namespace.as_str()) == namespace;
+            Some(((specificity, own, std::cmp::Reverse(&k.name)), (k, &**e)))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, found)| found)
 }
 
 /// Linkerd's answer for an address outside the cluster: forwarded as addressed.
@@ -362,6 +425,7 @@ fn service_policy(
                     backend: &backend,
                     retry,
                     timeouts,
+                    egress: None,
                 };
                 http_route(snapshot, config, k, r, &defaults)
             })
@@ -436,15 +500,17 @@ fn failure_accrual(a: FailureAccrual) -> api::FailureAccrual {
     }
 }
 
-/// What a route's rules take from their Service when they say nothing.
-struct RouteDefaults<'a> {
-    port: u16,
-    backend: &'a api::Backend,
-    retry: Option<HttpRetry>,
-    timeouts: Timeouts,
+/// What a route's rules take from their parent when they say nothing.
+pub(super) struct RouteDefaults<'a> {
+    pub port: u16,
+    pub backend: &'a api::Backend,
+    pub retry: Option<HttpRetry>,
+    pub timeouts: Timeouts,
+    /// An EgressNetwork parent: backendRefs naming it forward to the address.
+    pub egress: Option<&'a Key>,
 }
 
-fn http_route(
+pub(super) fn http_route(
     snapshot: &Snapshot,
     config: &PolicyConfig,
     key: &Key,
@@ -456,6 +522,7 @@ fn http_route(
         backend: default_backend,
         retry,
         timeouts,
+        egress,
     } = defaults;
     let port = *port;
     let rule = |r: &HttpRouteRule| {
@@ -468,7 +535,15 @@ fn http_route(
                         backends: r
                             .backend_refs
                             .iter()
-                            .map(|b| weighted_backend(snapshot, config, &key.namespace, b, port))
+                            .map(|b| match egress {
+                                Some(parent) if is_egress_ref(b) => egress::weighted_backend(
+                                    parent,
+                                    &key.namespace,
+                                    b,
+                                    default_backend,
+                                ),
+                                _ => weighted_backend(snapshot, config, &key.namespace, b, port),
+                            })
                             .collect(),
                     },
                 )),
@@ -550,6 +625,13 @@ pub(super) fn retry_backoff() -> api::ExponentialBackoff {
     }
 }
 
+/// Whether a backendRef names an EgressNetwork.
+fn is_egress_ref(b: &BackendRef) -> bool {
+    b.kind
+        .as_deref()
+        .is_some_and(|k| k.eq_ignore_ascii_case("EgressNetwork"))
+}
+
 /// What a backendRef names: a Service's port, or (missing) why not.
 pub(super) enum BackendRefTarget {
     Service(Box<api::Backend>),
@@ -593,7 +675,7 @@ pub(super) fn invalid_backend() -> api::Backend {
 
 /// A backendRef: a Service's port if it exists; otherwise a backend that
 /// answers 500 naming what is missing, as Linkerd's does.
-fn weighted_backend(
+pub(super) fn weighted_backend(
     snapshot: &Snapshot,
     config: &PolicyConfig,
     route_ns: &str,

@@ -68,7 +68,13 @@ pub enum ProxyError {
         message: String,
     },
     #[error("the outbound policy of {parent} refuses the connection: {reason}")]
-    Refused { parent: String, reason: String },
+    Refused {
+        parent: String,
+        reason: String,
+        /// linkerd2-proxy's `error` label of the closed connection:
+        /// `forbidden`, `invalid_policy` or `invalid_backend`.
+        error: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -131,7 +137,8 @@ impl ProxyError {
         }
     }
 
-    fn grpc_status(&self) -> u32 {
+    /// The `grpc-status` a gRPC client is answered with.
+    pub fn grpc_status(&self) -> u32 {
         if let ProxyError::Injected {
             grpc: Some(code), ..
         } = self

@@ -37,7 +37,9 @@ pub use self::family::SeriesLimits;
 use self::family::{Family, Registrar};
 pub use self::http::{AuthorityMetrics, HttpConnMetrics, StatusMetrics};
 pub use self::labels::{Direction, DstLabels, Peer, TcpLabels, Tls};
-pub use self::policy_route::{Outcome, PolicyBackendMetrics, PolicyRouteMetrics, RouteEnd};
+pub use self::policy_route::{
+    Outcome, PolicyBackendMetrics, PolicyRouteMetrics, RouteEnd, TcpRouteMetrics,
+};
 pub use self::route::{RouteMetrics, RouteStatus};
 pub use self::tcp::TcpConn;
 
@@ -78,6 +80,7 @@ pub struct Metrics {
     route: route::RouteFamilies,
     policy_route: policy_route::PolicyRouteFamilies,
     policy_grpc_route: policy_route::PolicyRouteFamilies,
+    tcp_route: policy_route::TcpRouteFamilies,
     control: control::ControlFamilies,
     authz: authz::AuthzFamilies,
 }
@@ -97,6 +100,7 @@ impl Metrics {
         let route = route::RouteFamilies::register(&mut r);
         let policy_route = policy_route::PolicyRouteFamilies::register(&mut r, "http");
         let policy_grpc_route = policy_route::PolicyRouteFamilies::register(&mut r, "grpc");
+        let tcp_route = policy_route::TcpRouteFamilies::register(&mut r);
         let control = control::ControlFamilies::register(&mut r);
         let authz = authz::AuthzFamilies::register(&mut r);
         let mut errors = |name: &str, help: &str| r.counter(name, help);
@@ -130,6 +134,7 @@ impl Metrics {
             route,
             policy_route,
             policy_grpc_route,
+            tcp_route,
             control,
             authz,
         })

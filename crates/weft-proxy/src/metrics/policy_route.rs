@@ -150,10 +150,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn of(result: Result<u32, &ProxyError>) -> Self {
-        match result {
-            Ok(code) => Outcome::Status(code),
-            Err(e) => Outcome::Error(error_label(e)),
+    /// How a request the proxy failed ended: a policy's own answer (a
+    /// failure filter: the missing backend's 500, denied egress's 403) is
+    /// its status, as Linkerd counts it; anything else an error.
+    pub fn failed(e: &ProxyError, grpc: bool) -> Self {
+        match e {
+            ProxyError::Injected { .. } if grpc => Outcome::Status(e.grpc_status()),
+            ProxyError::Injected { status, .. } => Outcome::Status(u32::from(status.as_u16())),
+            _ => Outcome::Error(error_label(e)),
         }
     }
 
@@ -163,6 +167,64 @@ impl Outcome {
             Outcome::NoStatus => (String::new(), ""),
             Outcome::Error(e) => (String::new(), e),
         }
+    }
+}
+
+/// A route's labels with how a connection closed (`error`: empty, or
+/// `forbidden`, `invalid_policy`, `invalid_backend`, `unexpected`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpCloseLabels {
+    #[prometheus(flatten)]
+    route: RouteLabels,
+    error: &'static str,
+}
+
+/// linkerd2-proxy's opaque route families: connections opened and closed
+/// per (parent, route).
+#[derive(Debug)]
+pub(super) struct TcpRouteFamilies {
+    open: Family<RouteLabels, Counter>,
+    close: Family<TcpCloseLabels, Counter>,
+}
+
+impl TcpRouteFamilies {
+    pub(super) fn register(r: &mut Registrar) -> Self {
+        TcpRouteFamilies {
+            open: r.counter(
+                "outbound_tcp_route_open",
+                "Opaque connections opened per policy route",
+            ),
+            close: r.counter(
+                "outbound_tcp_route_close",
+                "Opaque connections closed per policy route, by error (refused: forbidden, invalid_policy, invalid_backend)",
+            ),
+        }
+    }
+}
+
+/// Handles for one opaque policy route.
+#[derive(Debug)]
+pub struct TcpRouteMetrics {
+    labels: RouteLabels,
+    open: Series<Counter>,
+    metrics: Arc<Metrics>,
+}
+
+impl TcpRouteMetrics {
+    pub fn opened(&self) {
+        self.open.inc();
+    }
+
+    /// `error` empty for a connection that ran its course.
+    pub fn closed(&self, error: &'static str) {
+        self.metrics
+            .tcp_route
+            .close
+            .get_or_create(&TcpCloseLabels {
+                route: self.labels.clone(),
+                error,
+            })
+            .inc();
     }
 }
 
@@ -241,12 +303,37 @@ pub struct PolicyBackendMetrics {
     metrics: Arc<Metrics>,
 }
 
+fn route_labels(parent: &Meta, route: &Meta) -> RouteLabels {
+    RouteLabels {
+        parent_group: parent.group.clone(),
+        parent_kind: parent.kind.clone(),
+        parent_namespace: parent.namespace.clone(),
+        parent_name: parent.name.clone(),
+        parent_port: parent.port.clone(),
+        parent_section_name: parent.section.clone(),
+        route_group: route.group.clone(),
+        route_kind: route.kind.clone(),
+        route_namespace: route.namespace.clone(),
+        route_name: route.name.clone(),
+    }
+}
+
 impl Metrics {
     fn route_families(&self, grpc: bool) -> &PolicyRouteFamilies {
         if grpc {
             &self.policy_grpc_route
         } else {
             &self.policy_route
+        }
+    }
+
+    /// The metrics of opaque route `route` of parent `parent`.
+    pub fn tcp_route(self: &Arc<Self>, parent: &Meta, route: &Meta) -> TcpRouteMetrics {
+        let labels = route_labels(parent, route);
+        TcpRouteMetrics {
+            open: self.tcp_route.open.get_or_create(&labels),
+            labels,
+            metrics: self.clone(),
         }
     }
 
@@ -258,18 +345,7 @@ impl Metrics {
         route: &Meta,
         grpc: bool,
     ) -> PolicyRouteMetrics {
-        let labels = RouteLabels {
-            parent_group: parent.group.clone(),
-            parent_kind: parent.kind.clone(),
-            parent_namespace: parent.namespace.clone(),
-            parent_name: parent.name.clone(),
-            parent_port: parent.port.clone(),
-            parent_section_name: parent.section.clone(),
-            route_group: route.group.clone(),
-            route_kind: route.kind.clone(),
-            route_namespace: route.namespace.clone(),
-            route_name: route.name.clone(),
-        };
+        let labels = route_labels(parent, route);
         let f = self.route_families(grpc);
         PolicyRouteMetrics {
             grpc,

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
-use weft_policy::outbound::{BackendTarget, RouteBackend};
+use weft_policy::outbound::{BackendTarget, Refusal, RouteBackend};
 
 use crate::balance::{NoEndpoint, Pick};
 use crate::config::Config;
@@ -103,13 +103,42 @@ async fn forward_opaque<I>(
         }
         None => Ok(Service::addr(target)),
     };
+    // A policy's opaque route counts its connections, as linkerd2-proxy's.
+    let route = match &service {
+        Ok(Service {
+            backend: Backend::Policy(compiled),
+            ..
+        }) => compiled.policy.opaque.first().map(|r| {
+            r.state
+                .tcp
+                .get_or_init(|| {
+                    Arc::new(shared.metrics.tcp_route(&compiled.policy.parent, &r.meta))
+                })
+                .clone()
+        }),
+        _ => None,
+    };
+    let closed = |error| {
+        if let Some(route) = &route {
+            route.closed(error);
+        }
+    };
+    if let Some(route) = &route {
+        route.opened();
+    }
     let endpoint = match service {
         Ok(s) => s.backend.endpoint(shared.config.discovery_timeout).await,
         Err(e) => Err(e),
     };
     let Endpoint { addr, pick } = match endpoint {
         Ok(endpoint) => endpoint,
-        Err(e) => return info!(error = %e, "opaque connection refused"),
+        Err(e) => {
+            closed(match e {
+                ProxyError::Refused { error, .. } => error,
+                _ => "unexpected",
+            });
+            return info!(error = %e, "opaque connection refused");
+        }
     };
     let connected = shared.pools.dialer.connect_opaque(addr).await;
     if let Some(pick) = pick {
@@ -117,9 +146,13 @@ async fn forward_opaque<I>(
     }
     let server = match connected {
         Ok(s) => s,
-        Err(e) => return info!(error = %e, "opaque connection refused: endpoint unreachable"),
+        Err(e) => {
+            closed("unexpected");
+            return info!(error = %e, "opaque connection refused: endpoint unreachable");
+        }
     };
-    copy_opaque(shared, client, server, &client_conn, addr).await
+    copy_opaque(shared, client, server, &client_conn, addr).await;
+    closed("");
 }
 
 /// The service a request or connection addressed: the first of the three
@@ -228,21 +261,26 @@ async fn opaque_endpoint(
     timeout: Duration,
 ) -> Result<Endpoint, ProxyError> {
     let policy = &compiled.policy;
-    let refused = |reason: String| ProxyError::Refused {
+    let refused = |reason: String, error| ProxyError::Refused {
         parent: policy.parent.to_string(),
         reason,
+        error,
     };
     let route = policy
         .opaque
         .first()
-        .ok_or_else(|| refused("no opaque route".into()))?;
-    if let Some(reason) = &route.refusal {
-        return Err(refused(reason.clone()));
+        .ok_or_else(|| refused("no opaque route".into(), "invalid_policy"))?;
+    if let Some(refusal) = &route.refusal {
+        let error = match refusal {
+            Refusal::Forbidden => "forbidden",
+            Refusal::Invalid(_) => "invalid_policy",
+        };
+        return Err(refused(refusal.to_string(), error));
     }
     let backend = route
         .backends
         .choose(fastrand::u32(..), policy::BackendState::available)
-        .ok_or_else(|| refused("the opaque route has no backends".into()))?;
+        .ok_or_else(|| refused("the opaque route has no backends".into(), "invalid_backend"))?;
     policy_backend_endpoint(backend, timeout).await
 }
 

@@ -21,7 +21,7 @@ use weft_policy::outbound::{BackendTarget, ClientPolicy};
 
 use crate::discovery::{BACKOFF_MAX, BACKOFF_MIN, Discovery, Resolution};
 use crate::http::retry::RetryBudget;
-use crate::metrics::{PolicyBackendMetrics, PolicyRouteMetrics};
+use crate::metrics::{PolicyBackendMetrics, PolicyRouteMetrics, TcpRouteMetrics};
 
 /// A target's policy as the proxy follows it.
 pub type ServicePolicy = ClientPolicy<RouteState, BackendState>;
@@ -29,8 +29,9 @@ pub type ServicePolicy = ClientPolicy<RouteState, BackendState>;
 /// The proxy's state beside each route of a policy.
 #[derive(Debug, Default)]
 pub struct RouteState {
-    /// Resolved on first use.
+    /// Resolved on first use: an HTTP route's, or an opaque route's.
     pub metrics: OnceLock<Arc<PolicyRouteMetrics>>,
+    pub tcp: OnceLock<Arc<TcpRouteMetrics>>,
 }
 
 /// The proxy's state beside each backend of a route.

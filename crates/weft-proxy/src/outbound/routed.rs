@@ -86,7 +86,7 @@ pub(super) async fn forward(
             return (answered(), Ok(resp));
         }
         Err(e) => {
-            route_metrics.response(Outcome::of(Err(&e)), since_start());
+            route_metrics.response(Outcome::failed(&e, grpc), since_start());
             return unrouted(e);
         }
     };
@@ -116,7 +116,7 @@ pub(super) async fn forward(
     let result = sent.send(req, endpoint).await;
     let result = match result {
         Err(e) => {
-            route_metrics.response(Outcome::of(Err(&e)), since_start());
+            route_metrics.response(Outcome::failed(&e, grpc), since_start());
             Err(e)
         }
         Ok(((mut resp, on_client_upgrade, is_connect), attempt_started)) => {
@@ -400,8 +400,10 @@ impl Sent<'_> {
         match result {
             Ok(resp) => Ok((resp, started)),
             Err(e) => {
-                self.backend_metrics
-                    .response(Outcome::of(Err(&e)), started.elapsed().as_secs_f64());
+                self.backend_metrics.response(
+                    Outcome::failed(&e, self.route_metrics.grpc),
+                    started.elapsed().as_secs_f64(),
+                );
                 Err(e)
             }
         }

@@ -47,6 +47,7 @@ pub fn cluster_state(
     rendered(&mut docs, &snapshot.http_routes)?;
     rendered(&mut docs, &snapshot.grpc_routes)?;
     rendered(&mut docs, &snapshot.rate_limits)?;
+    rendered(&mut docs, &snapshot.egress_networks)?;
     for pod in &plan.pods {
         let is_ready = ready
             .get(&(pod.namespace.clone(), pod.name.clone()))
