@@ -36,5 +36,6 @@ pub enum TrafficPolicy {
 
 pub(crate) fn check_egress_network(e: &EgressNetwork) -> Result<(), String> {
     check_name(&e.metadata)?;
+    crate::traffic::outbound_rate_limit(&e.metadata.annotations)?;
     crate::policy::check_networks(&e.spec.networks)
 }

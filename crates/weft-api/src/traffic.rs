@@ -16,6 +16,9 @@ pub const RETRY_TIMEOUT: &str = "retry.linkerd.io/timeout";
 pub const TIMEOUT_REQUEST: &str = "timeout.linkerd.io/request";
 pub const TIMEOUT_RESPONSE: &str = "timeout.linkerd.io/response";
 pub const TIMEOUT_IDLE: &str = "timeout.linkerd.io/idle";
+/// Weft's outbound rate limit: the most requests per second each client's
+/// proxy sends to the Service or EgressNetwork it is written on.
+pub const OUTBOUND_RATE_LIMIT: &str = "weft.io/outbound-rate-limit";
 pub const FAILURE_ACCRUAL: &str = "balancer.linkerd.io/failure-accrual";
 pub const FAILURE_ACCRUAL_MAX_FAILURES: &str =
     "balancer.linkerd.io/failure-accrual-consecutive-max-failures";
@@ -225,12 +228,31 @@ pub fn failure_accrual(
     }))
 }
 
+/// `weft.io/outbound-rate-limit`: requests per second, 1 to 1,000,000.
+pub fn outbound_rate_limit(annotations: &BTreeMap<String, String>) -> Result<Option<u32>, String> {
+    annotations
+        .get(OUTBOUND_RATE_LIMIT)
+        .map(|v| {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "annotation {OUTBOUND_RATE_LIMIT}: {v:?} is not a number of requests per second from 1 to 1000000"
+                    )
+                })
+        })
+        .transpose()
+}
+
 /// Every traffic annotation of a Service or route, checked.
 pub(crate) fn check_annotations(annotations: &BTreeMap<String, String>) -> Result<(), String> {
     http_retry(annotations)?;
     grpc_retry(annotations)?;
     timeouts(annotations)?;
     failure_accrual(annotations)?;
+    outbound_rate_limit(annotations)?;
     Ok(())
 }
 
@@ -285,6 +307,8 @@ mod tests {
             of(&[(TIMEOUT_IDLE, "soon")]),
             of(&[(RETRY_GRPC, "unavailable,not-found")]),
             of(&[(RETRY_GRPC, " , ")]),
+            of(&[(OUTBOUND_RATE_LIMIT, "0")]),
+            of(&[(OUTBOUND_RATE_LIMIT, "fast")]),
             of(&[(FAILURE_ACCRUAL, "always")]),
             of(&[
                 (FAILURE_ACCRUAL, "consecutive"),

@@ -754,10 +754,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let inbound_policy = linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer::new(
         policies.inbound(),
     );
-    let outbound_policy =
-        linkerd2_proxy_api::outbound::outbound_policies_server::OutboundPoliciesServer::new(
-            policies.outbound(),
-        );
+    let outbound_policy = policies.outbound();
     let index = Index::start(store.subscribe(), config.cluster_domain, metrics);
     let service = api::destination_server::DestinationServer::new(DestinationService::new(index));
     crate::grpc::serve(

@@ -13,7 +13,8 @@ mod cidr;
 pub mod explain;
 pub mod outbound;
 mod ratelimit;
+pub mod wire;
 
 pub use authz::{Authz, Client, PortPolicy, Protocol, Ref, Refusal, RequestDecision, Route};
 pub use cidr::Cidr;
-pub use ratelimit::RateLimit;
+pub use ratelimit::{OutboundLimiter, RateLimit};

@@ -100,6 +100,8 @@ pub struct ClientPolicy<R, B> {
     pub opaque: Vec<OpaqueRoute<R, B>>,
     /// The circuit breaker of the parent's backends for HTTP.
     pub accrual: Option<Accrual>,
+    /// Weft's outbound rate limit: requests per second from this proxy.
+    pub rate_limit: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -326,6 +328,7 @@ impl<R: Default, B> ClientPolicy<R, B> {
             http2: Vec::new(),
             opaque: Vec::new(),
             accrual: None,
+            rate_limit: None,
         };
         let http = |routes: Vec<api::HttpRoute>, b: &mut dyn FnMut(&BackendTarget) -> B| {
             routes
@@ -384,6 +387,26 @@ impl<R: Default, B> ClientPolicy<R, B> {
             }
             Kind::Tls(_) => return Err("TLS route policies are not supported".into()),
         }
+        Ok(policy)
+    }
+}
+
+impl<R: Default, B> ClientPolicy<R, B> {
+    /// Compiles Weft's controller's answer: Linkerd's, and the rate limit.
+    pub fn from_wire(
+        p: crate::wire::OutboundPolicy,
+        backend: impl FnMut(&BackendTarget) -> B,
+    ) -> Result<Self, String> {
+        let rate_limit = p
+            .weft_rate_limit
+            .map(|l| l.requests_per_second)
+            .filter(|rps| *rps > 0);
+        let linkerd = api::OutboundPolicy {
+            protocol: p.protocol,
+            metadata: p.metadata,
+        };
+        let mut policy = Self::from_proto(linkerd, backend)?;
+        policy.rate_limit = rate_limit;
         Ok(policy)
     }
 }

@@ -54,6 +54,28 @@ impl Bucket {
     }
 }
 
+/// An outbound rate limit (`weft.io/outbound-rate-limit`): one bucket for
+/// everything this proxy sends to a target.
+#[derive(Debug)]
+pub struct OutboundLimiter {
+    pub requests_per_second: u32,
+    bucket: Mutex<Bucket>,
+}
+
+impl OutboundLimiter {
+    pub fn new(requests_per_second: u32) -> Self {
+        OutboundLimiter {
+            requests_per_second,
+            bucket: Mutex::new(Bucket::new(requests_per_second, Instant::now())),
+        }
+    }
+
+    /// Whether one more request may go now.
+    pub fn admit(&self) -> bool {
+        self.bucket.lock().take(Instant::now())
+    }
+}
+
 impl RateLimit {
     pub fn from_proto(p: api::HttpLocalRateLimit) -> RateLimit {
         let now = Instant::now();

@@ -129,8 +129,22 @@ spec:
     )
 }
 
+/// limited: one replica, and this proxy may send it `rps` requests a second.
+fn limited_service(rps: u32, addr: SocketAddr) -> String {
+    format!(
+        "{}---\n{}",
+        service(
+            "limited",
+            &format!("weft.io/outbound-rate-limit: \"{rps}\"")
+        ),
+        workload("limited-0", "limited", addr)
+    )
+}
+
 struct Mesh {
     _replicas: Vec<Replica>,
+    /// The replica behind `limited`.
+    limited: SocketAddr,
     destination: Destination,
     proxy: Proxy,
 }
@@ -143,6 +157,7 @@ async fn mesh() -> Mesh {
     let good = replica("flaky-good", false).await;
     let bad = replica("flaky-bad", true).await;
     let broken = replica("broken", true).await;
+    let limited = replica("limited", false).await;
     let flaky_annotations = "balancer.linkerd.io/failure-accrual: consecutive, balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"3\", retry.linkerd.io/http: 5xx, retry.linkerd.io/limit: \"2\"";
     let files = [
         ("web.yaml", service("web", "")),
@@ -162,6 +177,7 @@ async fn mesh() -> Mesh {
         ("flaky-0.yaml", workload("flaky-0", "flaky", good.addr)),
         ("flaky-1.yaml", workload("flaky-1", "flaky", bad.addr)),
         ("routes.yaml", web_routes(90, 10)),
+        ("limited.yaml", limited_service(20, limited.addr)),
     ];
     let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
     let destination = Destination::start(&files);
@@ -175,7 +191,8 @@ async fn mesh() -> Mesh {
         .log_filter("warn,weft_proxy=info")
         .start();
     Mesh {
-        _replicas: vec![v1, v2, good, bad, broken],
+        limited: limited.addr,
+        _replicas: vec![v1, v2, good, bad, broken, limited],
         destination,
         proxy,
     }
@@ -843,4 +860,63 @@ spec:
         ],
     );
     assert_eq!(allowed, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_rate_limit_caps_what_this_proxy_sends_and_says_so() {
+    let m = mesh().await;
+    let host = "limited.demo.svc.cluster.local";
+    let mut c = Client::connect(m.proxy.outbound).await;
+    // A burst of 200: the bucket holds one second (20), refilling at 20/s.
+    let started = Instant::now();
+    let (mut ok, mut limited_count) = (0u32, 0u32);
+    for _ in 0..200 {
+        let a = c.get(host, "/", "").await.unwrap();
+        match a.status {
+            200 => ok += 1,
+            429 => {
+                limited_count += 1;
+                assert!(
+                    a.header("l5d-proxy-error")
+                        .is_some_and(|e| e.contains("outbound rate limit of 20")),
+                    "{:?}",
+                    a.headers
+                );
+            }
+            other => panic!("unexpected {other}: {}", a.body),
+        }
+    }
+    let allowed = 20.0 + 20.0 * started.elapsed().as_secs_f64() + 1.0;
+    assert!(
+        f64::from(ok) <= allowed,
+        "{ok} passed in {:?}",
+        started.elapsed()
+    );
+    assert!(limited_count >= 100, "only {limited_count} limited");
+    let refused = m.proxy.metric(
+        "outbound_http_route_request_statuses_total",
+        &[("parent_name", "limited"), ("http_status", "429")],
+    );
+    assert_eq!(refused, f64::from(limited_count));
+    // The limit is this proxy's for limited only: web is not limited.
+    for _ in 0..100 {
+        assert_eq!(c.web("/").await.status, 200);
+    }
+    // Raised by an edit: the burst passes.
+    m.destination
+        .write("limited.yaml", &limited_service(100_000, m.limited));
+    let edited = Instant::now();
+    loop {
+        let mut all = true;
+        for _ in 0..50 {
+            all &= c.get(host, "/", "").await.unwrap().status == 200;
+        }
+        if all {
+            break;
+        }
+        assert!(
+            edited.elapsed() < Duration::from_secs(5),
+            "the raised limit did not apply"
+        );
+    }
 }

@@ -141,6 +141,30 @@ pub fn policy(
     }
 }
 
+/// The policy for `target` as Weft's controller answers it: Linkerd's, with
+/// the Service's or EgressNetwork's outbound rate limit.
+pub fn answer(
+    snapshot: &Snapshot,
+    config: &PolicyConfig,
+    target: &Target,
+) -> Option<weft_policy::wire::OutboundPolicy> {
+    let linkerd = policy(snapshot, config, target)?;
+    let annotations = match target {
+        Target::Service { key, .. } => snapshot.services.get(key).map(|s| &s.metadata.annotations),
+        Target::Egress { addr, namespace } => {
+            egress_network(snapshot, config, addr.ip(), namespace.as_deref())
+                .map(|(_, e)| &e.metadata.annotations)
+        }
+    };
+    let limit = annotations.and_then(|a| traffic::outbound_rate_limit(a).ok().flatten());
+    Some(weft_policy::wire::OutboundPolicy {
+        weft_rate_limit: limit.map(|rps| weft_policy::wire::RateLimit {
+            requests_per_second: rps,
+        }),
+        ..linkerd.into()
+    })
+}
+
 fn service_resource(key: &Key, port: u16) -> Metadata {
     Metadata {
         kind: Some(meta::metadata::Kind::Resource(meta::Resource {

@@ -10,11 +10,11 @@ use futures_util::Stream;
 use linkerd2_proxy_api::inbound as api;
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPolicies;
 use linkerd2_proxy_api::outbound;
-use linkerd2_proxy_api::outbound::outbound_policies_server::OutboundPolicies;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 use weft_api::Key;
+use weft_policy::wire;
 
 use super::{PolicyConfig, inbound, parse_workload};
 use crate::destination::{DestinationMetrics, KindLabels, WatcherGuard};
@@ -127,7 +127,7 @@ type WatchStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// Both policy services' indexes, started together beside Destination.
 pub struct PolicyIndexes {
     inbound: Arc<Index<PortKey, api::Server>>,
-    outbound: Arc<Index<super::outbound::Target, outbound::OutboundPolicy>>,
+    outbound: Arc<Index<super::outbound::Target, wire::OutboundPolicy>>,
 }
 
 impl PolicyIndexes {
@@ -150,7 +150,7 @@ impl PolicyIndexes {
                 store,
                 config,
                 metrics,
-                super::outbound::policy,
+                super::outbound::answer,
                 &OUTBOUND_POLICY,
             ),
         }
@@ -162,9 +162,11 @@ impl PolicyIndexes {
         }
     }
 
-    pub fn outbound(&self) -> OutboundPolicyService {
-        OutboundPolicyService {
-            index: self.outbound.clone(),
+    pub fn outbound(&self) -> OutboundPoliciesServer {
+        OutboundPoliciesServer {
+            service: Arc::new(OutboundPolicyService {
+                index: self.outbound.clone(),
+            }),
         }
     }
 }
@@ -213,7 +215,7 @@ impl InboundServerPolicies for InboundPolicyService {
 }
 
 pub struct OutboundPolicyService {
-    index: Arc<Index<super::outbound::Target, outbound::OutboundPolicy>>,
+    index: Arc<Index<super::outbound::Target, wire::OutboundPolicy>>,
 }
 
 impl OutboundPolicyService {
@@ -226,18 +228,11 @@ impl OutboundPolicyService {
             },
         )
     }
-}
 
-fn no_service(target: &super::outbound::Target) -> Status {
-    Status::not_found(format!("{target:?} is no longer in the store"))
-}
-
-#[tonic::async_trait]
-impl OutboundPolicies for OutboundPolicyService {
     async fn get(
         &self,
         request: Request<outbound::TrafficSpec>,
-    ) -> Result<Response<outbound::OutboundPolicy>, Status> {
+    ) -> Result<Response<wire::OutboundPolicy>, Status> {
         let target = self.target(request.get_ref())?;
         debug!(?target, "outbound Get");
         self.index
@@ -246,16 +241,93 @@ impl OutboundPolicies for OutboundPolicyService {
             .ok_or_else(|| no_service(&target))
     }
 
-    type WatchStream = WatchStream<outbound::OutboundPolicy>;
-
     async fn watch(
         &self,
         request: Request<outbound::TrafficSpec>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Result<Response<WatchStream<wire::OutboundPolicy>>, Status> {
         let target = self.target(request.get_ref())?;
         debug!(?target, "outbound Watch");
         self.index
             .stream(&target, no_service(&target))
             .map(Response::new)
+    }
+}
+
+fn no_service(target: &super::outbound::Target) -> Status {
+    Status::not_found(format!("{target:?} is no longer in the store"))
+}
+
+/// `io.linkerd.proxy.outbound.OutboundPolicies`, served by hand rather than
+/// through linkerd2-proxy-api's generated server, because its answers are
+/// Weft's [`wire::OutboundPolicy`]: Linkerd's message with Weft's extension,
+/// which linkerd2-proxy reads as Linkerd's.
+#[derive(Clone)]
+pub struct OutboundPoliciesServer {
+    service: Arc<OutboundPolicyService>,
+}
+
+impl tonic::server::NamedService for OutboundPoliciesServer {
+    const NAME: &'static str = "io.linkerd.proxy.outbound.OutboundPolicies";
+}
+
+type Codec = tonic_prost::ProstCodec<wire::OutboundPolicy, outbound::TrafficSpec>;
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+struct GetMethod(Arc<OutboundPolicyService>);
+
+impl tonic::server::UnaryService<outbound::TrafficSpec> for GetMethod {
+    type Response = wire::OutboundPolicy;
+    type Future = BoxFuture<Result<Response<wire::OutboundPolicy>, Status>>;
+
+    fn call(&mut self, request: Request<outbound::TrafficSpec>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.get(request).await })
+    }
+}
+
+struct WatchMethod(Arc<OutboundPolicyService>);
+
+impl tonic::server::ServerStreamingService<outbound::TrafficSpec> for WatchMethod {
+    type Response = wire::OutboundPolicy;
+    type ResponseStream = WatchStream<wire::OutboundPolicy>;
+    type Future = BoxFuture<Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<outbound::TrafficSpec>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.watch(request).await })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for OutboundPoliciesServer
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let service = self.service.clone();
+        match req.uri().path() {
+            "/io.linkerd.proxy.outbound.OutboundPolicies/Get" => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(Codec::default());
+                Ok(grpc.unary(GetMethod(service), req).await)
+            }),
+            "/io.linkerd.proxy.outbound.OutboundPolicies/Watch" => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(Codec::default());
+                Ok(grpc.server_streaming(WatchMethod(service), req).await)
+            }),
+            _ => Box::pin(async move {
+                Ok(Status::unimplemented("no such method of OutboundPolicies").into_http())
+            }),
+        }
     }
 }

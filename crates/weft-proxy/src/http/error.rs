@@ -53,6 +53,13 @@ pub enum ProxyError {
     Unauthorized { server: String, route: String },
     #[error("rate limit {limit} of server {server} exceeded")]
     RateLimited { server: String, limit: String },
+    #[error(
+        "this proxy's outbound rate limit of {requests_per_second} requests per second to {parent} is exceeded"
+    )]
+    OutboundRateLimited {
+        parent: String,
+        requests_per_second: u32,
+    },
     #[error("no route of server {server} matches the request")]
     RouteNotFound { server: String },
     #[error("no route of {parent} matches the request")]
@@ -92,6 +99,7 @@ impl ProxyError {
                 | ProxyError::RequestBody(_)
                 | ProxyError::Unauthorized { .. }
                 | ProxyError::RateLimited { .. }
+                | ProxyError::OutboundRateLimited { .. }
                 | ProxyError::RouteNotFound { .. }
         )
     }
@@ -131,7 +139,9 @@ impl ProxyError {
             | ProxyError::AllEjected { .. }
             | ProxyError::DiscoveryTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unauthorized { .. } | ProxyError::Refused { .. } => StatusCode::FORBIDDEN,
-            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RateLimited { .. } | ProxyError::OutboundRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::RouteNotFound { .. } | ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Injected { status, .. } => *status,
         }
@@ -173,7 +183,9 @@ impl ProxyError {
             ProxyError::AllEjected { .. } => "all_endpoints_ejected",
             ProxyError::DiscoveryTimeout { .. } => "discovery_timeout",
             ProxyError::Unauthorized { .. } => "unauthorized",
-            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::RateLimited { .. } | ProxyError::OutboundRateLimited { .. } => {
+                "rate_limited"
+            }
             ProxyError::RouteNotFound { .. } | ProxyError::NoRoute { .. } => "route_not_found",
             ProxyError::RequestTimeout { .. } => "request_timeout",
             ProxyError::Injected { .. } => "injected_failure",

@@ -151,12 +151,17 @@ pub enum Outcome {
 
 impl Outcome {
     /// How a request the proxy failed ended: a policy's own answer (a
-    /// failure filter: the missing backend's 500, denied egress's 403) is
-    /// its status, as Linkerd counts it; anything else an error.
+    /// failure filter: the missing backend's 500, denied egress's 403; the
+    /// outbound rate limit's 429) is its status, as Linkerd counts a
+    /// failure filter's; anything else an error.
     pub fn failed(e: &ProxyError, grpc: bool) -> Self {
         match e {
-            ProxyError::Injected { .. } if grpc => Outcome::Status(e.grpc_status()),
-            ProxyError::Injected { status, .. } => Outcome::Status(u32::from(status.as_u16())),
+            ProxyError::Injected { .. } | ProxyError::OutboundRateLimited { .. } if grpc => {
+                Outcome::Status(e.grpc_status())
+            }
+            ProxyError::Injected { .. } | ProxyError::OutboundRateLimited { .. } => {
+                Outcome::Status(u32::from(e.status().as_u16()))
+            }
             _ => Outcome::Error(error_label(e)),
         }
     }

@@ -13,11 +13,12 @@
 use std::sync::{Arc, OnceLock};
 
 use linkerd2_proxy_api::outbound as api;
-use linkerd2_proxy_api::outbound::outbound_policies_client::OutboundPoliciesClient;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
+use weft_policy::OutboundLimiter;
 use weft_policy::outbound::{BackendTarget, ClientPolicy};
+use weft_policy::wire;
 
 use crate::discovery::{BACKOFF_MAX, BACKOFF_MIN, Discovery, Resolution};
 use crate::http::retry::RetryBudget;
@@ -58,6 +59,26 @@ pub struct Compiled {
     pub policy: ServicePolicy,
     /// The retry budget of the target's routes, kept across updates.
     pub budget: Arc<RetryBudget>,
+    /// The target's outbound rate limit, kept across updates that keep its
+    /// rate (so an update does not refill it).
+    pub limiter: Option<Arc<OutboundLimiter>>,
+}
+
+impl Compiled {
+    /// `policy`, with the budget and limiter of the `last` version.
+    fn keeping(policy: ServicePolicy, last: Option<&Compiled>) -> Compiled {
+        let budget = last.map_or_else(|| Arc::new(RetryBudget::default()), |l| l.budget.clone());
+        let limiter = policy.rate_limit.map(|rps| {
+            last.and_then(|l| l.limiter.clone())
+                .filter(|l| l.requests_per_second == rps)
+                .unwrap_or_else(|| Arc::new(OutboundLimiter::new(rps)))
+        });
+        Compiled {
+            policy,
+            budget,
+            limiter,
+        }
+    }
 }
 
 /// What the controller says about a target.
@@ -71,7 +92,7 @@ pub enum PolicyAnswer {
 /// The outbound policy service and this workload's name there.
 #[derive(Debug)]
 pub struct OutboundClient {
-    client: OutboundPoliciesClient<Channel>,
+    channel: Channel,
     addr: String,
     workload: String,
 }
@@ -79,10 +100,31 @@ pub struct OutboundClient {
 impl OutboundClient {
     pub fn new(channel: Channel, addr: String, workload: String) -> Self {
         OutboundClient {
-            client: OutboundPoliciesClient::new(channel),
+            channel,
             addr,
             workload,
         }
+    }
+
+    /// `OutboundPolicies/Watch`, read as Weft's [`wire::OutboundPolicy`]
+    /// (Linkerd's message and Weft's extension), so a Linkerd controller's
+    /// answers read the same with no extension.
+    async fn watch(
+        &self,
+        spec: api::TrafficSpec,
+    ) -> Result<tonic::Streaming<wire::OutboundPolicy>, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("policy service not ready: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<api::TrafficSpec, wire::OutboundPolicy>::default();
+        let path = http::uri::PathAndQuery::from_static(
+            "/io.linkerd.proxy.outbound.OutboundPolicies/Watch",
+        );
+        let response = grpc
+            .server_streaming(tonic::Request::new(spec), path, codec)
+            .await?;
+        Ok(response.into_inner())
     }
 }
 
@@ -112,25 +154,25 @@ pub(crate) async fn follow(
     loop {
         metrics.control_request(addr);
         let spec = traffic_spec(&client.workload, &target);
-        let ended = match client.client.clone().watch(spec).await {
+        let ended = match client.watch(spec).await {
             Err(status) => status,
-            Ok(response) => {
-                let mut stream = response.into_inner();
+            Ok(mut stream) => {
                 let _active = metrics.control_stream_active(addr);
                 loop {
                     match stream.message().await {
                         Ok(Some(policy)) => {
                             metrics.control_update(addr);
                             backoff = BACKOFF_MIN;
-                            let budget = match tx.borrow().as_deref() {
-                                Some(PolicyAnswer::Policy(p)) => p.budget.clone(),
-                                _ => Arc::new(RetryBudget::default()),
+                            let last = match tx.borrow().as_deref() {
+                                Some(PolicyAnswer::Policy(p)) => Some(p.clone()),
+                                _ => None,
                             };
                             match compile(&discovery, policy) {
                                 Ok(policy) => {
-                                    debug!(%target, parent = %policy.parent, "outbound policy");
+                                    debug!(%target, parent = %policy.parent, rate_limit = ?policy.rate_limit, "outbound policy");
+                                    let compiled = Compiled::keeping(policy, last.as_deref());
                                     tx.send_replace(Some(Arc::new(PolicyAnswer::Policy(
-                                        Arc::new(Compiled { policy, budget }),
+                                        Arc::new(compiled),
                                     ))));
                                 }
                                 Err(reason) => {
@@ -173,9 +215,9 @@ pub(crate) async fn follow(
 /// the policy's circuit breaker.
 fn compile(
     discovery: &Arc<Discovery>,
-    policy: api::OutboundPolicy,
+    policy: wire::OutboundPolicy,
 ) -> Result<ServicePolicy, String> {
-    let compiled = ServicePolicy::from_proto(policy, |target| BackendState {
+    let compiled = ServicePolicy::from_wire(policy, |target| BackendState {
         resolution: match target {
             BackendTarget::Balanced { path } => Some(discovery.subscribe_endpoints(path)),
             BackendTarget::Forward(_) => None,

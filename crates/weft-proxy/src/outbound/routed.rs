@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! request ─▶ route (hosts, matches: Gateway API precedence; none: 404)
+//!         ─▶ the target's outbound rate limit (429 past it)
 //!         ─▶ rule filters (failure injector, redirect, request headers)
 //!         ─▶ backend by weight among available ones ─▶ its filters
 //!         ─▶ endpoint (the backend's balancer) ─▶ attempts:
@@ -75,6 +76,16 @@ pub(super) async fn forward(
         )
     });
     let since_start = || exchange.started.elapsed().as_secs_f64();
+    if let Some(limiter) = &compiled.limiter
+        && !limiter.admit()
+    {
+        let e = ProxyError::OutboundRateLimited {
+            parent: policy.parent.to_string(),
+            requests_per_second: limiter.requests_per_second,
+        };
+        route_metrics.response(Outcome::failed(&e, grpc), since_start());
+        return unrouted(e);
+    }
     let decided = decide(conn, &mut req, &routed).await;
     let (backend, response_filters, endpoint) = match decided {
         Ok(Decided::Forward(backend, filters, endpoint)) => (backend, filters, endpoint),
