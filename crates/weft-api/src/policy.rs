@@ -751,6 +751,7 @@ pub fn dangling_references(r: &crate::Resources) -> Vec<(&'static str, Key, Stri
             &rules,
         ));
     }
+    found.extend(overlapping_egress_networks(r));
     for (key, route) in &r.grpc_routes {
         let rules: Vec<&[crate::BackendRef]> = route
             .spec
@@ -765,6 +766,56 @@ pub fn dangling_references(r: &crate::Resources) -> Vec<(&'static str, Key, Stri
             &route.spec.parent_refs,
             &rules,
         ));
+    }
+    found
+}
+
+/// EgressNetworks of one namespace whose networks overlap: an address in
+/// both is decided by the more specific network (by name when equal), which
+/// is rarely what two separate resources meant. Exceptions are not
+/// considered: an overlap they carve out is still reported.
+fn overlapping_egress_networks(r: &crate::Resources) -> Vec<(&'static str, Key, String)> {
+    let everything = [
+        Cidr {
+            addr: IpAddr::from([0u8; 4]),
+            prefix: 0,
+        },
+        Cidr {
+            addr: IpAddr::from([0u16; 8]),
+            prefix: 0,
+        },
+    ];
+    let nets = |e: &crate::EgressNetwork| -> Vec<Cidr> {
+        if e.spec.networks.is_empty() {
+            everything.to_vec()
+        } else {
+            e.spec.networks.iter().map(|n| n.cidr).collect()
+        }
+    };
+    let list: Vec<_> = r.egress_networks.iter().collect();
+    let mut found = Vec::new();
+    for (i, (a_key, a)) in list.iter().enumerate() {
+        for (b_key, b) in &list[i + 1..] {
+            if a_key.namespace != b_key.namespace {
+                continue;
+            }
+            let (a_nets, b_nets) = (nets(a), nets(b));
+            let overlap = a_nets.iter().find_map(|x| {
+                b_nets
+                    .iter()
+                    .find(|y| x.covers(y) || y.covers(x))
+                    .map(|y| (*x, *y))
+            });
+            if let Some((x, y)) = overlap {
+                found.push((
+                    crate::EgressNetwork::KIND,
+                    (*b_key).clone(),
+                    format!(
+                        "overlaps EgressNetwork {a_key} ({y} and {x}): an address in both takes the more specific network"
+                    ),
+                ));
+            }
+        }
     }
     found
 }

@@ -544,6 +544,53 @@ spec:
         assert_eq!(s.http_routes.len(), 1, "still served");
     }
 
+    #[test]
+    fn overlapping_egress_networks_and_missing_egress_parents_are_reported() {
+        let text = "apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: internet, namespace: demo}
+spec: {trafficPolicy: Allow}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: partners, namespace: demo}
+spec:
+  networks: [{cidr: 203.0.113.0/24}]
+  trafficPolicy: Deny
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: elsewhere, namespace: other}
+spec: {trafficPolicy: Deny}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTgrpcRoute
+";
+        // The last document is a typo'd kind: reported, the rest read.
+        let (m, errors) = parse_manifests(Path::new("e.yaml"), text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: out, namespace: demo}
+spec:
+  parentRefs: [{group: policy.linkerd.io, kind: EgressNetwork, name: nowhere}]
+";
+        let (routes, errors) = parse_manifests(Path::new("r.yaml"), route);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut all = m;
+        all.extend_from(&routes);
+        let s = Snapshot::new(1, all, Vec::new());
+        let problems: Vec<String> = s.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "r.yaml:1: HTTPRoute demo/out: parentRefs names EgressNetwork demo/nowhere, which does not exist",
+                "e.yaml:6: EgressNetwork demo/partners: overlaps EgressNetwork demo/internet (203.0.113.0/24 and 0.0.0.0/0): an address in both takes the more specific network",
+            ],
+            "one namespace's overlap only"
+        );
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("weft-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
