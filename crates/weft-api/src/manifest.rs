@@ -537,15 +537,16 @@ spec:
     #[test]
     fn the_demo_manifests_load_without_problems() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/emojivoto");
-        let (mut deployments, mut servers) = (0, 0);
+        let (mut deployments, mut servers, mut grpc_routes) = (0, 0, 0);
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let (m, errors) = parse_manifests(&path, &std::fs::read_to_string(&path).unwrap());
             assert_eq!(errors, vec![], "{}", path.display());
             deployments += m.deployments.len();
             servers += m.servers.len();
+            grpc_routes += m.grpc_routes.len();
         }
-        assert_eq!((deployments, servers), (5, 3));
+        assert_eq!((deployments, servers, grpc_routes), (6, 3, 2));
     }
 
     #[test]

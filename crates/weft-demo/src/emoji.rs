@@ -1,4 +1,5 @@
-//! The emoji service: what can be voted for.
+//! The emoji service: what can be voted for. Each answer says which
+//! version served it (`x-emoji-version`), so a traffic split shows.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -46,15 +47,26 @@ fn emoji(&(shortcode, unicode): &(&str, &str)) -> Emoji {
     }
 }
 
-#[derive(Debug, Default)]
-struct Service;
+#[derive(Debug)]
+struct Service {
+    version: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Service {
+    fn answer<T>(&self, message: T) -> Response<T> {
+        let mut resp = Response::new(message);
+        resp.metadata_mut()
+            .insert("x-emoji-version", self.version.clone());
+        resp
+    }
+}
 
 type EmojiStream = Pin<Box<dyn Stream<Item = Result<Emoji, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EmojiService for Service {
     async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
-        Ok(Response::new(ListReply {
+        Ok(self.answer(ListReply {
             emojis: EMOJIS.iter().map(emoji).collect(),
         }))
     }
@@ -63,7 +75,7 @@ impl EmojiService for Service {
 
     async fn stream(&self, _: Request<ListRequest>) -> Result<Response<EmojiStream>, Status> {
         let emojis = tokio_stream::iter(EMOJIS.iter().map(|e| Ok(emoji(e))));
-        Ok(Response::new(Box::pin(emojis)))
+        Ok(self.answer(Box::pin(emojis)))
     }
 
     async fn find(&self, req: Request<FindRequest>) -> Result<Response<Emoji>, Status> {
@@ -71,16 +83,19 @@ impl EmojiService for Service {
         EMOJIS
             .iter()
             .find(|(s, _)| *s == shortcode)
-            .map(|e| Response::new(emoji(e)))
+            .map(|e| self.answer(emoji(e)))
             .ok_or_else(|| Status::not_found(format!("no emoji {shortcode:?}")))
     }
 }
 
-pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(listen: SocketAddr, version: &str) -> anyhow::Result<()> {
+    let version = version
+        .parse()
+        .map_err(|_| anyhow::anyhow!("version {version:?} is not a header value"))?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    info!(addr = %listener.local_addr()?, "emoji service listening");
+    info!(addr = %listener.local_addr()?, ?version, "emoji service listening");
     tonic::transport::Server::builder()
-        .add_service(EmojiServiceServer::new(Service))
+        .add_service(EmojiServiceServer::new(Service { version }))
         .serve_with_incoming_shutdown(
             crate::net::accepted(listener),
             crate::net::shutdown_signal(),

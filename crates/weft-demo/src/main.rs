@@ -42,6 +42,9 @@ enum Cmd {
     Emoji {
         #[arg(long, default_value = "0.0.0.0:8080", env = "LISTEN")]
         listen: SocketAddr,
+        /// The version it says it is (`x-emoji-version` on every answer).
+        #[arg(long, default_value = "v1", env = "EMOJI_VERSION")]
+        version: String,
     },
     /// The voting gRPC service.
     Voting {
@@ -106,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
-        Cmd::Emoji { listen } => emoji::serve(listen).await,
+        Cmd::Emoji { listen, version } => emoji::serve(listen, &version).await,
         Cmd::Voting { listen } => voting::serve(listen).await,
         Cmd::Web {
             listen,

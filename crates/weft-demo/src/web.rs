@@ -8,6 +8,10 @@
 //! | `GET` or `POST /api/vote?choice=:joy:` | one vote; `:doughnut:` fails with 500 |
 //! | `GET /api/leaderboard` | the votes, most first, JSON |
 //! | `GET /healthz` | 200 when serving |
+//!
+//! A request's `x-canary` header goes on to the emoji service (a route may
+//! send canary calls to another version), and every answer that called it
+//! says which version answered (`x-emoji-version`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -96,29 +100,65 @@ fn choice(query: Option<&str>) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A call to the emoji service carrying the request's `x-canary`, if any
+/// (a short visible value; anything else is not passed on).
+fn emoji_call<T>(message: T, canary: Option<&http::HeaderValue>) -> tonic::Request<T> {
+    let mut call = tonic::Request::new(message);
+    if let Some(value) = canary
+        .filter(|v| v.len() <= 64)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        call.metadata_mut().insert("x-canary", value);
+    }
+    call
+}
+
+/// Which emoji version answered, to say so on web's own answer.
+fn version_of(metadata: &tonic::metadata::MetadataMap) -> Option<http::HeaderValue> {
+    metadata
+        .get("x-emoji-version")
+        .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok())
+}
+
+fn with_version(mut resp: Response<Body>, version: Option<http::HeaderValue>) -> Response<Body> {
+    if let Some(v) = version {
+        resp.headers_mut().insert("x-emoji-version", v);
+    }
+    resp
+}
+
 async fn route(
     backends: Arc<Backends>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
+    let canary = req.headers().get("x-canary");
     let resp = match (req.method(), path) {
-        (&Method::GET, "/") => page(&backends).await,
+        (&Method::GET, "/") => page(&backends, canary).await,
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/api/list") => match backends.emoji.clone().list(ListRequest {}).await {
-            Ok(list) => json(
-                StatusCode::OK,
-                json!(
-                    list.into_inner()
-                        .emojis
-                        .iter()
-                        .map(|e| json!({"shortcode": e.shortcode, "unicode": e.unicode}))
-                        .collect::<Vec<_>>()
-                ),
-            ),
-            Err(s) => backend_failed("listing emojis", &s),
-        },
+        (&Method::GET, "/api/list") => {
+            let call = emoji_call(ListRequest {}, canary);
+            match backends.emoji.clone().list(call).await {
+                Ok(list) => {
+                    let version = version_of(list.metadata());
+                    let body = json(
+                        StatusCode::OK,
+                        json!(
+                            list.into_inner()
+                                .emojis
+                                .iter()
+                                .map(|e| json!({"shortcode": e.shortcode, "unicode": e.unicode}))
+                                .collect::<Vec<_>>()
+                        ),
+                    );
+                    with_version(body, version)
+                }
+                Err(s) => backend_failed("listing emojis", &s),
+            }
+        }
         (&Method::GET | &Method::POST, "/api/vote") => match choice(req.uri().query()) {
-            Some(shortcode) => vote(&backends, shortcode).await,
+            Some(shortcode) => vote(&backends, shortcode, canary).await,
             None => json(
                 StatusCode::BAD_REQUEST,
                 json!({"error": "say what to vote for: /api/vote?choice=:joy:"}),
@@ -147,14 +187,19 @@ async fn route(
     Ok(resp)
 }
 
-async fn vote(backends: &Backends, shortcode: String) -> Response<Body> {
+async fn vote(
+    backends: &Backends,
+    shortcode: String,
+    canary: Option<&http::HeaderValue>,
+) -> Response<Body> {
     let find = FindRequest {
         shortcode: shortcode.clone(),
     };
-    if let Err(s) = backends.emoji.clone().find(find).await {
-        return backend_failed("finding the emoji", &s);
-    }
-    match backends
+    let version = match backends.emoji.clone().find(emoji_call(find, canary)).await {
+        Ok(found) => version_of(found.metadata()),
+        Err(s) => return backend_failed("finding the emoji", &s),
+    };
+    let resp = match backends
         .voting
         .clone()
         .vote(VoteRequest {
@@ -167,7 +212,8 @@ async fn vote(backends: &Backends, shortcode: String) -> Response<Body> {
             json!({"shortcode": shortcode, "votes": r.into_inner().votes}),
         ),
         Err(s) => backend_failed("voting", &s),
-    }
+    };
+    with_version(resp, version)
 }
 
 fn escape(s: &str) -> String {
@@ -179,9 +225,10 @@ fn escape(s: &str) -> String {
 
 /// The page: emojis as they stream from the emoji service, then the
 /// leaderboard.
-async fn page(backends: &Backends) -> Response<Body> {
-    let mut stream = match backends.emoji.clone().stream(ListRequest {}).await {
-        Ok(s) => s.into_inner(),
+async fn page(backends: &Backends, canary: Option<&http::HeaderValue>) -> Response<Body> {
+    let call = emoji_call(ListRequest {}, canary);
+    let (version, mut stream) = match backends.emoji.clone().stream(call).await {
+        Ok(s) => (version_of(s.metadata()), s.into_inner()),
         Err(s) => return backend_failed("streaming emojis", &s),
     };
     let mut grid = String::new();
@@ -214,7 +261,10 @@ async fn page(backends: &Backends) -> Response<Body> {
          <h2>Leaderboard</h2>\n<ol id=\"leaderboard\">{board}</ol>\n\
          <p>Votes for 🍩 always fail: that is the demo's broken path.</p></body></html>\n"
     );
-    respond(StatusCode::OK, "text/html; charset=utf-8", html)
+    with_version(
+        respond(StatusCode::OK, "text/html; charset=utf-8", html),
+        version,
+    )
 }
 
 pub async fn serve(listen: SocketAddr, emoji: &str, voting: &str) -> anyhow::Result<()> {

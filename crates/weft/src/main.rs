@@ -22,6 +22,7 @@ mod mesh;
 mod output;
 mod plan;
 mod policy;
+mod routes;
 mod show;
 mod stat;
 mod target;
@@ -60,6 +61,10 @@ enum Cmd {
     /// Per workload of a running local mesh: success rate, requests per
     /// second, latency, connections and the share of mTLS, from its proxies.
     Stat(stat::StatArgs),
+    /// Per route a workload's proxies send on (or every client's, to a
+    /// Service): success rate, requests per second, latency, retries, and
+    /// the backends with the split they received.
+    Routes(routes::RoutesArgs),
     /// Change a running mesh's replicas of a workload (a Deployment).
     Scale(up::ScaleArgs),
     /// Restart every pod of a workload in a running mesh.
@@ -95,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Diagnostics(cmd) => runtime()?.block_on(diagnostics::run(cmd)),
         Cmd::Up(args) => up::run(args),
         Cmd::Stat(args) => stat::run(args),
+        Cmd::Routes(args) => routes::run(args),
         Cmd::Scale(args) => up::scale(args),
         Cmd::Restart(args) => up::restart(args),
         Cmd::Authz(args) => runtime()?.block_on(policy::authz(args)),

@@ -249,8 +249,11 @@ mod tests {
     fn the_demo_plan_has_a_pod_per_replica_with_its_identity() {
         let plan = plan(&demo(), &BTreeMap::new()).unwrap();
         let names: Vec<&str> = plan.pods.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["emoji-0", "vote-bot-0", "voting-0", "web-0"]);
-        let web = &plan.pods[3];
+        assert_eq!(
+            names,
+            ["emoji-0", "emoji-v2-0", "vote-bot-0", "voting-0", "web-0"]
+        );
+        let web = &plan.pods[4];
         assert_eq!(
             web.identity,
             "web.demo.serviceaccount.identity.weft.cluster.local"
@@ -262,13 +265,13 @@ mod tests {
                 .contains(&("LISTEN".into(), "$(POD_IP):8080".into()))
         );
         let ips: BTreeSet<Ipv4Addr> = plan.pods.iter().map(|p| p.ip).collect();
-        assert_eq!(ips.len(), 4, "distinct addresses");
+        assert_eq!(ips.len(), 5, "distinct addresses");
         assert!(
             plan.pods
                 .iter()
                 .all(|p| p.ip.octets()[..2] == [198, 18] && p.ip != BRIDGE_IP)
         );
-        assert_eq!(plan.services.len(), 3);
+        assert_eq!(plan.services.len(), 4);
         assert!(
             plan.services
                 .iter()

@@ -112,9 +112,9 @@ impl Totals {
     }
 }
 
-/// The `q` quantile (0..1) of a cumulative histogram, in milliseconds,
-/// interpolated within its bucket.
-fn quantile(buckets: &BTreeMap<u64, f64>, q: f64) -> Option<f64> {
+/// The `q` quantile (0..1) of a cumulative histogram keyed by upper bounds
+/// in microseconds, in milliseconds, interpolated within its bucket.
+pub(crate) fn quantile(buckets: &BTreeMap<u64, f64>, q: f64) -> Option<f64> {
     let total = buckets
         .get(&u64::MAX)
         .copied()

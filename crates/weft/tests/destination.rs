@@ -369,9 +369,9 @@ fn the_plan_of_the_demo_mesh_and_of_a_broken_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(plan["services"].as_array().unwrap().len(), 3);
+    assert_eq!(plan["services"].as_array().unwrap().len(), 4);
     let pods = plan["pods"].as_array().unwrap();
-    assert_eq!(pods.len(), 5);
+    assert_eq!(pods.len(), 6);
     let web = pods.iter().find(|p| p["name"] == "web-0").unwrap();
     assert_eq!(
         web["identity"],

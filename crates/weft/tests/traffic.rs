@@ -168,7 +168,7 @@ async fn mesh() -> Mesh {
             "broken.yaml",
             service(
                 "broken",
-                "balancer.linkerd.io/failure-accrual: consecutive, balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"3\"",
+                "balancer.linkerd.io/failure-accrual: consecutive, balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"3\", balancer.linkerd.io/failure-accrual-consecutive-min-penalty: 300ms, balancer.linkerd.io/failure-accrual-consecutive-max-penalty: 2s",
             ),
         ),
         ("broken-0.yaml", workload("broken-0", "broken", broken.addr)),
@@ -547,6 +547,32 @@ async fn retries_and_the_circuit_breaker_hide_a_failing_endpoint() {
         "{:?}",
         a.headers
     );
+    // After the penalty (300 ms at first) one request probes the endpoint
+    // again: it reaches the replica, fails, and the endpoint is ejected
+    // once more, for longer.
+    let ejected = Instant::now();
+    let probe = loop {
+        let a = c.get(BROKEN, "/", "").await.unwrap();
+        if a.header("l5d-proxy-error").is_none() {
+            break ejected.elapsed();
+        }
+        assert!(
+            ejected.elapsed() < Duration::from_secs(3),
+            "the ejected endpoint was never probed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        probe >= Duration::from_millis(250),
+        "probed after {probe:?}"
+    );
+    let a = c.get(BROKEN, "/", "").await.unwrap();
+    assert!(
+        a.header("l5d-proxy-error")
+            .is_some_and(|e| e.contains("ejected")),
+        "a failed probe ejects again: {:?}",
+        a.headers
+    );
     // Without the annotation there is no circuit breaker (as in Linkerd):
     // web's failing path reaches the replica every time.
     for _ in 0..10 {
@@ -905,6 +931,31 @@ async fn an_outbound_rate_limit_caps_what_this_proxy_sends_and_says_so() {
         assert_eq!(c.web("/").await.status, 200);
     }
     // Raised by an edit: the burst passes.
+    // A Service created after a client first asked for it gets its policy
+    // within seconds: the proxy asks again about a target that was not one.
+    let late = "late.demo.svc.cluster.local";
+    let first = c.get(late, "/", "").await.unwrap();
+    assert_ne!(first.status, 200, "late does not exist yet");
+    m.destination.write(
+        "late.yaml",
+        &format!(
+            "{}---\n{}",
+            service("late", "weft.io/outbound-rate-limit: \"1\""),
+            workload("late-0", "late", m.limited)
+        ),
+    );
+    let created = Instant::now();
+    while c.get(late, "/", "").await.unwrap().status != 429 {
+        assert!(
+            created.elapsed() < Duration::from_secs(8),
+            "late's policy never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "a new Service's policy applied after {:?}",
+        created.elapsed()
+    );
     m.destination
         .write("limited.yaml", &limited_service(100_000, m.limited));
     let edited = Instant::now();

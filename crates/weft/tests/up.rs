@@ -302,6 +302,117 @@ fn metric(ip: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     support::admin_metric(admin, name, labels)
 }
 
+/// The demo's canary (examples/emojivoto/emoji-routes.yaml): web's proxy
+/// splits emoji calls 90/10 between emoji and emoji-v2, and sends every
+/// call carrying `x-canary: 1` to v2; `weft routes` shows the split.
+fn assert_demo_split(web: &str, state_root: &str) {
+    // The host is one client to web's rate limit (10 a second): a 429 is
+    // waited out, a tenth of a second at a time.
+    let get = |canary: bool| {
+        for _ in 0..50 {
+            let mut curl = Command::new("curl");
+            curl.args(["-s", "-m", "5", "-o", "/dev/null", "-D", "-"]);
+            if canary {
+                curl.args(["-H", "x-canary: 1"]);
+            }
+            let out = curl
+                .arg(format!("http://{web}:8080/api/list"))
+                .output()
+                .unwrap();
+            let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+            if head.starts_with("http/1.1 429") {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            return head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-emoji-version: "))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default();
+        }
+        panic!("web kept answering 429");
+    };
+    let backend = |name: &str| {
+        metric(
+            web,
+            "outbound_grpc_route_backend_requests_total",
+            &[("route_name", "emoji-reads"), ("backend_name", name)],
+        )
+    };
+    let canaries_before = backend("emoji-v2-svc");
+    for _ in 0..10 {
+        assert_eq!(get(true), "v2", "a canary call went elsewhere");
+    }
+    for _ in 0..5 {
+        let version = get(false);
+        assert!(version == "v1" || version == "v2", "{version:?}");
+    }
+    // The split rule's calls (mostly the bot's): wait for 100 of them,
+    // then about a tenth went to v2 (outside 1..=30 of 100: under 1e-4).
+    let canaries = backend("emoji-v2-svc") - canaries_before;
+    assert!(canaries >= 10.0, "{canaries}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (v1_calls, v2_calls) = loop {
+        let (v1, v2) = (backend("emoji-svc"), backend("emoji-v2-svc") - 10.0);
+        if v1 + v2 >= 100.0 {
+            break (v1, v2);
+        }
+        assert!(Instant::now() < deadline, "emoji {v1}, emoji-v2 {v2}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let share = v2_calls / (v1_calls + v2_calls);
+    assert!(
+        v2_calls >= 1.0 && share <= 0.3,
+        "emoji {v1_calls}, emoji-v2 {v2_calls} besides the canaries"
+    );
+    let routes = support::weft(&[
+        "routes",
+        "deploy/web",
+        "--mesh",
+        MESH,
+        "--state-root",
+        state_root,
+        "--window",
+        "2s",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        routes.status.success(),
+        "{}",
+        String::from_utf8_lossy(&routes.stderr)
+    );
+    let routes: serde_json::Value = serde_json::from_slice(&routes.stdout).unwrap();
+    let reads = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "GRPCRoute/demo/emoji-reads")
+        .unwrap_or_else(|| panic!("no emoji-reads route: {routes}"));
+    assert_eq!(reads["parent"], "Service/demo/emoji-svc:8080", "{reads}");
+    let backends: Vec<&str> = reads["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backend"].as_str().unwrap())
+        .collect();
+    assert!(
+        backends.contains(&"Service/demo/emoji-svc:8080")
+            && backends.contains(&"Service/demo/emoji-v2-svc:8080"),
+        "{reads}"
+    );
+    // Profile routes show beside policy routes: web's calls to voting.
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["route"] == "ServiceProfile/Vote"),
+        "{routes}"
+    );
+}
+
 /// The demo's policy (examples/emojivoto/policy.yaml) as the running mesh
 /// enforces it, and as the policy tools explain it.
 fn assert_demo_policy(voting: &str, state_root: &str) {
@@ -622,9 +733,21 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
     );
     let stats: serde_json::Value = serde_json::from_slice(&stat.stdout).unwrap();
     let stats = stats.as_array().unwrap();
-    assert_eq!(stats.len(), 5, "{stats:?}");
+    assert_eq!(stats.len(), 6, "{stats:?}");
     for s in stats {
         assert_eq!(s["meshed"], true, "{s}");
+        if s["name"] == "emoji-v2" {
+            // The canary's tenth of emoji's calls: maybe none yet.
+            assert!(
+                s["tls_percent"].is_null() || s["tls_percent"] == 100.0,
+                "{s}"
+            );
+            assert!(
+                s["success_rate"].is_null() || s["success_rate"] == 1.0,
+                "{s}"
+            );
+            continue;
+        }
         assert_eq!(s["tls_percent"], 100.0, "{s}");
         assert!(s["rps"].as_f64().unwrap() > 1.0, "{s}");
         assert!(s["latency_ms_p99"].as_f64().unwrap() > 0.0, "{s}");
@@ -643,6 +766,7 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
         }
     }
     assert_demo_policy(&voting, state_root);
+    assert_demo_split(&web, state_root);
     // Diagnostics find the running mesh's destination service and CA.
     let endpoints = support::weft(&[
         "diagnostics",
@@ -781,7 +905,7 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
         again
             .seen
             .iter()
-            .any(|l| l.starts_with("stopped: 5 pod namespaces removed")),
+            .any(|l| l.starts_with("stopped: 6 pod namespaces removed")),
         "{}",
         again.seen.join("\n")
     );
@@ -890,7 +1014,15 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|s| s["rps"].as_f64() > Some(1.0));
+            // emoji-v2 is a canary: a tenth of emoji's calls, so it is
+            // busy once it has had one connection.
+            .all(|s| {
+                if s["name"] == "emoji-v2" {
+                    !s["tls_percent"].is_null()
+                } else {
+                    s["rps"].as_f64() > Some(1.0)
+                }
+            });
         if busy || Instant::now() > deadline {
             break stats;
         }
@@ -898,7 +1030,10 @@ fn the_demo_mesh_runs_rootless_on_loopback() {
     for s in stats.as_array().unwrap() {
         assert_eq!(s["meshed"], true, "{s}");
         assert_eq!(s["tls_percent"], 100.0, "{s}");
-        assert!(s["rps"].as_f64().unwrap() > 1.0, "{s}");
+        assert!(
+            s["name"] == "emoji-v2" || s["rps"].as_f64().unwrap() > 1.0,
+            "{s}"
+        );
     }
 
     // Editing the manifests changes the running mesh: two web replicas.
@@ -1003,7 +1138,7 @@ spec:
     }
     up.stop();
     assert!(
-        up.seen.iter().any(|l| l.starts_with("stopped: 6 pods;")),
+        up.seen.iter().any(|l| l.starts_with("stopped: 7 pods;")),
         "{}",
         up.seen.join("\n")
     );

@@ -89,6 +89,9 @@ pub enum PolicyAnswer {
     Policy(Arc<Compiled>),
 }
 
+/// The first wait before asking again about a target that is not a Service.
+const NOT_FOUND_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The outbound policy service and this workload's name there.
 #[derive(Debug)]
 pub struct OutboundClient {
@@ -190,10 +193,12 @@ pub(crate) async fn follow(
         let reason = weft_identity::control::status_reason(&ended);
         match ended.code() {
             tonic::Code::NotFound | tonic::Code::InvalidArgument => {
-                // Routed as without a policy; asked again in case it becomes one.
+                // Routed as without a policy; asked again in case it becomes
+                // one (a Service created after its clients first called it):
+                // after a second, then less and less often, up to the maximum.
                 debug!(%target, error = reason, "no outbound policy for this target");
                 tx.send_replace(Some(Arc::new(PolicyAnswer::None)));
-                backoff = BACKOFF_MAX;
+                backoff = backoff.max(NOT_FOUND_RETRY);
             }
             _ if tx.borrow().is_some() => info!(
                 %target,
