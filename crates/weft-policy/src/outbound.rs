@@ -441,6 +441,29 @@ impl<R, B> ClientPolicy<R, B> {
         best.map(|(r, _)| r)
     }
 
+    /// Every route a request is decided among, and whether it matches (its
+    /// hosts admit the request and one of its rules' matches holds): what
+    /// `weft policy explain` shows beside the route taken.
+    pub fn candidates<T>(
+        &self,
+        req: &http::Request<T>,
+        http2: bool,
+    ) -> Vec<(&HttpRoute<R, B>, bool)> {
+        let routes = if http2 { &self.http2 } else { &self.http1 };
+        let host = request_host(req);
+        routes
+            .iter()
+            .map(|route| {
+                let matches = route.admits_host(host)
+                    && route
+                        .rules
+                        .iter()
+                        .any(|rule| rule.matches.iter().any(|m| m.matches(req)));
+                (route, matches)
+            })
+            .collect()
+    }
+
     /// Every backend, for callers that hold them (each route's, each rule's).
     pub fn backends(&self) -> impl Iterator<Item = &RouteBackend<B>> {
         let http = self

@@ -55,7 +55,9 @@ pub struct ExplainArgs {
     #[arg(long)]
     from_ip: Option<IpAddr>,
     /// The server: `WORKLOAD[:PORT]` (a port number or name; default:
-    /// every port of the workload).
+    /// every port of the workload), explained as its proxy enforces; or a
+    /// Service (`svc/NAME:PORT`, an authority) or an address outside the
+    /// mesh (`IP:PORT`), explained as the client's proxy routes it.
     #[arg(long)]
     to: String,
     /// The request's path (HTTP ports; default `/`).
@@ -281,6 +283,181 @@ pub async fn authz(args: AuthzArgs) -> anyhow::Result<()> {
     args.output.emit(&rows, table)
 }
 
+/// Whether `--to` names what a client's proxy routes (a Service, an
+/// authority, or an address that is no pod's) rather than a workload.
+fn is_outbound(to: &str, pods: &[MeshPod]) -> bool {
+    if let Ok(addr) = to.parse::<std::net::SocketAddr>() {
+        return !pods.iter().any(|p| p.ip == addr.ip());
+    }
+    to.starts_with("svc/") || to.contains(".svc.")
+}
+
+/// The client's proxy's side of a request: the target's outbound policy,
+/// the route the request takes among the candidates, the rule's filters,
+/// backends and weights, timeouts and retries; for egress, whether it may
+/// leave. Decided with `weft_policy::outbound`, the proxy's own code.
+async fn explain_outbound(args: &ExplainArgs, from: &From) -> anyhow::Result<()> {
+    use weft_policy::outbound::{ClientPolicy, Filter};
+    let mut spec = crate::traffic::traffic_spec(&args.to, &args.namespaces, &args.control)?;
+    // The client's namespace decides which EgressNetworks apply to it.
+    if from.identity.is_some() && from.describe.contains('/') {
+        spec.source_workload = from.describe.replacen('/', ":", 1);
+    }
+    let authority = match spec.target.as_ref() {
+        Some(linkerd2_proxy_api::outbound::traffic_spec::Target::Authority(a)) => a.clone(),
+        _ => args.to.clone(),
+    };
+    let answer = crate::traffic::served(&args.control, spec).await?;
+    let policy = ClientPolicy::<(), ()>::from_proto(answer, |_| ())
+        .map_err(|e| anyhow::anyhow!("the controller's answer cannot be used: {e}"))?;
+    let mut req = request(args)?;
+    if let Ok(host) = http::HeaderValue::try_from(authority.as_str()) {
+        req.headers_mut().entry(http::header::HOST).or_insert(host);
+    }
+    let http2 = policy.protocol == weft_policy::outbound::Protocol::Grpc;
+    let routed = policy.route(&req, http2);
+    let taken = routed.as_ref().map(|r| r.route.meta.to_string());
+    let candidates: Vec<serde_json::Value> = policy
+        .candidates(&req, http2)
+        .iter()
+        .map(|(route, matches)| {
+            json!({
+                "route": route.meta.to_string(),
+                "matches": matches,
+                "taken": taken.as_deref() == Some(route.meta.to_string().as_str()),
+            })
+        })
+        .collect();
+    let filter_text = |f: &Filter| match f {
+        Filter::RequestHeaders(_) => "request headers changed".to_string(),
+        Filter::ResponseHeaders(_) => "response headers changed".to_string(),
+        Filter::Redirect(r) => format!("redirected ({})", r.status),
+        Filter::Fail {
+            status,
+            grpc,
+            message,
+            numerator,
+            denominator,
+        } => {
+            let share = if numerator >= denominator {
+                String::new()
+            } else {
+                format!(" for {numerator} in {denominator}")
+            };
+            match grpc {
+                Some(code) => format!("refused with grpc-status {code}{share}: {message}"),
+                None => format!("refused with {}{share}: {message}", status.as_u16()),
+            }
+        }
+    };
+    let decision = routed.as_ref().map(|r| {
+        let total: u64 = r.rule.backends.backends.iter().map(|(_, w)| u64::from(*w)).sum();
+        json!({
+            "route": r.route.meta.to_string(),
+            "filters": r.rule.filters.iter().map(filter_text).collect::<Vec<_>>(),
+            "backends": r.rule.backends.backends.iter().map(|(b, w)| json!({
+                "backend": b.meta.to_string(),
+                "weight": w,
+                "percent": (total > 0).then(|| (1000.0 * f64::from(*w) / total as f64).round() / 10.0),
+                "filters": b.filters.iter().map(filter_text).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "timeouts": {
+                "request": r.rule.timeouts.request.map(|d| format!("{d:?}")),
+                "response": r.rule.timeouts.response.map(|d| format!("{d:?}")),
+            },
+            "retry": r.rule.retry.as_ref().map(|retry| json!({
+                "max_retries": retry.max_retries,
+                "statuses": retry.statuses.iter().map(|(lo, hi)| format!("{lo}-{hi}")).collect::<Vec<_>>(),
+                "grpc_statuses": retry.grpc_codes,
+                "timeout": retry.timeout.map(|d| format!("{d:?}")),
+            })),
+        })
+    });
+    let data = json!({
+        "from": {"client": from.describe, "ip": from.ip.to_string(), "identity": from.identity},
+        "to": args.to,
+        "parent": policy.parent.to_string(),
+        "protocol": format!("{:?}", policy.protocol),
+        "routes": candidates,
+        "decision": decision,
+    });
+    if args.output.data(&data)? {
+        return Ok(());
+    }
+    outln!("{} from {} (the client's proxy)", args.to, from.describe);
+    outln!("  request  {} {}", req.method(), req.uri());
+    outln!("  policy   {} ({:?})", policy.parent, policy.protocol);
+    for c in &candidates {
+        let mark = if c["taken"] == true {
+            "→ taken"
+        } else if c["matches"] == true {
+            "  matches (lower precedence)"
+        } else {
+            "  no match"
+        };
+        outln!(
+            "  route    {} {mark}",
+            c["route"].as_str().unwrap_or_default()
+        );
+    }
+    let Some(d) = decision else {
+        outln!("  → 404 from the proxy: no route matches (l5d-proxy-error says so)\n");
+        return Ok(());
+    };
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for f in strings(&d["filters"]) {
+        outln!("  filter   {f}");
+    }
+    for b in d["backends"].as_array().into_iter().flatten() {
+        let percent = b["percent"]
+            .as_f64()
+            .map_or("-".to_string(), |p| format!("{p}%"));
+        outln!(
+            "  backend  {} weight {} ({percent})",
+            b["backend"].as_str().unwrap_or_default(),
+            b["weight"]
+        );
+        for f in strings(&b["filters"]) {
+            outln!("           {f}");
+        }
+    }
+    if let Some(t) = d["timeouts"]["request"].as_str() {
+        outln!("  timeout  the whole request: {t}");
+    }
+    if let Some(t) = d["timeouts"]["response"].as_str() {
+        outln!("  timeout  each attempt: {t}");
+    }
+    if let Some(r) = d["retry"].as_object() {
+        outln!(
+            "  retry    up to {} on {}{}",
+            r["max_retries"],
+            [
+                strings(&r["statuses"]),
+                r["grpc_statuses"]
+                    .as_array()
+                    .map(|c| c.iter().map(|c| format!("grpc-status {c}")).collect())
+                    .unwrap_or_default()
+            ]
+            .concat()
+            .join(", "),
+            r["timeout"]
+                .as_str()
+                .map(|t| format!(", {t} each"))
+                .unwrap_or_default()
+        );
+    }
+    outln!();
+    Ok(())
+}
+
 /// Who the client is.
 struct From {
     describe: String,
@@ -408,6 +585,9 @@ fn explanation_json(port: u16, e: &Explanation) -> serde_json::Value {
 pub async fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     let pods = pods(&args.control)?;
     let from = resolve_from(&args, &pods)?;
+    if is_outbound(&args.to, &pods) {
+        return explain_outbound(&args, &from).await;
+    }
     let (to, ports) = find_ports(&pods, &args.to, &args.namespaces)?;
     let req = request(&args)?;
     let client = Client {

@@ -17,9 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_testkit::proxy::Proxy;
 
 /// A replica named `name`: answers `{name} x-route={value}` on kept-alive
-/// connections; `/slow` after a second, `/fail` with 503.
+/// connections; `/slow` after a second, `/fail` with 503. Counts requests.
 struct Replica {
     addr: SocketAddr,
+    requests: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -30,15 +31,18 @@ impl Drop for Replica {
 }
 
 async fn replica(name: &'static str, fail_everything: bool) -> Replica {
-    replica_at(name, fail_everything, [127, 0, 0, 1]).await
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_replica(listener, name, fail_everything)
 }
 
-async fn replica_at(name: &'static str, fail_everything: bool, ip: [u8; 4]) -> Replica {
-    let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+fn serve_replica(listener: TcpListener, name: &'static str, fail_everything: bool) -> Replica {
     let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
             conns.spawn(async move {
                 let mut stream = BufReader::new(stream);
                 loop {
@@ -57,6 +61,7 @@ async fn replica_at(name: &'static str, fail_everything: bool, ip: [u8; 4]) -> R
                             }
                         }
                     }
+                    counter.fetch_add(1, Ordering::Relaxed);
                     if request_line.contains(" /slow") {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
@@ -77,7 +82,11 @@ async fn replica_at(name: &'static str, fail_everything: bool, ip: [u8; 4]) -> R
             });
         }
     });
-    Replica { addr, task }
+    Replica {
+        addr,
+        requests,
+        task,
+    }
 }
 
 fn service(name: &str, annotations: &str) -> String {
@@ -793,26 +802,112 @@ async fn grpc_routes_match_methods_split_retry_and_count_grpc_statuses() {
     );
 }
 
+/// A network namespace that plays the internet: two addresses outside the
+/// cluster networks (198.19.250.2 and .3) behind a veth from the host
+/// (198.19.250.1), so the proxy on the host reaches them as it would reach
+/// any outside address. Removed on drop.
+struct Internet {
+    ns: String,
+}
+
+/// The host's end of the veth to the internet namespace.
+const HOST: &str = "198.19.250.1";
+
+impl Internet {
+    const ADDRS: [&'static str; 2] = ["198.19.250.2", "198.19.250.3"];
+
+    /// `Err` with the reason when this machine cannot make one.
+    fn create() -> Result<Internet, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("needs root to create a network namespace".into());
+        }
+        let id = std::process::id() % 100_000;
+        let internet = Internet {
+            ns: format!("wtr-inet-{id}"),
+        };
+        let (host_end, ns_end) = (format!("wti{id}h"), format!("wti{id}n"));
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("no ip command (apt-get install iproute2): {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        ip(&["netns", "add", &internet.ns])?;
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+        ])?;
+        ip(&["link", "set", &ns_end, "netns", &internet.ns])?;
+        ip(&["addr", "add", &format!("{HOST}/29"), "dev", &host_end])?;
+        ip(&["link", "set", &host_end, "up"])?;
+        for addr in Self::ADDRS {
+            ip(&[
+                "-n",
+                &internet.ns,
+                "addr",
+                "add",
+                &format!("{addr}/29"),
+                "dev",
+                &ns_end,
+            ])?;
+        }
+        ip(&["-n", &internet.ns, "link", "set", &ns_end, "up"])?;
+        ip(&["-n", &internet.ns, "link", "set", "lo", "up"])?;
+        Ok(internet)
+    }
+
+    /// A replica named `name` at `addr` inside.
+    async fn replica(&self, name: &'static str, addr: &str) -> Replica {
+        let at: SocketAddr = format!("{addr}:8080").parse().unwrap();
+        let listener = weft_testkit::netns::bind(&self.ns, at).expect("binding in the namespace");
+        serve_replica(TcpListener::from_std(listener).unwrap(), name, false)
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_networks_deny_what_no_route_lets_out_and_allow_the_rest() {
-    // Loopback is outside the cluster here, so the replica is "the internet".
-    let outside = replica("outside", false).await;
-    let elsewhere = replica_at("elsewhere", false, [127, 0, 0, 2]).await;
-    // The demo namespace's own EgressNetwork denies all of loopback; the
-    // global one allows one address, and being more specific it wins.
+    let internet = match Internet::create() {
+        Ok(i) => i,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let [outside_ip, partner_ip] = Internet::ADDRS;
+    let outside = internet.replica("outside", outside_ip).await;
+    let partner = internet.replica("partner", partner_ip).await;
+    // The demo namespace's own EgressNetwork denies all of 198.18.0.0/15;
+    // the global one allows one address, and being more specific it wins.
     let egress = format!(
         "apiVersion: policy.linkerd.io/v1alpha1
 kind: EgressNetwork
 metadata: {{name: internet, namespace: demo}}
 spec:
-  networks: [{{cidr: 127.0.0.0/8}}]
+  networks: [{{cidr: 198.18.0.0/15}}]
   trafficPolicy: Deny
 ---
 apiVersion: policy.linkerd.io/v1alpha1
 kind: EgressNetwork
 metadata: {{name: partners, namespace: linkerd-egress}}
 spec:
-  networks: [{{cidr: {}/32}}]
+  networks: [{{cidr: {partner_ip}/32}}]
   trafficPolicy: Allow
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -825,12 +920,12 @@ spec:
     filters:
     - type: RequestHeaderModifier
       requestHeaderModifier: {{set: [{{name: x-route, value: egress}}]}}
-",
-        elsewhere.addr.ip()
+"
     );
+    // The cluster is 10.0.0.0/8 here: the namespace's addresses are outside.
     let destination = Destination::start_args(
         &[("egress.yaml", &egress)],
-        &["--cluster-networks", "198.18.0.0/16"],
+        &["--cluster-networks", "10.0.0.0/8"],
     );
     let proxy = Proxy::builder(support::proxy_bin())
         .env(
@@ -847,6 +942,7 @@ spec:
     let a = c.get(&host, "/allowed/page", "").await.unwrap();
     assert_eq!(a.status, 200, "{:?} {}", a.headers, a.body);
     assert_eq!(a.body.trim(), "outside x-route=egress");
+    let reached = outside.requests.load(Ordering::Relaxed);
     // Everything else is denied by the proxy, never reaching the address.
     for path in ["/", "/allowedx", "/secret"] {
         let a = c.get(&host, path, "").await.unwrap();
@@ -858,6 +954,11 @@ spec:
             a.headers
         );
     }
+    assert_eq!(
+        outside.requests.load(Ordering::Relaxed),
+        reached,
+        "a denied request reached the outside server"
+    );
     let denied = proxy.metric(
         "outbound_http_route_request_statuses_total",
         &[
@@ -870,11 +971,11 @@ spec:
     assert_eq!(denied, 3.0);
     // The global namespace's Allow network, more specific, lets all out.
     let a = c
-        .get(&elsewhere.addr.to_string(), "/secret", "")
+        .get(&partner.addr.to_string(), "/secret", "")
         .await
         .unwrap();
     assert_eq!(a.status, 200, "{:?} {}", a.headers, a.body);
-    assert_eq!(a.body.trim(), "elsewhere x-route=");
+    assert_eq!(a.body.trim(), "partner x-route=");
     let allowed = proxy.metric(
         "outbound_http_route_request_statuses_total",
         &[

@@ -402,6 +402,70 @@ fn assert_demo_split(web: &str, state_root: &str) {
             && backends.contains(&"Service/demo/emoji-v2-svc:8080"),
         "{reads}"
     );
+    // `weft policy explain` decides as web's proxy would, with its code.
+    let explain = |canary: bool| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--from",
+            "web",
+            "--to",
+            "svc/emoji-svc:8080",
+            "--method",
+            "POST",
+            "--path",
+            "/weft.demo.EmojiService/List",
+            "--mesh",
+            MESH,
+            "--state-root",
+            state_root,
+            "-o",
+            "json",
+        ];
+        if canary {
+            args.extend(["-H", "x-canary: 1"]);
+        }
+        let out = support::weft(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let split = explain(false);
+    assert_eq!(
+        split["decision"]["route"], "GRPCRoute/demo/emoji-reads",
+        "{split}"
+    );
+    let weights: Vec<(String, f64)> = split["decision"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["backend"].as_str().unwrap().to_string(),
+                b["percent"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("Service/demo/emoji-svc:8080".to_string(), 90.0),
+            ("Service/demo/emoji-v2-svc:8080".to_string(), 10.0)
+        ],
+        "{split}"
+    );
+    let canary = explain(true);
+    assert_eq!(
+        canary["decision"]["backends"][0]["backend"], "Service/demo/emoji-v2-svc:8080",
+        "{canary}"
+    );
+    assert_eq!(
+        canary["decision"]["retry"]["grpc_statuses"][0], 14,
+        "{canary}"
+    );
     // Profile routes show beside policy routes: web's calls to voting.
     assert!(
         routes
