@@ -109,6 +109,9 @@ pub struct HttpRoute<R, B> {
     pub meta: Meta,
     hosts: Vec<HostMatch>,
     pub rules: Vec<Rule<B>>,
+    /// Weft's per-route circuit breaker for the route's backends, over the
+    /// parent's.
+    pub accrual: Option<Accrual>,
     pub state: R,
 }
 
@@ -407,6 +410,17 @@ impl<R: Default, B> ClientPolicy<R, B> {
         };
         let mut policy = Self::from_proto(linkerd, backend)?;
         policy.rate_limit = rate_limit;
+        for r in p.weft_route_accruals {
+            let Some(breaker) = r.accrual.as_ref().and_then(accrual) else {
+                continue;
+            };
+            let meta = Meta::from_proto(r.route.as_ref(), "default");
+            for route in policy.http1.iter_mut().chain(policy.http2.iter_mut()) {
+                if route.meta == meta {
+                    route.accrual = Some(breaker);
+                }
+            }
+        }
         Ok(policy)
     }
 }
@@ -725,6 +739,7 @@ fn http_route<R: Default, B>(
         meta,
         hosts,
         rules,
+        accrual: None,
         state: R::default(),
     })
 }
@@ -905,6 +920,7 @@ fn grpc_route<R: Default, B>(
         meta,
         hosts: host_matches(r.hosts),
         rules,
+        accrual: None,
         state: R::default(),
     })
 }
@@ -1219,6 +1235,7 @@ mod tests {
             meta: Meta::named_default("r"),
             hosts: Vec::new(),
             rules: Vec::new(),
+            accrual: None,
             state: (),
         };
         let rule: Rule<()> = Rule {

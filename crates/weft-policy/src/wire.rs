@@ -1,5 +1,6 @@
 //! Weft's extension of Linkerd's outbound API: the same `OutboundPolicy`
-//! message with one more field, at a tag Linkerd's proto does not use.
+//! message with more fields, at tags Linkerd's proto does not use: the
+//! outbound rate limit and per-route circuit breakers.
 //!
 //! Protobuf readers skip fields they do not know, so linkerd2-proxy reads a
 //! Weft controller's answers unchanged, and Weft's proxy reads a Linkerd
@@ -21,6 +22,18 @@ pub struct OutboundPolicy {
     /// 1000: far above any Linkerd uses.
     #[prost(message, optional, tag = "1000")]
     pub weft_rate_limit: Option<RateLimit>,
+    /// Circuit breakers of single routes (Weft's per-route failure
+    /// accrual), by the route's metadata as the policy names it.
+    #[prost(message, repeated, tag = "1001")]
+    pub weft_route_accruals: Vec<RouteAccrual>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RouteAccrual {
+    #[prost(message, optional, tag = "1")]
+    pub route: Option<Metadata>,
+    #[prost(message, optional, tag = "2")]
+    pub accrual: Option<api::FailureAccrual>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
@@ -45,6 +58,7 @@ impl From<api::OutboundPolicy> for OutboundPolicy {
             protocol: p.protocol,
             metadata: p.metadata,
             weft_rate_limit: None,
+            weft_route_accruals: Vec::new(),
         }
     }
 }
@@ -66,6 +80,10 @@ mod tests {
             weft_rate_limit: Some(RateLimit {
                 requests_per_second: 50,
             }),
+            weft_route_accruals: vec![RouteAccrual {
+                route: None,
+                accrual: None,
+            }],
         };
         let bytes = ours.encode_to_vec();
         let theirs =

@@ -186,6 +186,26 @@ async fn mesh() -> Mesh {
         ("flaky-0.yaml", workload("flaky-0", "flaky", good.addr)),
         ("flaky-1.yaml", workload("flaky-1", "flaky", bad.addr)),
         ("routes.yaml", web_routes(90, 10)),
+        // shaky's only endpoint always fails; the Service has no breaker,
+        // its route has one (Weft's per-route failure accrual).
+        (
+            "shaky.yaml",
+            format!(
+                "{}---\n{}---\napiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: shaky-guarded
+  namespace: demo
+  annotations:
+    balancer.linkerd.io/failure-accrual: consecutive
+    balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"2\"
+spec:
+  parentRefs: [{{kind: Service, name: shaky, port: 80}}]
+",
+                service("shaky", ""),
+                workload("shaky-0", "shaky", bad.addr)
+            ),
+        ),
         ("limited.yaml", limited_service(20, limited.addr)),
     ];
     let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
@@ -580,6 +600,25 @@ async fn retries_and_the_circuit_breaker_hide_a_failing_endpoint() {
         a.header("l5d-proxy-error")
             .is_some_and(|e| e.contains("ejected")),
         "a failed probe ejects again: {:?}",
+        a.headers
+    );
+    // A route's own breaker, on a Service without one: two failures, then
+    // the proxy refuses.
+    const SHAKY: &str = "shaky.demo.svc.cluster.local";
+    for n in 0..2 {
+        let a = c.get(SHAKY, "/", "").await.unwrap();
+        assert_eq!(a.status, 503);
+        assert!(
+            a.header("l5d-proxy-error").is_none(),
+            "request {n}: {:?}",
+            a.headers
+        );
+    }
+    let a = c.get(SHAKY, "/", "").await.unwrap();
+    assert!(
+        a.header("l5d-proxy-error")
+            .is_some_and(|e| e.contains("ejected")),
+        "the route's breaker opened: {:?}",
         a.headers
     );
     // Without the annotation there is no circuit breaker (as in Linkerd):

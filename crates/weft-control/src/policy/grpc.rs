@@ -19,7 +19,7 @@ use crate::store::Snapshot;
 /// The gRPC status a missing backend answers with.
 const GRPC_UNAVAILABLE: u32 = 14;
 
-fn route_metadata(key: &Key) -> Metadata {
+pub(super) fn route_metadata(key: &Key) -> Metadata {
     Metadata {
         kind: Some(meta::metadata::Kind::Resource(meta::Resource {
             group: weft_api::GATEWAY_GROUP.into(),

@@ -161,8 +161,42 @@ pub fn answer(
         weft_rate_limit: limit.map(|rps| weft_policy::wire::RateLimit {
             requests_per_second: rps,
         }),
+        weft_route_accruals: route_accruals(snapshot, target),
         ..linkerd.into()
     })
+}
+
+/// The circuit breakers written on a Service's routes (Weft's per-route
+/// failure accrual: Linkerd reads these annotations on Services only).
+fn route_accruals(snapshot: &Snapshot, target: &Target) -> Vec<weft_policy::wire::RouteAccrual> {
+    let Target::Service { key, port, .. } = target else {
+        return Vec::new();
+    };
+    let attached = |parents: &[weft_api::ParentRef], ns: &str| {
+        ns == key.namespace && attaches(parents, ns, key, *port)
+    };
+    let breaker = |annotations| {
+        traffic::failure_accrual(annotations)
+            .ok()
+            .flatten()
+            .map(failure_accrual)
+    };
+    let http = snapshot
+        .http_routes
+        .iter()
+        .filter(|(k, r)| attached(&r.spec.parent_refs, &k.namespace))
+        .filter_map(|(k, r)| Some((routes::route_metadata(k), breaker(&r.metadata.annotations)?)));
+    let grpc = snapshot
+        .grpc_routes
+        .iter()
+        .filter(|(k, r)| attached(&r.spec.parent_refs, &k.namespace))
+        .filter_map(|(k, r)| Some((grpc::route_metadata(k), breaker(&r.metadata.annotations)?)));
+    http.chain(grpc)
+        .map(|(route, accrual)| weft_policy::wire::RouteAccrual {
+            route: Some(route),
+            accrual: Some(accrual),
+        })
+        .collect()
 }
 
 fn service_resource(key: &Key, port: u16) -> Metadata {

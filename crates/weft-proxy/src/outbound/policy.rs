@@ -217,7 +217,7 @@ pub(crate) async fn follow(
 
 /// Compiles one answer: each balanced backend subscribes to its endpoints
 /// (the same resolution as before when it was already a backend) and takes
-/// the policy's circuit breaker.
+/// the policy's circuit breaker, or its route's.
 fn compile(
     discovery: &Arc<Discovery>,
     policy: wire::OutboundPolicy,
@@ -232,6 +232,17 @@ fn compile(
     for backend in compiled.backends() {
         if let Some(r) = &backend.state.resolution {
             r.balancer.set_accrual(compiled.accrual);
+        }
+    }
+    // A route's own circuit breaker (Weft's, beyond Linkerd) is its
+    // backends'. A backend is one balancer however many routes name it, so
+    // the breaker then holds for all of its traffic.
+    let routes = compiled.http1.iter().chain(&compiled.http2);
+    for route in routes.filter(|r| r.accrual.is_some()) {
+        for (backend, _) in route.rules.iter().flat_map(|rule| &rule.backends.backends) {
+            if let Some(r) = &backend.state.resolution {
+                r.balancer.set_accrual(route.accrual);
+            }
         }
     }
     Ok(compiled)
