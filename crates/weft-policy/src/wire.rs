@@ -42,6 +42,24 @@ pub struct RateLimit {
     pub requests_per_second: u32,
 }
 
+/// `io.linkerd.proxy.outbound.OutboundPolicies/Watch`, read as Weft's
+/// message: what the proxy follows and what the CLI shows. Against a
+/// Linkerd controller it reads the same answers with no extension.
+pub async fn watch(
+    channel: tonic::transport::Channel,
+    spec: api::TrafficSpec,
+) -> Result<tonic::Response<tonic::Streaming<OutboundPolicy>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("policy service not ready: {e}")))?;
+    let codec = tonic_prost::ProstCodec::<api::TrafficSpec, OutboundPolicy>::default();
+    let path =
+        http::uri::PathAndQuery::from_static("/io.linkerd.proxy.outbound.OutboundPolicies/Watch");
+    grpc.server_streaming(tonic::Request::new(spec), path, codec)
+        .await
+}
+
 impl OutboundPolicy {
     /// Linkerd's part of it.
     pub fn linkerd(&self) -> api::OutboundPolicy {

@@ -308,7 +308,7 @@ async fn explain_outbound(args: &ExplainArgs, from: &From) -> anyhow::Result<()>
         _ => args.to.clone(),
     };
     let answer = crate::traffic::served(&args.control, spec).await?;
-    let policy = ClientPolicy::<(), ()>::from_proto(answer, |_| ())
+    let policy = ClientPolicy::<(), ()>::from_wire(answer, |_| ())
         .map_err(|e| anyhow::anyhow!("the controller's answer cannot be used: {e}"))?;
     let mut req = request(args)?;
     if let Ok(host) = http::HeaderValue::try_from(authority.as_str()) {
@@ -378,6 +378,7 @@ async fn explain_outbound(args: &ExplainArgs, from: &From) -> anyhow::Result<()>
         "to": args.to,
         "parent": policy.parent.to_string(),
         "protocol": format!("{:?}", policy.protocol),
+        "rate_limit": policy.rate_limit,
         "routes": candidates,
         "decision": decision,
     });
@@ -387,6 +388,9 @@ async fn explain_outbound(args: &ExplainArgs, from: &From) -> anyhow::Result<()>
     outln!("{} from {} (the client's proxy)", args.to, from.describe);
     outln!("  request  {} {}", req.method(), req.uri());
     outln!("  policy   {} ({:?})", policy.parent, policy.protocol);
+    if let Some(rps) = policy.rate_limit {
+        outln!("  limit    at most {rps} requests a second from this proxy (past it: 429)");
+    }
     for c in &candidates {
         let mark = if c["taken"] == true {
             "→ taken"

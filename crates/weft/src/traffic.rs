@@ -8,7 +8,6 @@ use anyhow::{Context as _, bail};
 use linkerd2_proxy_api::meta::{Metadata, metadata};
 use linkerd2_proxy_api::net::TcpAddress;
 use linkerd2_proxy_api::outbound as api;
-use linkerd2_proxy_api::outbound::outbound_policies_client::OutboundPoliciesClient;
 use serde_json::{Value, json};
 
 use crate::diagnostics::{ControlArgs, first};
@@ -65,12 +64,19 @@ pub fn traffic_spec(
     ))))
 }
 
+/// The controller's first answer, with Weft's extension (rate limit,
+/// per-route breakers) when it sends it.
 pub async fn served(
     control: &ControlArgs,
     spec: api::TrafficSpec,
-) -> anyhow::Result<api::OutboundPolicy> {
-    let mut client = OutboundPoliciesClient::new(control.channel().await?);
-    first(client.watch(spec).await, "outbound policy", control).await
+) -> anyhow::Result<weft_policy::wire::OutboundPolicy> {
+    let channel = control.channel().await?;
+    first(
+        weft_policy::wire::watch(channel, spec).await,
+        "outbound policy",
+        control,
+    )
+    .await
 }
 
 fn meta(m: &Option<Metadata>) -> Value {
@@ -267,7 +273,7 @@ fn accrual(a: &Option<api::FailureAccrual>) -> Value {
 }
 
 /// The policy as data: what the proxy would route by.
-pub fn policy_json(p: &api::OutboundPolicy) -> Value {
+pub fn policy_json(p: &weft_policy::wire::OutboundPolicy) -> Value {
     use api::proxy_protocol::Kind;
     let opaque = |o: &api::proxy_protocol::Opaque| -> Vec<Value> {
         o.routes.iter().map(|r| meta(&r.metadata)).collect()
@@ -293,5 +299,13 @@ pub fn policy_json(p: &api::OutboundPolicy) -> Value {
         Some(Kind::Tls(t)) => json!({"tls": {"routes": t.routes.len()}}),
         None => Value::Null,
     };
-    json!({"metadata": meta(&p.metadata), "protocol": protocol})
+    json!({
+        "metadata": meta(&p.metadata),
+        "protocol": protocol,
+        "rate_limit": p.weft_rate_limit.map(|l| json!({"requests_per_second": l.requests_per_second})),
+        "route_circuit_breakers": p.weft_route_accruals.iter().map(|r| json!({
+            "route": meta(&r.route),
+            "failure_accrual": accrual(&r.accrual),
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -109,25 +109,11 @@ impl OutboundClient {
         }
     }
 
-    /// `OutboundPolicies/Watch`, read as Weft's [`wire::OutboundPolicy`]
-    /// (Linkerd's message and Weft's extension), so a Linkerd controller's
-    /// answers read the same with no extension.
     async fn watch(
         &self,
         spec: api::TrafficSpec,
     ) -> Result<tonic::Streaming<wire::OutboundPolicy>, tonic::Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("policy service not ready: {e}")))?;
-        let codec = tonic_prost::ProstCodec::<api::TrafficSpec, wire::OutboundPolicy>::default();
-        let path = http::uri::PathAndQuery::from_static(
-            "/io.linkerd.proxy.outbound.OutboundPolicies/Watch",
-        );
-        let response = grpc
-            .server_streaming(tonic::Request::new(spec), path, codec)
-            .await?;
-        Ok(response.into_inner())
+        Ok(wire::watch(self.channel.clone(), spec).await?.into_inner())
     }
 }
 
