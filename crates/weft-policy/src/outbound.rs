@@ -1010,66 +1010,46 @@ fn backend_target(b: &api::Backend) -> Result<Option<BackendTarget>, String> {
 /// A backend as a distribution lists it, before the proxy's state is made.
 type Entry = (api::Backend, Vec<Filter>, u32);
 
+/// The backends of an HTTP or gRPC route's distribution, with their
+/// filters and weights, and whether the first available one is taken. The
+/// proto has one distribution type per route kind, of the same shape.
+macro_rules! entries {
+    ($kind:ident, $d:expr, $filters:expr) => {{
+        use api::$kind::distribution::Kind;
+        let entry = |b: api::$kind::RouteBackend, weight| -> Result<Entry, String> {
+            Ok((b.backend.unwrap_or_default(), $filters(b.filters)?, weight))
+        };
+        Ok(match $d.and_then(|d| d.kind) {
+            None | Some(Kind::Empty(_)) => (Vec::new(), false),
+            Some(Kind::FirstAvailable(f)) => (
+                f.backends
+                    .into_iter()
+                    .map(|b| entry(b, 1))
+                    .collect::<Result<_, _>>()?,
+                true,
+            ),
+            Some(Kind::RandomAvailable(r)) => (
+                r.backends
+                    .into_iter()
+                    .map(|w| {
+                        entry(
+                            w.backend.ok_or("a weighted backend without a backend")?,
+                            w.weight,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+                false,
+            ),
+        })
+    }};
+}
+
 fn http_entries(d: Option<api::http_route::Distribution>) -> Result<(Vec<Entry>, bool), String> {
-    use api::http_route::distribution::Kind;
-    let entry = |b: api::http_route::RouteBackend, weight| -> Result<Entry, String> {
-        Ok((b.backend.unwrap_or_default(), filters(b.filters)?, weight))
-    };
-    Ok(match d.and_then(|d| d.kind) {
-        None | Some(Kind::Empty(_)) => (Vec::new(), false),
-        Some(Kind::FirstAvailable(f)) => (
-            f.backends
-                .into_iter()
-                .map(|b| entry(b, 1))
-                .collect::<Result<_, _>>()?,
-            true,
-        ),
-        Some(Kind::RandomAvailable(r)) => (
-            r.backends
-                .into_iter()
-                .map(|w| {
-                    entry(
-                        w.backend.ok_or("a weighted backend without a backend")?,
-                        w.weight,
-                    )
-                })
-                .collect::<Result<_, _>>()?,
-            false,
-        ),
-    })
+    entries!(http_route, d, filters)
 }
 
 fn grpc_entries(d: Option<api::grpc_route::Distribution>) -> Result<(Vec<Entry>, bool), String> {
-    use api::grpc_route::distribution::Kind;
-    let entry = |b: api::grpc_route::RouteBackend, weight| -> Result<Entry, String> {
-        Ok((
-            b.backend.unwrap_or_default(),
-            grpc_filters(b.filters)?,
-            weight,
-        ))
-    };
-    Ok(match d.and_then(|d| d.kind) {
-        None | Some(Kind::Empty(_)) => (Vec::new(), false),
-        Some(Kind::FirstAvailable(f)) => (
-            f.backends
-                .into_iter()
-                .map(|b| entry(b, 1))
-                .collect::<Result<_, _>>()?,
-            true,
-        ),
-        Some(Kind::RandomAvailable(r)) => (
-            r.backends
-                .into_iter()
-                .map(|w| {
-                    entry(
-                        w.backend.ok_or("a weighted backend without a backend")?,
-                        w.weight,
-                    )
-                })
-                .collect::<Result<_, _>>()?,
-            false,
-        ),
-    })
+    entries!(grpc_route, d, grpc_filters)
 }
 
 fn distribution<B>(

@@ -136,30 +136,38 @@ fn match_text(m: &linkerd2_proxy_api::http_route::HttpRouteMatch) -> String {
     parts.join(" ")
 }
 
+/// A rule's backends with their weights (`null`: the first available), for
+/// HTTP and gRPC rules alike (the proto has one distribution type each).
+macro_rules! distribution_json {
+    ($kind:ident, $backends:expr) => {
+        match $backends.as_ref().and_then(|b| b.kind.as_ref()) {
+            Some($kind::FirstAvailable(f)) => f
+                .backends
+                .iter()
+                .map(|b| json!({"backend": backend(&b.backend), "weight": null}))
+                .collect::<Vec<Value>>(),
+            Some($kind::RandomAvailable(r)) => r
+                .backends
+                .iter()
+                .map(|w| {
+                    json!({
+                        "backend": backend(&w.backend.as_ref().and_then(|b| b.backend.clone())),
+                        "weight": w.weight,
+                    })
+                })
+                .collect(),
+            Some($kind::Empty(_)) | None => Vec::new(),
+        }
+    };
+}
+
 fn http_route(r: &api::HttpRoute) -> Value {
     use api::http_route::distribution::Kind as Dist;
     let rules: Vec<Value> = r
         .rules
         .iter()
         .map(|rule| {
-            let backends: Vec<Value> = match rule.backends.as_ref().and_then(|b| b.kind.as_ref()) {
-                Some(Dist::FirstAvailable(f)) => f
-                    .backends
-                    .iter()
-                    .map(|b| json!({"backend": backend(&b.backend), "weight": null}))
-                    .collect(),
-                Some(Dist::RandomAvailable(r)) => r
-                    .backends
-                    .iter()
-                    .map(|w| {
-                        json!({
-                            "backend": backend(&w.backend.as_ref().and_then(|b| b.backend.clone())),
-                            "weight": w.weight,
-                        })
-                    })
-                    .collect(),
-                Some(Dist::Empty(_)) | None => Vec::new(),
-            };
+            let backends = distribution_json!(Dist, rule.backends);
             let timeouts = rule.timeouts.as_ref();
             json!({
                 "matches": rule.matches.iter().map(match_text).collect::<Vec<_>>(),
@@ -188,24 +196,7 @@ fn grpc_route(r: &api::GrpcRoute) -> Value {
         .rules
         .iter()
         .map(|rule| {
-            let backends: Vec<Value> = match rule.backends.as_ref().and_then(|b| b.kind.as_ref()) {
-                Some(Dist::FirstAvailable(f)) => f
-                    .backends
-                    .iter()
-                    .map(|b| json!({"backend": backend(&b.backend), "weight": null}))
-                    .collect(),
-                Some(Dist::RandomAvailable(r)) => r
-                    .backends
-                    .iter()
-                    .map(|w| {
-                        json!({
-                            "backend": backend(&w.backend.as_ref().and_then(|b| b.backend.clone())),
-                            "weight": w.weight,
-                        })
-                    })
-                    .collect(),
-                Some(Dist::Empty(_)) | None => Vec::new(),
-            };
+            let backends = distribution_json!(Dist, rule.backends);
             let matches: Vec<String> = rule
                 .matches
                 .iter()

@@ -17,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_testkit::proxy::Proxy;
 
 /// A replica named `name`: answers `{name} x-route={value}` on kept-alive
-/// connections; `/slow` after a second, `/fail` with 503. Counts requests.
+/// connections; a path with `slow` in it after a second, `/fail` with 503.
+/// Counts requests.
 struct Replica {
     addr: SocketAddr,
     requests: Arc<AtomicU64>,
@@ -62,7 +63,7 @@ fn serve_replica(listener: TcpListener, name: &'static str, fail_everything: boo
                         }
                     }
                     counter.fetch_add(1, Ordering::Relaxed);
-                    if request_line.contains(" /slow") {
+                    if request_line.contains("slow") {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     let status = if fail_everything || request_line.contains(" /fail") {
@@ -131,6 +132,24 @@ spec:
     backendRefs: [{{name: web-v1, port: 80}}]
   - matches: [{{path: {{type: Exact, value: /missing}}}}]
     backendRefs: [{{name: web-v9, port: 80}}]
+  - matches: [{{path: {{type: Exact, value: /backend-slow}}}}]
+    timeouts: {{backendRequest: 200ms}}
+    backendRefs: [{{name: web-v1, port: 80}}]
+  - matches: [{{path: {{type: RegularExpression, value: \"/items/[0-9]+\"}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: x-route, value: regex}}]}}
+    backendRefs: [{{name: web-v2, port: 80}}]
+  - matches: [{{queryParams: [{{name: version, value: \"2\"}}]}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: x-route, value: query}}]}}
+    backendRefs: [{{name: web-v2, port: 80}}]
+  - matches: [{{method: DELETE}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: x-route, value: method}}]}}
+    backendRefs: [{{name: web-v2, port: 80}}]
   - backendRefs:
     - {{name: web-v1, port: 80, weight: {v1}}}
     - {{name: web-v2, port: 80, weight: {v2}}}
@@ -260,7 +279,17 @@ impl Client {
     }
 
     async fn get(&mut self, host: &str, path: &str, extra: &str) -> std::io::Result<Answer> {
-        let req = format!("GET http://{host}{path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+        self.send("GET", host, path, extra).await
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        extra: &str,
+    ) -> std::io::Result<Answer> {
+        let req = format!("{method} http://{host}{path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
         self.stream.get_mut().write_all(req.as_bytes()).await?;
         let mut status_line = String::new();
         self.stream.read_line(&mut status_line).await?;
@@ -389,6 +418,34 @@ async fn routes_filters_redirects_timeouts_and_missing_backends() {
             .is_some_and(|e| e.contains("timeout"))
     );
 
+    // The rule's backendRequest timeout: each attempt gets 200 ms, and
+    // the proxy answers 504 well before the replica's second.
+    let started = Instant::now();
+    let a = c.web("/backend-slow").await;
+    assert_eq!(a.status, 504, "{:?}", a.headers);
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The other match kinds: a regular expression on the whole path (a
+    // longer path does not match it), a query parameter, a method.
+    let a = c.web("/items/42").await;
+    assert_eq!(a.body.trim(), "web-v2 x-route=regex");
+    let a = c.web("/items/42/x").await;
+    assert_ne!(
+        a.body.trim(),
+        "web-v2 x-route=regex",
+        "regexes match whole paths"
+    );
+    let a = c.web("/anything?a=1&version=2").await;
+    assert_eq!(a.body.trim(), "web-v2 x-route=query");
+    let a = c.web("/anything?version=20").await;
+    assert!(!a.body.contains("x-route=query"), "{}", a.body);
+    let a = c.send("DELETE", WEB, "/anything", "").await.unwrap();
+    assert_eq!(a.body.trim(), "web-v2 x-route=method");
+
     // A backend that names no Service: Linkerd's 500.
     let a = c.web("/missing").await;
     assert_eq!(a.status, 500);
@@ -411,8 +468,9 @@ async fn routes_filters_redirects_timeouts_and_missing_backends() {
         )
     };
     assert_eq!(statuses("", "REQUEST_TIMEOUT"), 1.0);
+    assert_eq!(statuses("", "RESPONSE_HEADERS_TIMEOUT"), 1.0);
     assert_eq!(statuses("301", ""), 1.0);
-    assert!(statuses("200", "") >= 1022.0);
+    assert!(statuses("200", "") >= 1027.0);
     let text = m.proxy.metrics();
     assert!(
         text.contains("outbound_http_route_request_duration_seconds_bucket{parent_group=\"core\",parent_kind=\"Service\",parent_namespace=\"demo\",parent_name=\"web\",parent_port=\"80\""),
@@ -1026,6 +1084,70 @@ spec:
         ],
     );
     assert_eq!(allowed, 1.0);
+
+    // Opaque traffic (an explicit-proxy CONNECT tunnel) takes the opaque
+    // route: refused toward the denied network, counted as forbidden; let
+    // through to the allowed one, where bytes cross the tunnel.
+    let connect = |target: String| {
+        let proxy = proxy.outbound;
+        async move {
+            let mut s = TcpStream::connect(proxy).await.unwrap();
+            s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut s = BufReader::new(s);
+            let mut status = String::new();
+            s.read_line(&mut status).await.unwrap();
+            loop {
+                let mut line = String::new();
+                s.read_line(&mut line).await.unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            (status, s)
+        }
+    };
+    let (status, _) = connect(outside.addr.to_string()).await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status:?}");
+    assert_eq!(outside.requests.load(Ordering::Relaxed), reached);
+    let (status, mut tunnel) = connect(partner.addr.to_string()).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+    tunnel
+        .get_mut()
+        .write_all(b"GET /through HTTP/1.1\r\nHost: partner\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tunnel.read_line(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    drop(tunnel);
+    let tcp = |route: &str, error: &str| {
+        proxy.metric(
+            "outbound_tcp_route_close_total",
+            &[
+                ("parent_kind", "EgressNetwork"),
+                ("route_name", route),
+                ("error", error),
+            ],
+        )
+    };
+    assert_eq!(tcp("tcp-egress-deny", "forbidden"), 1.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tcp("tcp-egress-allow", "") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel's end was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy.metric(
+            "outbound_tcp_route_open_total",
+            &[("parent_kind", "EgressNetwork")]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use weft_api::{BackendRef, EgressNetwork, Key, POLICY_GROUP, TrafficPolicy};
 
 use super::PolicyConfig;
 use super::outbound::{
-    RouteDefaults, detect, first_available, http_route, invalid_backend, named_default, queue,
+    RouteDefaults, detect, failing_backend, first_available, http_route, named_default, queue,
 };
 use crate::store::Snapshot;
 
@@ -182,21 +182,9 @@ pub(super) fn weighted_backend(
             ..Default::default()
         }
     } else {
-        api::http_route::RouteBackend {
-            backend: Some(invalid_backend()),
-            filters: vec![api::http_route::Filter {
-                kind: Some(api::http_route::filter::Kind::FailureInjector(
-                    route_api::HttpFailureInjector {
-                        status: 500,
-                        message: format!(
-                            "a route's EgressNetwork backend must be its parent {parent}, not {named}"
-                        ),
-                        ratio: None,
-                    },
-                )),
-            }],
-            ..Default::default()
-        }
+        failing_backend(format!(
+            "a route's EgressNetwork backend must be its parent {parent}, not {named}"
+        ))
     };
     api::http_route::WeightedRouteBackend {
         backend: Some(backend),

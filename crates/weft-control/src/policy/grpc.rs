@@ -7,7 +7,7 @@ use linkerd2_proxy_api::http_route as route_api;
 use linkerd2_proxy_api::meta::{self, Metadata};
 use linkerd2_proxy_api::outbound as api;
 use weft_api::traffic::{GrpcRetry, GrpcRetryCode, Timeouts};
-use weft_api::{GrpcRoute, GrpcRouteFilter, GrpcRouteMatch, GrpcRouteRule, Key, ValueMatchKind};
+use weft_api::{GrpcRoute, GrpcRouteFilter, GrpcRouteMatch, GrpcRouteRule, Key};
 
 use super::PolicyConfig;
 use super::outbound::{
@@ -116,21 +116,7 @@ fn rule_matches(matches: &[GrpcRouteMatch]) -> Vec<grpc_api::GrpcRouteMatch> {
                 service: rpc.service.clone().unwrap_or_default(),
                 method: rpc.method.clone().unwrap_or_default(),
             }),
-            headers: m
-                .headers
-                .iter()
-                .map(|h| route_api::HeaderMatch {
-                    name: h.name.clone(),
-                    value: Some(match h.kind {
-                        ValueMatchKind::Exact => {
-                            route_api::header_match::Value::Exact(h.value.clone().into_bytes())
-                        }
-                        ValueMatchKind::RegularExpression => {
-                            route_api::header_match::Value::Regex(h.value.clone())
-                        }
-                    }),
-                })
-                .collect(),
+            headers: super::routes::header_matches(&m.headers),
         })
         .collect()
 }

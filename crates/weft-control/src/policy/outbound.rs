@@ -731,6 +731,24 @@ pub(super) fn invalid_backend() -> api::Backend {
     }
 }
 
+/// A route backend that answers 500 with `message`, as Linkerd's do for a
+/// backendRef that cannot be served.
+pub(super) fn failing_backend(message: String) -> api::http_route::RouteBackend {
+    api::http_route::RouteBackend {
+        backend: Some(invalid_backend()),
+        filters: vec![api::http_route::Filter {
+            kind: Some(api::http_route::filter::Kind::FailureInjector(
+                route_api::HttpFailureInjector {
+                    status: 500,
+                    message,
+                    ratio: None,
+                },
+            )),
+        }],
+        ..Default::default()
+    }
+}
+
 /// A backendRef: a Service's port if it exists; otherwise a backend that
 /// answers 500 naming what is missing, as Linkerd's does.
 pub(super) fn weighted_backend(
@@ -746,19 +764,7 @@ pub(super) fn weighted_backend(
             backend: Some(*backend),
             ..Default::default()
         },
-        BackendRefTarget::Missing(message) => api::http_route::RouteBackend {
-            backend: Some(invalid_backend()),
-            filters: vec![api::http_route::Filter {
-                kind: Some(api::http_route::filter::Kind::FailureInjector(
-                    route_api::HttpFailureInjector {
-                        status: 500,
-                        message,
-                        ratio: None,
-                    },
-                )),
-            }],
-            ..Default::default()
-        },
+        BackendRefTarget::Missing(message) => failing_backend(message),
     };
     api::http_route::WeightedRouteBackend {
         backend: Some(route_backend),

@@ -3,7 +3,7 @@
 
 use linkerd2_proxy_api::http_route as route_api;
 use linkerd2_proxy_api::meta::{self, Metadata};
-use weft_api::{HttpRouteMatch, Key, POLICY_GROUP, PathMatchKind, ValueMatchKind};
+use weft_api::{HttpRouteMatch, Key, POLICY_GROUP, PathMatchKind, ValueMatch, ValueMatchKind};
 
 /// A route's metadata, as route metrics label it.
 pub fn route_metadata(key: &Key) -> Metadata {
@@ -32,6 +32,23 @@ pub fn rule_matches(matches: &[HttpRouteMatch]) -> Vec<route_api::HttpRouteMatch
     }
 }
 
+/// Header conditions, as HTTP and gRPC route matches both carry them.
+pub fn header_matches(list: &[ValueMatch]) -> Vec<route_api::HeaderMatch> {
+    list.iter()
+        .map(|h| route_api::HeaderMatch {
+            name: h.name.clone(),
+            value: Some(match h.kind {
+                ValueMatchKind::Exact => {
+                    route_api::header_match::Value::Exact(h.value.clone().into_bytes())
+                }
+                ValueMatchKind::RegularExpression => {
+                    route_api::header_match::Value::Regex(h.value.clone())
+                }
+            }),
+        })
+        .collect()
+}
+
 pub fn route_match(m: &HttpRouteMatch) -> route_api::HttpRouteMatch {
     use route_api::path_match::Kind as Path;
     let path = match &m.path {
@@ -44,21 +61,7 @@ pub fn route_match(m: &HttpRouteMatch) -> route_api::HttpRouteMatch {
     };
     route_api::HttpRouteMatch {
         path: Some(route_api::PathMatch { kind: Some(path) }),
-        headers: m
-            .headers
-            .iter()
-            .map(|h| route_api::HeaderMatch {
-                name: h.name.clone(),
-                value: Some(match h.kind {
-                    ValueMatchKind::Exact => {
-                        route_api::header_match::Value::Exact(h.value.clone().into_bytes())
-                    }
-                    ValueMatchKind::RegularExpression => {
-                        route_api::header_match::Value::Regex(h.value.clone())
-                    }
-                }),
-            })
-            .collect(),
+        headers: header_matches(&m.headers),
         query_params: m
             .query_params
             .iter()

@@ -79,6 +79,10 @@ impl Conn {
         {
             return super::routed::forward(conn, req, compiled, exchange, self.listen_addr).await;
         }
+        let counted = match &service {
+            Ok(s) if tunnel => super::OpaqueRouteCount::open(&conn.shared, s),
+            _ => None,
+        };
         let chosen = match service {
             Ok(service) => match service
                 .backend
@@ -113,17 +117,20 @@ impl Conn {
             });
         metrics.request_total.inc();
         let result = match chosen {
-            Ok((_, endpoint)) if tunnel => {
-                tunnel_to(conn, req, endpoint.addr).await.inspect(|resp| {
+            Ok((_, endpoint)) if tunnel => tunnel_to(conn, req, endpoint.addr, counted)
+                .await
+                .inspect(|resp| {
                     let status = metrics.status(resp.status().as_u16());
                     status.latency_ms.observe(elapsed_ms(exchange.started));
                     status.success.inc();
-                })
-            }
+                }),
             Ok((service, endpoint)) => {
                 proxy(conn, req, &service, endpoint, &metrics, exchange).await
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                super::OpaqueRouteCount::refused(counted, &e);
+                Err(e)
+            }
         };
         (metrics, result)
     }
@@ -335,8 +342,15 @@ async fn tunnel_to(
     conn: &HttpConn,
     mut req: Request<Incoming>,
     addr: SocketAddr,
+    counted: Option<super::OpaqueRouteCount>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let upstream = conn.shared.pools.dialer.connect_opaque(addr).await?;
+    let upstream = match conn.shared.pools.dialer.connect_opaque(addr).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            super::OpaqueRouteCount::close(counted, "unexpected");
+            return Err(e.into());
+        }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = conn.shared.config.tcp_idle_timeout;
     let watch = conn.watch.clone();
@@ -353,6 +367,7 @@ async fn tunnel_to(
             Ok((sent, received)) => debug!(%addr, sent, received, "tunnel closed"),
             Err(e) => debug!(%addr, error = %e, "tunnel ended"),
         }
+        super::OpaqueRouteCount::close(counted, "");
     });
     Ok(Response::new(ProxyBody::empty()))
 }

@@ -103,29 +103,10 @@ async fn forward_opaque<I>(
         }
         None => Ok(Service::addr(target)),
     };
-    // A policy's opaque route counts its connections, as linkerd2-proxy's.
-    let route = match &service {
-        Ok(Service {
-            backend: Backend::Policy(compiled),
-            ..
-        }) => compiled.policy.opaque.first().map(|r| {
-            r.state
-                .tcp
-                .get_or_init(|| {
-                    Arc::new(shared.metrics.tcp_route(&compiled.policy.parent, &r.meta))
-                })
-                .clone()
-        }),
-        _ => None,
-    };
-    let closed = |error| {
-        if let Some(route) = &route {
-            route.closed(error);
-        }
-    };
-    if let Some(route) = &route {
-        route.opened();
-    }
+    let route = service
+        .as_ref()
+        .ok()
+        .and_then(|s| OpaqueRouteCount::open(shared, s));
     let endpoint = match service {
         Ok(s) => s.backend.endpoint(shared.config.discovery_timeout).await,
         Err(e) => Err(e),
@@ -133,10 +114,7 @@ async fn forward_opaque<I>(
     let Endpoint { addr, pick } = match endpoint {
         Ok(endpoint) => endpoint,
         Err(e) => {
-            closed(match e {
-                ProxyError::Refused { error, .. } => error,
-                _ => "unexpected",
-            });
+            OpaqueRouteCount::refused(route, &e);
             return info!(error = %e, "opaque connection refused");
         }
     };
@@ -147,12 +125,56 @@ async fn forward_opaque<I>(
     let server = match connected {
         Ok(s) => s,
         Err(e) => {
-            closed("unexpected");
+            OpaqueRouteCount::close(route, "unexpected");
             return info!(error = %e, "opaque connection refused: endpoint unreachable");
         }
     };
     copy_opaque(shared, client, server, &client_conn, addr).await;
-    closed("");
+    OpaqueRouteCount::close(route, "");
+}
+
+/// A connection on a policy's opaque route, counted as linkerd2-proxy
+/// counts them (`outbound_tcp_route_open_total`, `_close_total` by error):
+/// transparent connections and explicit-proxy CONNECT tunnels alike.
+pub(crate) struct OpaqueRouteCount(Arc<crate::metrics::TcpRouteMetrics>);
+
+impl OpaqueRouteCount {
+    /// Counts a connection opened to `service`, when a policy routes it.
+    pub(crate) fn open(shared: &Shared, service: &Service) -> Option<Self> {
+        let Backend::Policy(compiled) = &service.backend else {
+            return None;
+        };
+        let route = compiled.policy.opaque.first()?;
+        let metrics = route
+            .state
+            .tcp
+            .get_or_init(|| {
+                Arc::new(
+                    shared
+                        .metrics
+                        .tcp_route(&compiled.policy.parent, &route.meta),
+                )
+            })
+            .clone();
+        metrics.opened();
+        Some(OpaqueRouteCount(metrics))
+    }
+
+    /// The connection ended; `error` empty when it ran its course.
+    pub(crate) fn close(count: Option<Self>, error: &'static str) {
+        if let Some(OpaqueRouteCount(metrics)) = count {
+            metrics.closed(error);
+        }
+    }
+
+    /// The connection was refused with `e` before it reached an endpoint.
+    pub(crate) fn refused(count: Option<Self>, e: &ProxyError) {
+        let error = match e {
+            ProxyError::Refused { error, .. } => error,
+            _ => "unexpected",
+        };
+        Self::close(count, error);
+    }
 }
 
 /// The service a request or connection addressed: the first of the three
