@@ -302,6 +302,68 @@ fn metric(ip: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     support::admin_metric(admin, name, labels)
 }
 
+/// Every metric family of every proxy and control-plane service, after the
+/// demo's traffic, passes `promtool check metrics`, but for the `_ms` unit
+/// in Linkerd's own names, which its dashboards need.
+fn assert_metrics_pass_promtool(plan: &serde_json::Value) {
+    const LINKERD_MS_NAMES: [&str; 3] = [
+        "response_latency_ms",
+        "route_response_latency_ms",
+        "tcp_connection_duration_ms",
+    ];
+    let mut admins: Vec<String> = plan["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}:4191", p["ip"].as_str().unwrap()))
+        .collect();
+    admins.extend(["198.18.0.1:9990".to_string(), "198.18.0.1:9996".to_string()]);
+    for admin in admins {
+        let text = weft_testkit::scrape::http_get(admin.parse().unwrap(), "/metrics")
+            .unwrap_or_else(|| panic!("scraping {admin} failed"))
+            .1;
+        let mut promtool = match Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return eprintln!("promtool check skipped: {e} (apt-get install prometheus)");
+            }
+        };
+        use std::io::Write as _;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = promtool.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let problems: Vec<&str> = said
+            .lines()
+            .filter(|l| {
+                !LINKERD_MS_NAMES.iter().any(|n| {
+                    l.starts_with(&format!("{n} "))
+                        && l.ends_with("metric names should not contain abbreviated units")
+                })
+            })
+            .collect();
+        assert!(problems.is_empty(), "{admin}: {problems:?}");
+        assert!(
+            text.lines().any(|l| !l.starts_with('#')),
+            "{admin} exports no sample"
+        );
+    }
+}
+
 /// The demo's canary (examples/emojivoto/emoji-routes.yaml): web's proxy
 /// splits emoji calls 90/10 between emoji and emoji-v2, and sends every
 /// call carrying `x-canary: 1` to v2; `weft routes` shows the split.
@@ -831,6 +893,7 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
     }
     assert_demo_policy(&voting, state_root);
     assert_demo_split(&web, state_root);
+    assert_metrics_pass_promtool(&plan);
     // Diagnostics find the running mesh's destination service and CA.
     let endpoints = support::weft(&[
         "diagnostics",
