@@ -234,6 +234,12 @@ mod tests {
             r#"request_total{direction="outbound",authority="web:80",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_service_discovery",dst_external_workload="web-0",dst_namespace="demo"} 1"#,
             "process_cpu_seconds_total ",
             "process_resident_memory_bytes ",
+            concat!(
+                r#"proxy_build_info{date="","#,
+                r#"git_sha="",profile="debug",vendor="weft",version=""#,
+                env!("CARGO_PKG_VERSION"),
+                r#""} 1"#
+            ),
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }

@@ -1,13 +1,44 @@
 //! `process_*` metrics (CPU, memory, file descriptors, start time), read at
-//! scrape time.
+//! scrape time, and `proxy_build_info` (linkerd2-proxy's labels), so that
+//! dashboards and `weft check` can tell which build every proxy runs.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+
+/// linkerd2-proxy's `proxy_build_info` labels. `WEFT_GIT_SHA` and
+/// `WEFT_BUILD_DATE` are read at compile time when a release build sets
+/// them; otherwise they are empty.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildInfo {
+    date: &'static str,
+    git_sha: &'static str,
+    profile: &'static str,
+    vendor: &'static str,
+    version: &'static str,
+}
+
+const BUILD_INFO: BuildInfo = BuildInfo {
+    date: match option_env!("WEFT_BUILD_DATE") {
+        Some(d) => d,
+        None => "",
+    },
+    git_sha: match option_env!("WEFT_GIT_SHA") {
+        Some(s) => s,
+        None => "",
+    },
+    profile: if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    },
+    vendor: "weft",
+    version: env!("CARGO_PKG_VERSION"),
+};
 
 /// `process_*` metrics read from /proc at scrape time.
 #[derive(Debug)]
@@ -51,6 +82,14 @@ fn proc_stat() -> Option<(f64, f64, f64, f64)> {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let info = ConstGauge::new(1i64);
+        let mut family = encoder.encode_descriptor(
+            "proxy_build_info",
+            "Proxy build info",
+            None,
+            info.metric_type(),
+        )?;
+        info.encode(family.encode_family(&BUILD_INFO)?)?;
         let mut gauge = |name: &str, help: &str, value: f64| -> fmt::Result {
             let g = ConstGauge::new(value);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
