@@ -169,6 +169,20 @@ fn limited_service(rps: u32, addr: SocketAddr) -> String {
     )
 }
 
+/// A proxy in explicit-proxy mode that resolves through `destination` and
+/// follows its outbound policies, as a client in namespace demo.
+fn following(destination: &Destination) -> Proxy {
+    Proxy::builder(support::proxy_bin())
+        .env(
+            "WEFT_PROXY_DESTINATION_SVC_ADDR",
+            destination.addr.to_string(),
+        )
+        .env("WEFT_PROXY_POLICY_SVC_ADDR", destination.addr.to_string())
+        .env("WEFT_PROXY_POLICY_WORKLOAD", "demo:client-0")
+        .log_filter("warn,weft_proxy=info")
+        .start()
+}
+
 struct Mesh {
     _replicas: Vec<Replica>,
     /// The replica behind `limited`.
@@ -229,15 +243,7 @@ spec:
     ];
     let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
     let destination = Destination::start(&files);
-    let proxy = Proxy::builder(support::proxy_bin())
-        .env(
-            "WEFT_PROXY_DESTINATION_SVC_ADDR",
-            destination.addr.to_string(),
-        )
-        .env("WEFT_PROXY_POLICY_SVC_ADDR", destination.addr.to_string())
-        .env("WEFT_PROXY_POLICY_WORKLOAD", "demo:client-0")
-        .log_filter("warn,weft_proxy=info")
-        .start();
+    let proxy = following(&destination);
     Mesh {
         limited: limited.addr,
         _replicas: vec![v1, v2, good, bad, broken, limited],
@@ -766,15 +772,7 @@ spec:
     ];
     let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
     let destination = Destination::start(&files);
-    let proxy = Proxy::builder(support::proxy_bin())
-        .env(
-            "WEFT_PROXY_DESTINATION_SVC_ADDR",
-            destination.addr.to_string(),
-        )
-        .env("WEFT_PROXY_POLICY_SVC_ADDR", destination.addr.to_string())
-        .env("WEFT_PROXY_POLICY_WORKLOAD", "demo:client-0")
-        .log_filter("warn,weft_proxy=info")
-        .start();
+    let proxy = following(&destination);
     (destination, proxy, servers)
 }
 
@@ -1024,15 +1022,7 @@ spec:
         &[("egress.yaml", &egress)],
         &["--cluster-networks", "10.0.0.0/8"],
     );
-    let proxy = Proxy::builder(support::proxy_bin())
-        .env(
-            "WEFT_PROXY_DESTINATION_SVC_ADDR",
-            destination.addr.to_string(),
-        )
-        .env("WEFT_PROXY_POLICY_SVC_ADDR", destination.addr.to_string())
-        .env("WEFT_PROXY_POLICY_WORKLOAD", "demo:client-0")
-        .log_filter("warn,weft_proxy=info")
-        .start();
+    let proxy = following(&destination);
     let mut c = Client::connect(proxy.outbound).await;
     let host = outside.addr.to_string();
     // The attached route lets GET /allowed out, its filter applied.

@@ -166,6 +166,16 @@ impl Outcome {
         }
     }
 
+    /// A gRPC answer's status. The server chooses it, so a code gRPC does
+    /// not define (above 16) is UNKNOWN (2): the label stays bounded.
+    pub fn grpc(code: Option<u32>) -> Self {
+        const GRPC_UNKNOWN: u32 = 2;
+        const GRPC_MAX_CODE: u32 = 16;
+        code.map_or(Outcome::NoStatus, |c| {
+            Outcome::Status(if c > GRPC_MAX_CODE { GRPC_UNKNOWN } else { c })
+        })
+    }
+
     fn labels(self) -> (String, &'static str) {
         match self {
             Outcome::Status(code) => (code.to_string(), ""),
@@ -431,10 +441,7 @@ impl RouteEnd {
         let outcome = if !clean {
             Outcome::Error("UNEXPECTED")
         } else if self.route.grpc {
-            trailers
-                .and_then(grpc_status)
-                .or(self.header_grpc_status)
-                .map_or(Outcome::NoStatus, Outcome::Status)
+            Outcome::grpc(trailers.and_then(grpc_status).or(self.header_grpc_status))
         } else {
             Outcome::Status(u32::from(self.http_status))
         };
@@ -442,5 +449,21 @@ impl RouteEnd {
             .response(outcome, self.attempt_started.elapsed().as_secs_f64());
         self.route
             .response(outcome, self.request_started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_grpc_status_is_a_bounded_label() {
+        let label = |code| Outcome::grpc(code).labels().0;
+        assert_eq!(label(Some(0)), "0");
+        assert_eq!(label(Some(16)), "16");
+        // A hostile server's made-up codes all fold into UNKNOWN.
+        assert_eq!(label(Some(17)), "2");
+        assert_eq!(label(Some(u32::MAX)), "2");
+        assert_eq!(label(None), "");
     }
 }

@@ -390,7 +390,7 @@ impl Sent<'_> {
     /// trailers-only gRPC answer's `grpc-status`).
     fn outcome(&self, resp: &Response<Incoming>) -> Outcome {
         if self.route_metrics.grpc {
-            grpc_status(resp.headers()).map_or(Outcome::NoStatus, Outcome::Status)
+            Outcome::grpc(grpc_status(resp.headers()))
         } else {
             Outcome::Status(u32::from(resp.status().as_u16()))
         }
