@@ -62,6 +62,15 @@ pub fn is_dns_label(s: &str) -> bool {
 /// `<name>.weft.serviceaccount.identity.weft.<trust domain>`.
 pub const CONTROL_NAMESPACE: &str = "weft";
 
+/// On a pod (an ExternalWorkload the local mesh renders): the Deployment
+/// it belongs to. Such a workload is labelled in metrics as a pod of that
+/// Deployment (`dst_pod`, `dst_deployment`), as Linkerd labels pods.
+pub const WORKLOAD_LABEL: &str = "weft.io/workload";
+/// On a meshed pod: the namespace of the control plane that injected it.
+pub const CONTROL_PLANE_NS_LABEL: &str = "linkerd.io/control-plane-ns";
+/// On a pod: the hash of the pod template it was made from.
+pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
 pub(crate) fn check_name(meta: &Metadata) -> Result<(), String> {
     if !is_dns_label(&meta.namespace) {
         return Err(format!(

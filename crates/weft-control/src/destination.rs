@@ -95,6 +95,8 @@ impl Target {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub workload: Key,
+    /// The workload's own metric labels (`pod`, `deployment`, ...).
+    pub metric_labels: BTreeMap<String, String>,
     pub identity: Option<String>,
     pub weight: u32,
     /// The target port is opaque: no HTTP, transport header to `inbound_port`.
@@ -118,11 +120,43 @@ fn in_ranges(ranges: &[(u16, u16)], port: u16) -> bool {
 fn endpoint(w: &ExternalWorkload, opaque: bool) -> Endpoint {
     Endpoint {
         workload: w.metadata.key(),
+        metric_labels: metric_labels(w),
         identity: w.spec.mesh_tls.as_ref().map(|t| t.identity.clone()),
         weight: DEFAULT_WEIGHT,
         opaque,
         inbound_port: w.proxy_inbound_port(),
     }
+}
+
+/// The labels a proxy puts on its metrics of requests to `w` (as
+/// `dst_<name>`), as Linkerd's destination service gives them: a pod of a
+/// Deployment is `pod` and `deployment`, with its control plane and template
+/// hash; any other workload is `external_workload`. `zone` is always there
+/// (empty here: the local mesh has no zones).
+fn metric_labels(w: &ExternalWorkload) -> BTreeMap<String, String> {
+    let meta = &w.metadata;
+    let mut labels = BTreeMap::from([
+        ("namespace".to_string(), meta.namespace.clone()),
+        ("zone".to_string(), String::new()),
+    ]);
+    match meta.labels.get(weft_api::WORKLOAD_LABEL) {
+        Some(deployment) => {
+            labels.insert("pod".into(), meta.name.clone());
+            labels.insert("deployment".into(), deployment.clone());
+            for (label, name) in [
+                (weft_api::CONTROL_PLANE_NS_LABEL, "control_plane_ns"),
+                (weft_api::POD_TEMPLATE_HASH_LABEL, "pod_template_hash"),
+            ] {
+                if let Some(value) = meta.labels.get(label) {
+                    labels.insert(name.into(), value.clone());
+                }
+            }
+        }
+        None => {
+            labels.insert("external_workload".into(), meta.name.clone());
+        }
+    }
+    labels
 }
 
 /// The ready endpoints of `svc` for its port `port`.
@@ -200,10 +234,7 @@ pub fn endpoint_set(snapshot: &Snapshot, target: &Target) -> EndpointSet {
 }
 
 fn weighted_addr(addr: SocketAddr, e: &Endpoint) -> api::WeightedAddr {
-    let mut labels = HashMap::from([
-        ("external_workload".to_string(), e.workload.name.clone()),
-        ("namespace".to_string(), e.workload.namespace.clone()),
-    ]);
+    let mut labels: HashMap<String, String> = e.metric_labels.clone().into_iter().collect();
     let tls_identity = e.identity.as_ref().map(|id| {
         if let Some(sa) = id.split('.').next() {
             labels.insert("serviceaccount".into(), sa.into());

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 use std::task::{Context, Poll};
@@ -16,8 +16,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use weft_identity::Identity;
 
+use crate::discovery::Resolution;
 use crate::io::Metered;
-use crate::metrics::{Direction, Metrics, Peer, TcpConn, TcpLabels, Tls};
+use crate::metrics::{Direction, DstLabels, Metrics, Peer, TcpConn, TcpLabels, Tls};
+
+/// What discovery said about an outbound endpoint: the resolution that
+/// lists it (whose authority its connections are labelled with) and its
+/// `dst_*` labels.
+#[derive(Clone, Debug)]
+pub struct EndpointLabels {
+    resolution: Weak<Resolution>,
+    dst: DstLabels,
+}
 use crate::tls::{MeshConnectError, MeshTlsConfigs};
 use crate::transport_header::TransportHeader;
 
@@ -30,15 +40,13 @@ pub enum ConnectError {
     Failed { addr: SocketAddr, source: io::Error },
 }
 
-/// Opens a TCP connection to `addr`, counted as `peer="dst"` towards
-/// `target` (which differs when a transport header carries the real port).
+/// Opens a TCP connection to `addr`, counted as `peer="dst"` under `labels`
+/// (whose target differs when a transport header carries the real port).
 async fn connect(
     metrics: &Arc<Metrics>,
-    direction: Direction,
     addr: SocketAddr,
-    target: SocketAddr,
+    labels: TcpLabels,
     timeout: Duration,
-    tls: Tls,
 ) -> Result<Metered<TcpStream>, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
@@ -47,13 +55,7 @@ async fn connect(
     };
     // Small writes (request heads, gRPC frames) must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let conn = metrics.tcp_open(TcpLabels::new(
-        direction,
-        Peer::Dst,
-        target.to_string(),
-        tls,
-    ));
-    Ok(Metered::new(stream, conn))
+    Ok(Metered::new(stream, metrics.tcp_open(labels)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +165,9 @@ pub struct Dialer {
     /// the destination service. An address keeps the identity it was last
     /// given (addresses are not reused across identities within a mesh).
     pub outbound_identities: RwLock<HashMap<SocketAddr, MeshEndpoint>>,
+    /// Each discovered endpoint's resolution and `dst_*` labels, for its
+    /// connections' metrics; kept while its resolution lists it.
+    pub endpoint_labels: RwLock<HashMap<SocketAddr, EndpointLabels>>,
     pub mesh: Option<Arc<MeshTlsConfigs>>,
 }
 
@@ -190,17 +195,41 @@ impl Dialer {
         }
     }
 
+    /// Records the labels of a resolution's endpoints: `gone` are the ones
+    /// it listed before and no longer does.
+    pub fn learn_labels<'a>(
+        &self,
+        resolution: &Weak<Resolution>,
+        endpoints: impl Iterator<Item = (&'a SocketAddr, &'a DstLabels)>,
+        gone: impl Iterator<Item = SocketAddr>,
+    ) {
+        let mut map = self.endpoint_labels.write();
+        for addr in gone {
+            if map
+                .get(&addr)
+                .is_some_and(|e| Weak::ptr_eq(&e.resolution, resolution))
+            {
+                map.remove(&addr);
+            }
+        }
+        for (addr, dst) in endpoints {
+            let fresh = map
+                .get(addr)
+                .is_none_or(|e| !Weak::ptr_eq(&e.resolution, resolution) || e.dst != *dst);
+            if fresh {
+                let labels = EndpointLabels {
+                    resolution: resolution.clone(),
+                    dst: dst.clone(),
+                };
+                map.insert(*addr, labels);
+            }
+        }
+    }
+
     /// Inbound: a plain connection to the application at `addr`.
     pub async fn connect_local(&self, addr: SocketAddr) -> Result<EndpointIo, DialError> {
-        let io = connect(
-            &self.metrics,
-            Direction::Inbound,
-            addr,
-            addr,
-            self.inbound_connect_timeout,
-            Tls::NotProvidedByRemote,
-        )
-        .await?;
+        let labels = TcpLabels::new(Direction::Inbound, Peer::Dst, addr, Tls::Loopback);
+        let io = connect(&self.metrics, addr, labels, self.inbound_connect_timeout).await?;
         Ok(EndpointIo::Plain(io))
     }
 
@@ -217,15 +246,17 @@ impl Dialer {
 
     async fn dial(&self, addr: SocketAddr, opaque: bool) -> Result<EndpointIo, DialError> {
         let timeout = self.outbound_connect_timeout;
+        let learned = self.endpoint_labels.read().get(&addr).and_then(|e| {
+            let authority = e.resolution.upgrade()?.authority();
+            Some((authority, e.dst.clone()))
+        });
         let connect = |dial_addr, tls| {
-            connect(
-                &self.metrics,
-                Direction::Outbound,
-                dial_addr,
-                addr,
-                timeout,
-                tls,
-            )
+            let labels = TcpLabels::new(Direction::Outbound, Peer::Dst, addr, tls);
+            let labels = match &learned {
+                Some((authority, dst)) => labels.with_endpoint(authority.clone(), dst.clone()),
+                None => labels,
+            };
+            connect(&self.metrics, dial_addr, labels, timeout)
         };
         let Some(endpoint) = self.mesh_endpoint(addr) else {
             let io = connect(addr, Tls::NotProvidedByServiceDiscovery).await?;

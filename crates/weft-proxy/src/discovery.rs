@@ -82,6 +82,17 @@ impl Drop for Resolution {
 }
 
 impl Resolution {
+    /// The logical name this resolution's connections are labelled with:
+    /// the service's fully qualified name and port once the profile names
+    /// it (as Linkerd's `authority`), the target as asked until then.
+    pub fn authority(&self) -> Arc<str> {
+        let profile = self.profile.borrow();
+        match (profile.as_deref(), self.target.rsplit_once(':')) {
+            (Some(p), Some((_, port))) if !p.name.is_empty() => format!("{}:{port}", p.name).into(),
+            _ => self.target.as_str().into(),
+        }
+    }
+
     /// The service profile, once the destination service has sent one.
     pub fn profile(&self) -> Option<Arc<Profile>> {
         self.profile.borrow().clone()
@@ -419,6 +430,19 @@ fn publish(
         }
     }
     if let Some(r) = resolution.upgrade() {
+        let gone: Vec<SocketAddr> = match tx.borrow().as_deref() {
+            Some(Answer::Endpoints(before)) => before
+                .keys()
+                .filter(|a| !endpoints.contains_key(a))
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        };
+        discovery.dialer.learn_labels(
+            resolution,
+            endpoints.iter().map(|(a, e)| (a, &e.labels)),
+            gone.into_iter(),
+        );
         r.balancer.update(endpoints.keys().copied());
     }
     debug!(endpoints = endpoints.len(), exists, "destination update");
@@ -520,6 +544,7 @@ mod tests {
             inbound_connect_timeout: Duration::from_secs(1),
             outbound_connect_timeout: Duration::from_secs(1),
             outbound_identities: Default::default(),
+            endpoint_labels: Default::default(),
             mesh: None,
         });
         // Nothing listens there; the channel is lazy and only retries.

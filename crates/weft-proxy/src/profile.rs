@@ -128,13 +128,14 @@ impl Profile {
 }
 
 impl Route {
-    /// Whether a response with `status` counts as a failure: the first
-    /// matching response class decides; without one, 5xx is a failure.
-    pub fn is_failure(&self, status: u16) -> bool {
+    /// Whether a response with `status` is a failure by the first matching
+    /// response class; `None` when no class matches (then `grpc-status`,
+    /// else a 5xx, decides).
+    pub fn classify(&self, status: u16) -> Option<bool> {
         self.classes
             .iter()
             .find(|c| c.condition.matches(status))
-            .map_or(status >= 500, |c| c.failure)
+            .map(|c| c.failure)
     }
 }
 
@@ -282,14 +283,15 @@ mod tests {
         let r = p.route(&get, "/api/x").unwrap();
         assert!(r.retryable);
         assert_eq!(r.timeout, Some(Duration::from_millis(250)));
-        assert!(r.is_failure(429));
-        assert!(r.is_failure(503), "no class matched: 5xx is a failure");
-        assert!(!r.is_failure(404));
-        let post = p.route(&http::Method::POST, "/").unwrap();
-        assert!(
-            post.is_failure(503) && !post.is_failure(404),
-            "default: 5xx"
+        assert_eq!(r.classify(429), Some(true));
+        assert_eq!(
+            r.classify(503),
+            None,
+            "no class matched: the status decides"
         );
+        assert_eq!(r.classify(404), None);
+        let post = p.route(&http::Method::POST, "/").unwrap();
+        assert_eq!((post.classify(503), post.classify(404)), (None, None));
     }
 
     #[test]

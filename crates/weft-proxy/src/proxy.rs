@@ -141,6 +141,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inbound_connect_timeout: config.inbound_connect_timeout,
         outbound_connect_timeout: config.outbound_connect_timeout,
         outbound_identities: config.outbound_identities.clone().into(),
+        endpoint_labels: Default::default(),
         mesh: mesh_tls.clone(),
     });
     let discovery = match &config.destination {

@@ -244,6 +244,15 @@ async fn grpc_unary_streaming_and_status_through_the_proxy() {
         .expect_err("the server fails this call");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(status.message().contains("boom"));
+    let status = client
+        .unary(EchoRequest {
+            message: "broken".into(),
+            fail_with_code: 13,
+            ..Default::default()
+        })
+        .await
+        .expect_err("the server fails this call");
+    assert_eq!(status.code(), tonic::Code::Internal);
 
     // Bidirectional streaming: each reply arrives before the next message is sent.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -275,11 +284,22 @@ async fn grpc_unary_streaming_and_status_through_the_proxy() {
         "stream ends after the client half-closes"
     );
 
+    // Linkerd's gRPC classes: FAILED_PRECONDITION is the server's answer,
+    // INTERNAL a failure; each response carries its code.
     let grpc = ("direction", "inbound");
+    let responses = |class, code| {
+        proxy.metric(
+            "response_total",
+            &[grpc, ("classification", class), ("grpc_status", code)],
+        )
+    };
     assert_eq!(
-        proxy.metric("response_total", &[grpc, ("classification", "success")]),
-        2.0
+        responses("success", "0"),
+        2.0,
+        "the unary ping and the chat"
     );
+    assert_eq!(responses("success", "9"), 1.0);
+    assert_eq!(responses("failure", "13"), 1.0);
     assert_eq!(
         proxy.metric("response_total", &[grpc, ("classification", "failure")]),
         1.0

@@ -64,6 +64,8 @@ pub struct Pod {
     pub name: String,
     pub namespace: String,
     pub deployment: String,
+    /// Kubernetes' `pod-template-hash`: a stable hash of the pod template.
+    pub template_hash: String,
     pub replica: u32,
     pub ip: Ipv4Addr,
     pub identity: String,
@@ -174,6 +176,10 @@ pub fn plan(snapshot: &Snapshot, replicas: &BTreeMap<Key, u32>) -> Result<Plan, 
             continue;
         };
         let count = replicas.get(key).copied().unwrap_or(d.spec.replicas);
+        let template_hash = format!(
+            "{:08x}",
+            stable_hash(&serde_json::to_string(&d.spec.template).unwrap_or_default())
+        );
         for replica in 0..count {
             let name = format!("{}-{replica}", key.name);
             let ip = allocate(
@@ -186,6 +192,7 @@ pub fn plan(snapshot: &Snapshot, replicas: &BTreeMap<Key, u32>) -> Result<Plan, 
                 name,
                 namespace: key.namespace.clone(),
                 deployment: key.name.clone(),
+                template_hash: template_hash.clone(),
                 replica,
                 ip,
                 identity: identity.to_string(),

@@ -16,43 +16,53 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use prometheus_client::metrics::counter::Counter;
 
-use crate::metrics::RouteEnd;
-use crate::metrics::family::Series;
+use crate::metrics::{Class, Eos, RouteEnd, RouteStatus, StatusMetrics};
 
-/// How a response will be classified once it ends.
+/// How a response will be counted once it ends: its class, decided from
+/// the headers and the trailers, on the connection's series and, for a
+/// profile route, the route's.
 #[derive(Debug)]
 pub struct ResponseEnd {
-    pub success: Series<Counter>,
-    pub failure: Series<Counter>,
-    /// gRPC responses are classified by `grpc-status`, others by HTTP status.
-    pub grpc: bool,
-    pub http_failed: bool,
+    pub status: StatusMetrics,
+    pub eos: Eos,
+    /// A profile route's series, for the response as the client saw it
+    /// and for the attempt that produced it. Boxed, like `route`.
+    pub profile_route: Option<Box<RouteStatus>>,
     /// A policy-routed request's route and backend, counted at the end too.
     /// Boxed: most responses have none, and bodies stay small.
     pub route: Option<Box<RouteEnd>>,
 }
 
 impl ResponseEnd {
-    /// Records the outcome; `trailers` are the final trailers if any, `clean`
-    /// whether the stream ended without error.
-    fn record(self, trailers: Option<&HeaderMap>, clean: bool) {
+    /// Records the outcome: `Ok(trailers)` for a stream that completed,
+    /// `Err(reason)` for one that broke.
+    fn record(self, end: Result<Option<&HeaderMap>, Option<h2::Reason>>) {
         if let Some(route) = self.route {
-            route.finish(trailers, clean);
+            route.finish(end.as_ref().ok().copied().flatten(), end.is_ok());
         }
-        let failed = !clean
-            || if self.grpc {
-                trailers.and_then(grpc_status).is_some_and(|code| code != 0)
-            } else {
-                self.http_failed
-            };
-        if failed {
-            self.failure.inc()
-        } else {
-            self.success.inc()
+        let class = match end {
+            Ok(trailers) => self.eos.end(trailers),
+            Err(reason) => Class::stream(reason),
         };
+        self.status.count(class);
+        if let Some(route) = self.profile_route {
+            route.response.count(class);
+            route.actual_response.count(class);
+        }
     }
+}
+
+/// The HTTP/2 reason a body error carries, if it is an HTTP/2 one.
+fn h2_reason(err: &hyper::Error) -> Option<h2::Reason> {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason();
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// The `grpc-status` in a header block, if any.
@@ -107,17 +117,17 @@ impl Body for ProxyBody {
                 if let Some(trailers) = f.trailers_ref()
                     && let Some(end) = end.take()
                 {
-                    end.record(Some(trailers), true);
+                    end.record(Ok(Some(trailers)));
                 }
             }
-            Some(Err(_)) => {
+            Some(Err(e)) => {
                 if let Some(end) = end.take() {
-                    end.record(None, false);
+                    end.record(Err(h2_reason(e)));
                 }
             }
             None => {
                 if let Some(end) = end.take() {
-                    end.record(None, true);
+                    end.record(Ok(None));
                 }
             }
         }
@@ -142,12 +152,16 @@ impl Body for ProxyBody {
 impl Drop for ProxyBody {
     /// A body the server never polled to the end: complete if the upstream had
     /// nothing more to send (hyper skips polling empty bodies), failed otherwise
-    /// (the client went away mid-stream).
+    /// (the client went away mid-stream: cancelled).
     fn drop(&mut self) {
         if let ProxyBody::Upstream { inner, end } = self
             && let Some(end) = end.take()
         {
-            end.record(None, inner.is_end_stream());
+            end.record(if inner.is_end_stream() {
+                Ok(None)
+            } else {
+                Err(Some(h2::Reason::CANCEL))
+            });
         }
     }
 }

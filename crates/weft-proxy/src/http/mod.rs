@@ -34,11 +34,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
-use self::body::{ProxyBody, RequestBody, ResponseEnd, grpc_status};
+use self::body::{ProxyBody, RequestBody, ResponseEnd};
 use self::error::ProxyError;
 use self::orig_proto::L5D_ORIG_PROTO;
 use self::pool::{Lease, Pool};
 use crate::drain::Watch;
+use crate::metrics::Eos;
 use crate::metrics::{AuthorityMetrics, Direction, HttpConnMetrics};
 use crate::proxy::Shared;
 use crate::{inbound, outbound};
@@ -235,7 +236,11 @@ async fn handle(
             let resp = err.to_response(exchange.grpc);
             let status = metrics.status(resp.status().as_u16());
             status.latency_ms.observe(elapsed_ms(exchange.started));
-            status.failure.inc();
+            // The proxy's own answer is classified like any other: a 502
+            // fails, a 403 is the mesh answering, a gRPC error by its code.
+            status.count(
+                Eos::start(resp.status().as_u16(), resp.headers(), exchange.grpc, None).end(None),
+            );
             Ok(resp)
         }
     }
@@ -267,6 +272,7 @@ pub(crate) fn respond(
     is_connect: bool,
     metrics: &AuthorityMetrics,
     exchange: &Exchange,
+    profile: Option<ProfileEnd>,
 ) -> Response<ProxyBody> {
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
         || (is_connect && resp.status().is_success());
@@ -279,22 +285,23 @@ pub(crate) fn respond(
     let resp_version = resp.version();
     headers::strip_hop_by_hop(resp.headers_mut(), resp_version, switched);
 
-    let status = metrics.status(resp.status().as_u16());
+    let code = resp.status().as_u16();
+    let status = metrics.status(code);
     status.latency_ms.observe(elapsed_ms(exchange.started));
-    let (classify_grpc, http_failed) = match exchange.grpc.then(|| grpc_status(resp.headers())) {
-        // A trailers-only gRPC response carries its status in the headers.
-        Some(Some(code)) => (false, code != 0),
-        Some(None) => (true, false),
-        None => (false, resp.status().is_server_error()),
-    };
+    let profile_class = profile.as_ref().and_then(|p| p.route.classify(code));
     let end = ResponseEnd {
-        success: status.success,
-        failure: status.failure,
-        grpc: classify_grpc,
-        http_failed,
+        status,
+        eos: Eos::start(code, resp.headers(), exchange.grpc, profile_class),
+        profile_route: profile.map(|p| Box::new(p.metrics.status(code))),
         route: None,
     };
     resp.map(|body| ProxyBody::upstream(body, end))
+}
+
+/// A profile route's part in a response: its classes and its series.
+pub(crate) struct ProfileEnd<'a> {
+    pub route: &'a crate::profile::Route,
+    pub metrics: &'a crate::metrics::RouteMetrics,
 }
 
 /// What every attempt of one request shares.
@@ -324,27 +331,32 @@ impl Attempt<'_> {
             pick.done(endpoint_failed(&result));
         }
         let failed = is_failure(self.route, &result);
-        if let (Some(m), Ok(resp)) = (self.route_metrics, &result) {
-            m.status(resp.status().as_u16(), failed)
-                .actual_response
-                .inc();
-        }
         (result, failed)
     }
 }
 
-/// Whether a result is a failure: by the route's response classes, else a
-/// 5xx; an error always is.
+/// Whether a result is a failure as its headers tell: by the route's
+/// response classes, else a trailers-only `grpc-status` or a 5xx; an error
+/// always is.
 pub(crate) fn is_failure(
     route: Option<&crate::profile::Route>,
     result: &Result<Response<Incoming>, ProxyError>,
 ) -> bool {
     match result {
-        Ok(resp) => route.map_or(resp.status().is_server_error(), |r| {
-            r.is_failure(resp.status().as_u16())
-        }),
+        Ok(resp) => header_class(route, resp).is_failure(),
         Err(_) => true,
     }
+}
+
+/// A response's class as far as its headers decide it (an open stream
+/// counts as a success so far).
+pub(crate) fn header_class<B>(
+    route: Option<&crate::profile::Route>,
+    resp: &Response<B>,
+) -> crate::metrics::Class {
+    let code = resp.status().as_u16();
+    let profile = route.and_then(|r| r.classify(code));
+    Eos::start(code, resp.headers(), false, profile).end(None)
 }
 
 /// Sends one attempt, within the request's deadline: HTTP/2 on the

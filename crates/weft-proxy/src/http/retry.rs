@@ -113,6 +113,8 @@ impl Default for RetryBudget {
 /// Whether a failed request gets another attempt.
 pub struct RetryPolicy<'a> {
     pub budget: &'a RetryBudget,
+    /// Where retryable failures, and the budget's refusals, are counted.
+    pub metrics: Option<&'a crate::metrics::RouteMetrics>,
 }
 
 impl RetryPolicy<'_> {
@@ -137,6 +139,10 @@ impl RetryPolicy<'_> {
             return None;
         }
         let again = replay.again()?;
-        self.budget.withdraw().then_some(again)
+        let has_budget = self.budget.withdraw();
+        if let Some(m) = self.metrics {
+            m.retryable(has_budget);
+        }
+        has_budget.then_some(again)
     }
 }

@@ -40,7 +40,7 @@ pub struct Caller {
     pub ip: std::net::IpAddr,
     pub tls: Tls,
     /// The `target_addr` label.
-    pub target: String,
+    pub target: std::net::SocketAddr,
 }
 
 impl Conn {
@@ -64,7 +64,7 @@ impl Conn {
     fn authorize<B>(&self, conn: &HttpConn, req: &Request<B>) -> Result<(), ProxyError> {
         let policy = self.caller.policy.current();
         let decision = Decision {
-            target: &self.caller.target,
+            target: self.caller.target,
             server: &policy.server,
             tls: &self.caller.tls,
         };
@@ -171,6 +171,7 @@ impl Conn {
                 is_connect,
                 &metrics,
                 exchange,
+                None,
             ))
         }
         .await;

@@ -32,7 +32,7 @@ use crate::detect::{self, PrefixedIo, Protocol};
 use crate::drain::Watch;
 use crate::http::{HttpConn, Side};
 use crate::io::Metered;
-use crate::metrics::{Direction, HttpConnMetrics, Peer, TcpConn, TcpLabels, Tls};
+use crate::metrics::{Direction, HttpConnMetrics, Peer, ServerLabel, TcpConn, TcpLabels, Tls};
 use crate::proxy::{Accepted, ClientIo, Shared, copy_opaque, detect_unless_opaque};
 use crate::tls::MeshTlsConfigs;
 use crate::transport_header::{SessionProtocol, TransportHeader};
@@ -51,9 +51,8 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
     } else {
         config.inbound_forward_addr
     };
-    let labels = |target: SocketAddr, tls: Tls| {
-        TcpLabels::new(Direction::Inbound, Peer::Src, target.to_string(), tls)
-    };
+    let labels =
+        |target: SocketAddr, tls: Tls| TcpLabels::new(Direction::Inbound, Peer::Src, target, tls);
     let client_conn = shared
         .metrics
         .tcp_accepted(labels(target.unwrap_or(local), Tls::NotProvidedByRemote));
@@ -84,7 +83,6 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
             return;
         };
         let tls = Tls::FromClient(mesh.client_id.as_ref().map(|c| c.as_str().into()));
-        client_conn.label(labels(mesh.target, tls.clone()));
         let conn = Conn {
             target: mesh.target,
             tls,
@@ -103,7 +101,6 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
             "closed a connection made to the inbound port itself without mesh TLS and a transport header (and WEFT_PROXY_INBOUND_FORWARD_ADDR is unset)"
         );
     };
-    client_conn.label(labels(target, Tls::NotProvidedByRemote));
     let conn = Conn {
         target,
         tls: Tls::NotProvidedByRemote,
@@ -265,7 +262,10 @@ impl Conn {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // The connection's labels are known once the port's Server is.
+        let labels = TcpLabels::new(Direction::Inbound, Peer::Src, self.target, self.tls.clone());
         if let Err(refused) = self.admit(&shared) {
+            client_conn.label(labels);
             shared
                 .metrics
                 .tcp_accept_error(Direction::Inbound, refused.error);
@@ -273,15 +273,19 @@ impl Conn {
         }
         let policy = shared.inbound_policy(self.target.port()).await;
         let current = policy.current();
+        let server_label = ServerLabel {
+            server: current.server.clone(),
+            port: self.target.port(),
+        };
+        client_conn.label(labels.with_server(server_label.clone()));
         // The port's policy may say what it speaks, whatever the bytes look like.
         let protocol = if current.protocol.is_opaque() {
             Protocol::Opaque
         } else {
             protocol
         };
-        let target_label = self.target.to_string();
         let decision = crate::metrics::Decision {
-            target: &target_label,
+            target: self.target,
             server: &current.server,
             tls: &self.tls,
         };
@@ -314,7 +318,8 @@ impl Conn {
                     shared.metrics.clone(),
                     Direction::Inbound,
                     self.tls.clone(),
-                );
+                )
+                .with_server(server_label);
                 let side = Side::Inbound(http::Conn::new(
                     shared.pools.inbound(self.target),
                     self.client_id,
@@ -322,7 +327,7 @@ impl Conn {
                         policy,
                         ip: self.client,
                         tls: self.tls.clone(),
-                        target: target_label,
+                        target: self.target,
                     },
                 ));
                 let conn = HttpConn::new(side, protocol == Protocol::Http2, shared, metrics, watch);

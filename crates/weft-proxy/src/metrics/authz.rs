@@ -2,21 +2,25 @@
 //! `inbound_http_authz_allow_total` / `_deny_total`,
 //! `inbound_tcp_authz_allow_total` / `_deny_total`, and
 //! `inbound_http_local_ratelimit_rejected_total`, by target, server
-//! (`srv_group`, `srv_kind`, `srv_name`), route, authorization and TLS.
+//! (`srv_group`, `srv_kind`, `srv_name`, `srv_port`), route, authorization
+//! and TLS.
+
+use std::net::SocketAddr;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 
 use super::family::{Family, Registrar};
+use super::labels::{ServerLabel, TargetAddr};
 use super::{Metrics, Tls};
 use weft_policy::Ref;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
-    target_addr: String,
-    srv_group: String,
-    srv_kind: String,
-    srv_name: String,
+    #[prometheus(flatten)]
+    target: TargetAddr,
+    #[prometheus(flatten)]
+    server: ServerLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,12 +124,13 @@ impl AuthzFamilies {
     }
 }
 
-fn server(target: &str, s: &Ref) -> ServerLabels {
+fn server(target: SocketAddr, s: &Ref) -> ServerLabels {
     ServerLabels {
-        target_addr: target.into(),
-        srv_group: s.group.to_string(),
-        srv_kind: s.kind.to_string(),
-        srv_name: s.name.to_string(),
+        target: TargetAddr(target),
+        server: ServerLabel {
+            server: s.clone(),
+            port: target.port(),
+        },
     }
 }
 
@@ -148,7 +153,7 @@ fn authz(a: &Ref) -> AuthzLabels {
 /// Where an authorization decision was made: the target, server and TLS of
 /// the connection.
 pub struct Decision<'a> {
-    pub target: &'a str,
+    pub target: SocketAddr,
     pub server: &'a Ref,
     pub tls: &'a Tls,
 }

@@ -1,5 +1,5 @@
 //! HTTP metrics: `request_total`, `response_total` (by status and
-//! classification), `response_latency_ms`. [`HttpConnMetrics`] keeps a
+//! [class](super::classify)), `response_latency_ms`. [`HttpConnMetrics`] keeps a
 //! connection's last few label sets, so the request path only bumps atomics.
 
 use std::fmt;
@@ -12,7 +12,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::classify::{ByClass, Class, Classified};
 use super::family::{Family, Registrar, Series};
+use super::labels::{Maybe, ServerLabel, TargetAddr};
 use super::{Direction, DstLabels, HistogramFamily, Metrics, Tls, latency_histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,9 +22,12 @@ struct RequestLabels {
     direction: Direction,
     #[prometheus(flatten)]
     authority: AuthorityLabel,
-    target_addr: String,
+    #[prometheus(flatten)]
+    target: TargetAddr,
     #[prometheus(flatten)]
     tls: Tls,
+    #[prometheus(flatten)]
+    server: Maybe<ServerLabel>,
     #[prometheus(flatten)]
     dst: DstLabels,
 }
@@ -49,19 +54,11 @@ struct LatencyLabels {
     status_code: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResponseLabels {
-    #[prometheus(flatten)]
-    request: RequestLabels,
-    status_code: u16,
-    classification: &'static str,
-}
-
 /// The HTTP families.
 #[derive(Debug)]
 pub(super) struct HttpFamilies {
     request_total: Family<RequestLabels, Counter>,
-    response_total: Family<ResponseLabels, Counter>,
+    response_total: Family<Classified<LatencyLabels>, Counter>,
     response_latency_ms: HistogramFamily<LatencyLabels>,
 }
 
@@ -88,6 +85,7 @@ pub struct HttpConnMetrics {
     metrics: Arc<Metrics>,
     direction: Direction,
     tls: Tls,
+    server: Option<ServerLabel>,
     recent: Mutex<Vec<Arc<AuthorityMetrics>>>,
 }
 
@@ -100,8 +98,15 @@ impl HttpConnMetrics {
             metrics,
             direction,
             tls,
+            server: None,
             recent: Mutex::new(Vec::new()),
         }
+    }
+
+    /// An inbound connection's metrics carry the `Server` it reached.
+    pub fn with_server(mut self, server: ServerLabel) -> Self {
+        self.server = Some(server);
+        self
     }
 
     /// Metrics for a request to `target_addr`; `endpoint` tells, for a new
@@ -126,11 +131,12 @@ impl HttpConnMetrics {
         let labels = RequestLabels {
             direction: self.direction,
             authority: AuthorityLabel(authority.map(str::to_string)),
-            target_addr: target_addr.to_string(),
+            target: TargetAddr(target_addr),
             tls: match server_id {
                 Some(id) => Tls::ToServer(id.as_str().into()),
                 None => self.tls.clone(),
             },
+            server: Maybe(self.server.clone()),
             dst,
         };
         let m = Arc::new(AuthorityMetrics {
@@ -159,13 +165,18 @@ pub struct AuthorityMetrics {
 }
 
 /// Handles for one status code: latency, and the response counters by
-/// classification (decided only at the end of the stream for gRPC).
+/// class (known only at the end of the stream for gRPC).
 #[derive(Clone, Debug)]
 pub struct StatusMetrics {
     code: u16,
     pub latency_ms: Series<Histogram>,
-    pub success: Series<Counter>,
-    pub failure: Series<Counter>,
+    responses: Arc<ByClass<LatencyLabels>>,
+}
+
+impl StatusMetrics {
+    pub fn count(&self, class: Class) {
+        self.responses.count(class);
+    }
 }
 
 impl AuthorityMetrics {
@@ -174,11 +185,6 @@ impl AuthorityMetrics {
         if let Some(s) = statuses.iter().find(|s| s.code == code) {
             return s.clone();
         }
-        let response = |classification| ResponseLabels {
-            request: self.labels.clone(),
-            status_code: code,
-            classification,
-        };
         let latency = LatencyLabels {
             request: self.labels.clone(),
             status_code: code,
@@ -190,16 +196,7 @@ impl AuthorityMetrics {
                 .http
                 .response_latency_ms
                 .get_or_create(&latency),
-            success: self
-                .metrics
-                .http
-                .response_total
-                .get_or_create(&response("success")),
-            failure: self
-                .metrics
-                .http
-                .response_total
-                .get_or_create(&response("failure")),
+            responses: Arc::new(ByClass::new(&self.metrics.http.response_total, latency)),
         };
         statuses.push(s.clone());
         s

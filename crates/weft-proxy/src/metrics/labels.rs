@@ -3,6 +3,7 @@
 //! the destination labels discovery gives an endpoint.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -61,6 +62,9 @@ pub enum Tls {
     NotProvidedByRemote,
     /// Discovery gave no identity for the endpoint (outbound plaintext).
     NotProvidedByServiceDiscovery,
+    /// The application's side of the proxy, which never takes mesh TLS:
+    /// its connections out, and the inbound proxy's to it.
+    Loopback,
     /// Inbound mesh TLS, with the client's verified identity.
     FromClient(Option<Arc<str>>),
     /// Outbound mesh TLS to an endpoint that proved this identity.
@@ -77,6 +81,7 @@ impl EncodeLabelSet for Tls {
                 Some("not_provided_by_service_discovery"),
                 None,
             ),
+            Tls::Loopback => ("no_identity", Some("loopback"), None),
             Tls::FromClient(id) => ("true", None, id.as_deref().map(|id| ("client_id", id))),
             Tls::ToServer(id) => ("true", None, Some(("server_id", id.as_ref()))),
         };
@@ -91,23 +96,113 @@ impl EncodeLabelSet for Tls {
     }
 }
 
+/// A connection's or request's target, as Linkerd labels it:
+/// `target_addr`, `target_ip` and `target_port`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct TargetAddr(pub SocketAddr);
+
+impl EncodeLabelSet for TargetAddr {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        use prometheus_client::encoding::EncodeLabel;
+        use std::fmt::Write;
+        let mut buf = String::with_capacity(48);
+        let _ = write!(buf, "{}", self.0);
+        ("target_addr", buf.as_str()).encode(encoder.encode_label())?;
+        buf.clear();
+        let _ = write!(buf, "{}", self.0.ip());
+        ("target_ip", buf.as_str()).encode(encoder.encode_label())?;
+        ("target_port", self.0.port()).encode(encoder.encode_label())
+    }
+}
+
+/// The inbound `Server` a connection or request reached (`srv_group`,
+/// `srv_kind`, `srv_name`, `srv_port`): from the policy controller, never
+/// from the client.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ServerLabel {
+    pub server: weft_policy::Ref,
+    pub port: u16,
+}
+
+impl EncodeLabelSet for ServerLabel {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        use prometheus_client::encoding::EncodeLabel;
+        let s = &self.server;
+        ("srv_group", &*s.group).encode(encoder.encode_label())?;
+        ("srv_kind", &*s.kind).encode(encoder.encode_label())?;
+        ("srv_name", &*s.name).encode(encoder.encode_label())?;
+        ("srv_port", self.port).encode(encoder.encode_label())
+    }
+}
+
+/// An optional label set, written only when present.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Maybe<L>(pub Option<L>);
+
+impl<L: EncodeLabelSet> EncodeLabelSet for Maybe<L> {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        match &self.0 {
+            Some(labels) => labels.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The `authority` label of an outbound connection or request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Authority(pub Arc<str>);
+
+impl EncodeLabelSet for Authority {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        use prometheus_client::encoding::EncodeLabel;
+        ("authority", &*self.0).encode(encoder.encode_label())
+    }
+}
+
+/// A TCP connection's labels, in Linkerd's order: an outbound connection to
+/// an endpoint carries the authority it was resolved for and the endpoint's
+/// `dst_*` labels; an inbound one the `Server` it reached.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     direction: Direction,
     peer: Peer,
-    target_addr: String,
+    #[prometheus(flatten)]
+    authority: Maybe<Authority>,
+    #[prometheus(flatten)]
+    target: TargetAddr,
     #[prometheus(flatten)]
     tls: Tls,
+    #[prometheus(flatten)]
+    server: Maybe<ServerLabel>,
+    #[prometheus(flatten)]
+    dst: DstLabels,
 }
 
 impl TcpLabels {
-    pub fn new(direction: Direction, peer: Peer, target_addr: String, tls: Tls) -> Self {
+    pub fn new(direction: Direction, peer: Peer, target: SocketAddr, tls: Tls) -> Self {
         TcpLabels {
             direction,
             peer,
-            target_addr,
+            authority: Maybe(None),
+            target: TargetAddr(target),
             tls,
+            server: Maybe(None),
+            dst: DstLabels::default(),
         }
+    }
+
+    /// An inbound connection's labels, with the server it reached.
+    pub fn with_server(mut self, server: ServerLabel) -> Self {
+        self.server = Maybe(Some(server));
+        self
+    }
+
+    /// An outbound connection's labels, with what discovery said: the
+    /// authority the endpoint was resolved for, and its `dst_*` labels.
+    pub fn with_endpoint(mut self, authority: Arc<str>, dst: DstLabels) -> Self {
+        self.authority = Maybe(Some(Authority(authority)));
+        self.dst = dst;
+        self
     }
 }
 

@@ -14,6 +14,7 @@
 //! `register` line in its module.
 
 mod authz;
+pub mod classify;
 mod control;
 pub mod family;
 mod http;
@@ -32,11 +33,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub use self::authz::Decision;
+pub use self::classify::{Class, Eos};
 pub use self::control::ActiveStream;
 pub use self::family::SeriesLimits;
 use self::family::{Family, Registrar};
 pub use self::http::{AuthorityMetrics, HttpConnMetrics, StatusMetrics};
-pub use self::labels::{Direction, DstLabels, Peer, TcpLabels, Tls};
+pub use self::labels::{Direction, DstLabels, Peer, ServerLabel, TargetAddr, TcpLabels, Tls};
 pub use self::policy_route::{
     Outcome, PolicyBackendMetrics, PolicyRouteMetrics, RouteEnd, TcpRouteMetrics,
 };
@@ -190,19 +192,31 @@ mod tests {
     #[test]
     fn exposition_uses_linkerd_names_and_labels() {
         let m = Metrics::new(SeriesLimits::default(), false);
-        let conn = m.tcp_open(TcpLabels::new(
-            Direction::Inbound,
-            Peer::Src,
-            "10.0.0.1:80".into(),
-            Tls::NotProvidedByRemote,
-        ));
+        let target: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let server = ServerLabel {
+            server: weft_policy::Ref {
+                group: "policy.linkerd.io".into(),
+                kind: "server".into(),
+                name: "web-http".into(),
+            },
+            port: 80,
+        };
+        let conn = m.tcp_open(
+            TcpLabels::new(
+                Direction::Inbound,
+                Peer::Src,
+                target,
+                Tls::NotProvidedByRemote,
+            )
+            .with_server(server.clone()),
+        );
         conn.add_read(10);
-        let http = HttpConnMetrics::new(m.clone(), Direction::Inbound, Tls::NotProvidedByRemote);
-        let target = "10.0.0.1:80".parse().unwrap();
+        let http = HttpConnMetrics::new(m.clone(), Direction::Inbound, Tls::NotProvidedByRemote)
+            .with_server(server);
         let a = http.for_request("web:80", target, || (None, DstLabels::default()));
         a.request_total.inc();
         let s = a.status(200);
-        s.success.inc();
+        s.count(Class::Http { failure: false });
         s.latency_ms.observe(3.0);
         assert!(Arc::ptr_eq(
             &a,
@@ -216,32 +230,75 @@ mod tests {
         );
         let discovered = std::collections::BTreeMap::from([
             ("namespace".to_string(), "demo".to_string()),
-            ("external-workload".to_string(), "web-0".to_string()),
+            ("deployment".to_string(), "web".to_string()),
         ]);
         outbound
             .for_request("web:80", target, || (None, DstLabels::new(&discovered)))
             .request_total
             .inc();
+        let _app = m.tcp_open(TcpLabels::new(
+            Direction::Outbound,
+            Peer::Src,
+            target,
+            Tls::Loopback,
+        ));
+        let _endpoint = m.tcp_open(
+            TcpLabels::new(
+                Direction::Outbound,
+                Peer::Dst,
+                target,
+                Tls::ToServer("web.demo.serviceaccount.identity.weft.cluster.local".into()),
+            )
+            .with_endpoint(
+                "web.demo.svc.cluster.local:80".into(),
+                DstLabels::new(&discovered),
+            ),
+        );
 
         let text = m.encode();
+        let target = r#"target_addr="10.0.0.1:80",target_ip="10.0.0.1",target_port="80""#;
+        let plain = r#"tls="no_identity",no_tls_reason="not_provided_by_remote""#;
+        let srv =
+            r#"srv_group="policy.linkerd.io",srv_kind="server",srv_name="web-http",srv_port="80""#;
         for needle in [
-            r#"request_total{direction="inbound",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 1"#,
-            r#"response_total{direction="inbound",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",status_code="200",classification="success"} 1"#,
-            r#"response_latency_ms_bucket{direction="inbound",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",status_code="200",le="3"} 1"#,
-            r#"tcp_read_bytes_total{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 10"#,
-            r#"tcp_open_connections{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote"} 0"#,
-            r#"tcp_close_total{direction="inbound",peer="src",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_remote",errno=""} 1"#,
-            r#"request_total{direction="outbound",authority="web:80",target_addr="10.0.0.1:80",tls="no_identity",no_tls_reason="not_provided_by_service_discovery",dst_external_workload="web-0",dst_namespace="demo"} 1"#,
-            "process_cpu_seconds_total ",
-            "process_resident_memory_bytes ",
+            format!(r#"request_total{{direction="inbound",{target},{plain},{srv}}} 1"#),
+            format!(
+                r#"response_total{{direction="inbound",{target},{plain},{srv},status_code="200",classification="success"}} 1"#
+            ),
+            format!(
+                r#"response_latency_ms_bucket{{direction="inbound",{target},{plain},{srv},status_code="200",le="3"}} 1"#
+            ),
+            format!(
+                r#"tcp_read_bytes_total{{direction="inbound",peer="src",{target},{plain},{srv}}} 10"#
+            ),
+            format!(
+                r#"tcp_open_connections{{direction="inbound",peer="src",{target},{plain},{srv}}} 0"#
+            ),
+            format!(
+                r#"tcp_close_total{{direction="inbound",peer="src",{target},{plain},{srv},errno=""}} 1"#
+            ),
+            format!(
+                r#"request_total{{direction="outbound",authority="web:80",{target},tls="no_identity",no_tls_reason="not_provided_by_service_discovery",dst_deployment="web",dst_namespace="demo"}} 1"#
+            ),
+            format!(
+                r#"tcp_open_total{{direction="outbound",peer="src",{target},tls="no_identity",no_tls_reason="loopback"}} 1"#
+            ),
+            format!(
+                r#"tcp_open_total{{direction="outbound",peer="dst",authority="web.demo.svc.cluster.local:80",{target},tls="true",server_id="web.demo.serviceaccount.identity.weft.cluster.local",dst_deployment="web",dst_namespace="demo"}} 1"#
+            ),
+            "process_cpu_seconds_total ".into(),
+            "process_resident_memory_bytes ".into(),
             concat!(
                 r#"proxy_build_info{date="","#,
                 r#"git_sha="",profile="debug",vendor="weft",version=""#,
                 env!("CARGO_PKG_VERSION"),
                 r#""} 1"#
-            ),
+            )
+            .into(),
         ] {
-            assert!(text.contains(needle), "missing {needle}\n{text}");
+            assert!(text.contains(&needle), "missing {needle}\n{text}");
         }
+        // A response that never happened has no series.
+        assert!(!text.contains(r#"classification="failure""#), "{text}");
     }
 }

@@ -18,7 +18,9 @@ use crate::discovery::Resolution;
 use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::retry::{self, RetryPolicy};
-use crate::http::{Attempt, Exchange, HttpConn, elapsed_ms, headers, request_target, respond};
+use crate::http::{
+    Attempt, Exchange, HttpConn, ProfileEnd, elapsed_ms, headers, request_target, respond,
+};
 use crate::metrics::AuthorityMetrics;
 use crate::proxy::Shared;
 
@@ -122,7 +124,7 @@ impl Conn {
                 .inspect(|resp| {
                     let status = metrics.status(resp.status().as_u16());
                     status.latency_ms.observe(elapsed_ms(exchange.started));
-                    status.success.inc();
+                    status.count(crate::metrics::Class::Http { failure: false });
                 }),
             Ok((service, endpoint)) => {
                 proxy(conn, req, &service, endpoint, &metrics, exchange).await
@@ -239,7 +241,10 @@ async fn proxy(
             attempt_of.send(&pools.outbound(addr), req, pick).await.0
         }
         Some((backend, budget)) => {
-            let policy = RetryPolicy { budget };
+            let policy = RetryPolicy {
+                budget,
+                metrics: route_metrics,
+            };
             let (head, mut body) = retry::replayable(req, retry::MAX_REPLAY_BODY);
             let (mut pool, mut pick, mut attempt) = (pools.outbound(addr), pick, 1);
             loop {
@@ -250,6 +255,12 @@ async fn proxy(
                 let Some(again) = policy.next(attempt, &result, failed, timed_out, &replay) else {
                     break result;
                 };
+                // The failed answer is dropped unread: its headers decided it.
+                if let (Some(m), Ok(resp)) = (route_metrics, &result) {
+                    m.status(resp.status().as_u16())
+                        .actual_response
+                        .count(crate::http::header_class(route, resp));
+                }
                 body = again;
                 // Another endpoint of the same backend, chosen afresh; the
                 // failed answer is dropped.
@@ -265,18 +276,24 @@ async fn proxy(
             }
         }
     };
+    // The route's answer is counted when its body ends (`respond`), or
+    // here when there is none.
     if let Some(m) = route_metrics {
-        let (code, failed) = match &result {
-            Ok(resp) => (
-                resp.status().as_u16(),
-                crate::http::is_failure(route, &result),
-            ),
-            Err(e) => (e.status().as_u16(), true),
+        let code = match &result {
+            Ok(resp) => resp.status().as_u16(),
+            Err(e) => e.status().as_u16(),
         };
-        let status = m.status(code, failed);
-        status.response.inc();
+        let status = m.status(code);
         status.latency_ms.observe(elapsed_ms(exchange.started));
+        if result.is_err() {
+            status
+                .response
+                .count(crate::metrics::Class::Http { failure: true });
+        }
     }
+    let profile = route
+        .zip(route_metrics)
+        .map(|(route, metrics)| ProfileEnd { route, metrics });
     Ok(respond(
         conn,
         result?,
@@ -284,6 +301,7 @@ async fn proxy(
         is_connect,
         metrics,
         exchange,
+        profile,
     ))
 }
 

@@ -46,8 +46,8 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
     let labels = TcpLabels::new(
         Direction::Outbound,
         Peer::Src,
-        target.unwrap_or(accepted.local).to_string(),
-        Tls::NotProvidedByServiceDiscovery,
+        target.unwrap_or(accepted.local),
+        Tls::Loopback,
     );
     let client_conn = shared.metrics.tcp_accepted(labels.clone());
     let mut io = Metered::new(accepted.stream, client_conn.clone());

@@ -149,6 +149,7 @@ pub(super) async fn forward(
                 is_connect,
                 &metrics,
                 exchange,
+                None,
             );
             resp.body_mut().on_route_end(end);
             Ok(resp)

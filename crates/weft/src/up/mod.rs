@@ -14,12 +14,13 @@
 mod control;
 mod net;
 mod procs;
+mod prometheus;
 mod render;
 mod runtime;
 mod tokens;
 
 pub use control::{RestartArgs, ScaleArgs, restart, scale, socket};
-pub use render::WORKLOAD_LABEL;
+pub use weft_api::WORKLOAD_LABEL;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -68,6 +69,8 @@ pub struct UpArgs {
     /// annotation overrides it.
     #[arg(long, default_value = "all-unauthenticated")]
     default_inbound_policy: weft_api::DefaultPolicy,
+    #[command(flatten)]
+    prometheus: prometheus::PrometheusArgs,
 }
 
 /// Why the mesh runs rootless, or `None` for network namespaces.
@@ -151,6 +154,9 @@ struct Mesh {
     default_inbound_policy: weft_api::DefaultPolicy,
     /// The destination service's token, once the control plane starts.
     destination_token: Option<TokenFile>,
+    prometheus_args: prometheus::PrometheusArgs,
+    /// The mesh's Prometheus, when it runs one.
+    prometheus: Option<prometheus::Prometheus>,
 }
 
 /// What starting a pod needs besides the pod itself.
@@ -213,6 +219,8 @@ async fn up(args: UpArgs, rootless: bool) -> anyhow::Result<()> {
         token_ttl: args.token_ttl,
         default_inbound_policy: args.default_inbound_policy,
         destination_token: None,
+        prometheus_args: args.prometheus.clone(),
+        prometheus: None,
     };
     let outcome = match start(&mut mesh).await {
         Ok(()) => supervise(&mut mesh).await,
@@ -393,6 +401,7 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
     }
     info!("control plane up");
     mesh.destination_token = Some(destination_token);
+    start_prometheus(mesh, &logs)?;
 
     mesh.pod_env = Some(PodEnv {
         proxy_bin: procs::resolve_program("weft-proxy", &mesh.manifests)?,
@@ -402,6 +411,45 @@ async fn start(mesh: &mut Mesh) -> anyhow::Result<()> {
     for pod in mesh.plan.pods.clone() {
         let running = start_pod(mesh, &pod)?;
         mesh.pods.push(running);
+    }
+    Ok(())
+}
+
+/// Starts the mesh's Prometheus, or says why the mesh runs without one.
+fn start_prometheus(mesh: &mut Mesh, logs: &Path) -> anyhow::Result<()> {
+    let control_ip = mesh.control_ip;
+    let uid = mesh.runtime.uid(prometheus::PROMETHEUS_UID);
+    let control_targets = [
+        ("identity", SocketAddr::from((control_ip, 9990))),
+        ("destination", SocketAddr::from((control_ip, 9996))),
+    ];
+    let prepared = prometheus::Prometheus::prepare(
+        &mesh.prometheus_args,
+        &mesh.state,
+        control_ip,
+        uid,
+        &control_targets,
+    )?;
+    let addr_file = mesh.state.join(prometheus::ADDR_FILE);
+    let _ = std::fs::remove_file(&addr_file);
+    match prepared {
+        Err(why) => outln!("running without Prometheus: {why}"),
+        Ok((prom, mut argv)) => {
+            argv.splice(0..0, mesh.runtime.as_user(prometheus::PROMETHEUS_UID));
+            let env = base_env(&mesh.name);
+            mesh.control
+                .push(Supervised::start(prometheus::Prometheus::spec(
+                    argv, env, logs,
+                ))?);
+            std::fs::write(&addr_file, prom.addr.to_string())
+                .context("writing the Prometheus address")?;
+            outln!(
+                "prometheus: http://{} (scraping every {})",
+                prom.addr,
+                humantime::format_duration(mesh.prometheus_args.scrape_interval)
+            );
+            mesh.prometheus = Some(prom);
+        }
     }
     Ok(())
 }
@@ -629,6 +677,15 @@ async fn supervise(mesh: &mut Mesh) -> anyhow::Result<()> {
         }
         if readiness_changed {
             publish(mesh);
+        }
+        if let Some(prom) = &mut mesh.prometheus {
+            let uid = mesh.runtime.uid(prometheus::PROMETHEUS_UID);
+            if let Err(e) = prom.write_targets(mesh.pods.iter().map(|r| &r.pod), uid) {
+                warn!(
+                    error = format!("{e:#}"),
+                    "cannot update Prometheus's targets"
+                );
+            }
         }
         let table = status_table(mesh);
         if table != shown {
@@ -912,6 +969,7 @@ fn teardown(mesh: &mut Mesh) {
     let _ = std::fs::remove_dir_all(mesh.state.join("cluster"));
     let _ = std::fs::remove_dir_all(mesh.state.join("pods"));
     let _ = std::fs::remove_file(mesh.state.join("control.sock"));
+    let _ = std::fs::remove_file(mesh.state.join(prometheus::ADDR_FILE));
     outln!(
         "stopped: {removed}; logs kept in {}",
         mesh.state.join("logs").display()

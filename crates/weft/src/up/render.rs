@@ -11,13 +11,11 @@ use anyhow::Context;
 
 use crate::plan::Plan;
 use weft_api::{
-    Condition, ExternalWorkload, ExternalWorkloadSpec, MeshTls, Metadata, WorkloadIp, WorkloadPort,
+    CONTROL_NAMESPACE, CONTROL_PLANE_NS_LABEL, Condition, ExternalWorkload, ExternalWorkloadSpec,
+    MeshTls, Metadata, POD_TEMPLATE_HASH_LABEL, WORKLOAD_LABEL, WorkloadIp, WorkloadPort,
     WorkloadStatus, to_manifest,
 };
 use weft_control::store::Snapshot;
-
-/// Names the Deployment a pod belongs to (for `weft stat`).
-pub const WORKLOAD_LABEL: &str = "weft.io/workload";
 
 /// Renders the cluster state for `plan`; `ready` says which pods (by
 /// namespace/name) are ready.
@@ -55,6 +53,8 @@ pub fn cluster_state(
             .unwrap_or(false);
         let mut labels = pod.labels.clone();
         labels.insert(WORKLOAD_LABEL.into(), pod.deployment.clone());
+        labels.insert(CONTROL_PLANE_NS_LABEL.into(), CONTROL_NAMESPACE.into());
+        labels.insert(POD_TEMPLATE_HASH_LABEL.into(), pod.template_hash.clone());
         let workload = ExternalWorkload {
             metadata: Metadata {
                 name: pod.name.clone(),
