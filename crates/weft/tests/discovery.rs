@@ -593,6 +593,24 @@ async fn a_streamed_body_of_unknown_length_is_replayed_on_retries() {
     assert_eq!(proxy.metric("route_actual_request_total", &echo), 3.0);
     let success = [("rt_route", "echo"), ("classification", "success")];
     assert_eq!(proxy.metric("route_response_total", &success), 1.0);
+    // Each attempt's answer, as Linkerd counts them: two 503s retried, one 200.
+    let actual = |code, class| {
+        proxy.metric(
+            "route_actual_response_total",
+            &[
+                ("rt_route", "echo"),
+                ("status_code", code),
+                ("classification", class),
+            ],
+        )
+    };
+    assert_eq!(
+        (actual("503", "failure"), actual("200", "success")),
+        (2.0, 1.0)
+    );
+    assert_eq!(proxy.metric("route_retryable_total", &echo), 2.0);
+    let refused = [("rt_route", "echo"), ("skipped", "no_budget")];
+    assert_eq!(proxy.metric("route_retryable_total", &refused), 0.0);
     task_a.abort();
     task_b.abort();
 }
