@@ -25,6 +25,7 @@ pub mod policy;
 pub mod secure_fs;
 pub mod serving_tls;
 pub mod store;
+pub mod viz;
 pub mod watches;
 
 /// Resolves on SIGTERM or Ctrl-C: how every long-running part of the

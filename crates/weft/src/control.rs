@@ -19,12 +19,16 @@ pub enum ControlCmd {
     /// The destination service (io.linkerd.proxy.destination.Destination): endpoints and
     /// profiles from a directory of manifests.
     Destination(DestinationArgs),
+    /// The metrics API (`linkerd viz`'s questions, answered from Prometheus,
+    /// as JSON).
+    Viz(crate::viz::ServeArgs),
 }
 
 pub async fn run(cmd: ControlCmd) -> anyhow::Result<()> {
     match cmd {
         ControlCmd::Identity(args) => weft_control::identity::serve(args.config()).await,
         ControlCmd::Destination(args) => weft_control::destination::serve(args.config()?).await,
+        ControlCmd::Viz(args) => crate::viz::serve(args).await,
     }
 }
 

@@ -28,6 +28,7 @@ mod stat;
 mod target;
 mod traffic;
 mod up;
+mod viz;
 
 use clap::{Parser, Subcommand};
 
@@ -75,6 +76,9 @@ enum Cmd {
     /// Authorization policy: why a request is admitted or refused.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Linkerd's viz views of a running mesh, from its Prometheus.
+    #[command(subcommand)]
+    Viz(viz::VizCmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Restart(args) => up::restart(args),
         Cmd::Authz(args) => runtime()?.block_on(policy::authz(args)),
         Cmd::Policy(policy::PolicyCmd::Explain(args)) => runtime()?.block_on(policy::explain(args)),
+        Cmd::Viz(cmd) => viz::run(cmd),
     }
 }
 

@@ -455,6 +455,126 @@ fn assert_prometheus_sees_the_mesh(plan: &serde_json::Value, state: &std::path::
     assert_eq!((data.uid(), data.mode() & 0o777), (2103, 0o700));
 }
 
+/// `weft viz ... -o json` against the mesh's metrics API.
+fn viz(args: &[&str], state_root: &str) -> serde_json::Value {
+    let out = support::weft(
+        &[
+            &["viz"][..],
+            args,
+            &["--mesh", MESH, "--state-root", state_root, "-o", "json"],
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "weft viz {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `weft viz stat`, `edges` and `routes` (Linkerd's queries, through the
+/// metrics API and the mesh's Prometheus) agree with the proxies' own
+/// counters: voting's inbound responses over the same 10 s, read from its
+/// proxy directly, match `viz stat`'s rate within 25% (Prometheus scrapes
+/// every second here and `increase()` extrapolates to the window's edges).
+fn assert_viz_agrees_with_the_proxies(voting: &str, state_root: &str) {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return eprintln!("viz check skipped: prometheus is not installed");
+    }
+    let inbound = [("direction", "inbound")];
+    let before = metric(voting, "response_total", &inbound);
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let direct =
+        (metric(voting, "response_total", &inbound) - before) / started.elapsed().as_secs_f64();
+    let rows = viz(&["stat", "deploy", "-n", "demo", "-t", "10s"], state_root);
+    let rows = rows.as_array().unwrap();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} row: {rows:?}"))
+    };
+    let voting_row = row("voting");
+    let rps = voting_row["rps"].as_f64().unwrap();
+    assert!(
+        (rps - direct).abs() <= 0.25 * direct,
+        "viz says {rps} rps, voting's proxy counted {direct}: {voting_row}"
+    );
+    assert_eq!(voting_row["meshed_pods"], 1, "{voting_row}");
+    assert_eq!(voting_row["tls_percent"], 100.0, "{voting_row}");
+    let rate = voting_row["success_rate"].as_f64().unwrap();
+    assert!((0.5..1.0).contains(&rate), "doughnuts fail: {voting_row}");
+    assert_eq!(row("emoji")["success_rate"], 1.0);
+    // What the vote bot sends goes to web, and only there.
+    let to = viz(
+        &["stat", "deploy", "-n", "demo", "--from", "deploy/vote-bot"],
+        state_root,
+    );
+    let names: Vec<&str> = to
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web"], "{to}");
+    // Services: their clients' view, by authority.
+    let svc = viz(&["stat", "svc/voting-svc", "-n", "demo"], state_root);
+    assert!(svc[0]["rps"].as_f64().unwrap() > 1.0, "{svc}");
+
+    let edges = viz(&["edges", "deploy", "-n", "demo"], state_root);
+    let web_to_voting = edges
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["src"] == "web" && e["dst"] == "voting")
+        .unwrap_or_else(|| panic!("no web -> voting edge: {edges}"));
+    assert_eq!(
+        web_to_voting["client_id"],
+        "web.demo.serviceaccount.identity.weft.cluster.local"
+    );
+    assert_eq!(
+        web_to_voting["server_id"],
+        "voting.demo.serviceaccount.identity.weft.cluster.local"
+    );
+    assert_eq!(web_to_voting["mtls"], true, "{web_to_voting}");
+
+    let routes = viz(&["routes", "deploy/web", "-n", "demo"], state_root);
+    let route = |name: &str| {
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == name)
+            .unwrap_or_else(|| panic!("no route {name}: {routes}"))
+            .clone()
+    };
+    assert_eq!(route("demo/emoji-reads")["kind"], "GRPCRoute");
+    assert_eq!(route("demo/emoji-reads")["success_rate"], 1.0);
+    assert!(route("Vote")["rps"].as_f64().unwrap() > 0.0, "{routes}");
+
+    // A bad request says what was wrong.
+    let bad = support::weft(&[
+        "viz",
+        "stat",
+        "cronjob/x",
+        "--mesh",
+        MESH,
+        "--state-root",
+        state_root,
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown resource kind"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 /// The demo's canary (examples/emojivoto/emoji-routes.yaml): web's proxy
 /// splits emoji calls 90/10 between emoji and emoji-v2, and sends every
 /// call carrying `x-canary: 1` to v2; `weft routes` shows the split.
@@ -988,6 +1108,7 @@ fn the_demo_mesh_runs_in_namespaces_recovers_and_leaves_nothing_behind() {
     assert_demo_split(&web, state_root);
     assert_metrics_pass_promtool(&plan);
     assert_prometheus_sees_the_mesh(&plan, &state.join(MESH));
+    assert_viz_agrees_with_the_proxies(&voting, state_root);
     // Diagnostics find the running mesh's destination service and CA.
     let endpoints = support::weft(&[
         "diagnostics",

@@ -46,6 +46,8 @@ const DESTINATION_UID: u32 = 2101;
 const APP_UID_BASE: u32 = 3000;
 const IDENTITY_PORT: u16 = 8080;
 const DESTINATION_PORT: u16 = 8086;
+/// The metrics API's port (Linkerd's metrics-api uses 8085).
+const METRICS_API_PORT: u16 = 8085;
 /// Marks every process a mesh starts, so a later run can find strays.
 const MESH_ENV: &str = "WEFT_MESH";
 
@@ -432,6 +434,7 @@ fn start_prometheus(mesh: &mut Mesh, logs: &Path) -> anyhow::Result<()> {
     )?;
     let addr_file = mesh.state.join(prometheus::ADDR_FILE);
     let _ = std::fs::remove_file(&addr_file);
+    let _ = std::fs::remove_file(mesh.state.join(crate::viz::API_ADDR_FILE));
     match prepared {
         Err(why) => outln!("running without Prometheus: {why}"),
         Ok((prom, mut argv)) => {
@@ -443,6 +446,28 @@ fn start_prometheus(mesh: &mut Mesh, logs: &Path) -> anyhow::Result<()> {
                 ))?);
             std::fs::write(&addr_file, prom.addr.to_string())
                 .context("writing the Prometheus address")?;
+            // The metrics API beside it, as any unprivileged program.
+            let api = SocketAddr::from((control_ip, METRICS_API_PORT));
+            let mut argv = mesh.runtime.as_user(prometheus::PROMETHEUS_UID);
+            argv.extend([
+                path(&weft_exe()?)?.to_string(),
+                "control".into(),
+                "viz".into(),
+                "--prometheus".into(),
+                prom.addr.to_string(),
+                "--listen".into(),
+                api.to_string(),
+            ]);
+            let mut env = base_env(&mesh.name);
+            env.push(("WEFT_LOG".into(), "info".into()));
+            mesh.control.push(Supervised::start(Spec {
+                name: "viz/metrics-api".into(),
+                argv,
+                env,
+                log: logs.join("metrics-api.log"),
+            })?);
+            std::fs::write(mesh.state.join(crate::viz::API_ADDR_FILE), api.to_string())
+                .context("writing the metrics API's address")?;
             outln!(
                 "prometheus: http://{} (scraping every {})",
                 prom.addr,
@@ -970,6 +995,7 @@ fn teardown(mesh: &mut Mesh) {
     let _ = std::fs::remove_dir_all(mesh.state.join("pods"));
     let _ = std::fs::remove_file(mesh.state.join("control.sock"));
     let _ = std::fs::remove_file(mesh.state.join(prometheus::ADDR_FILE));
+    let _ = std::fs::remove_file(mesh.state.join(crate::viz::API_ADDR_FILE));
     outln!(
         "stopped: {removed}; logs kept in {}",
         mesh.state.join("logs").display()

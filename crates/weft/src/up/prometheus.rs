@@ -173,6 +173,12 @@ fn proxy_target(pod: &Pod) -> TargetGroup {
                 weft_api::CONTROL_NAMESPACE.into(),
             ),
             ("container".into(), "linkerd-proxy".into()),
+            // Not one of Linkerd's: the metrics API names an edge's client
+            // identity from it, as Linkerd's does from the pod's spec.
+            (
+                "serviceaccount".into(),
+                pod.identity.split('.').next().unwrap_or_default().into(),
+            ),
         ]),
     }
 }
@@ -225,7 +231,7 @@ mod tests {
             template_hash: "0badf00d".into(),
             replica: 0,
             ip: Ipv4Addr::new(198, 18, 0, 7),
-            identity: String::new(),
+            identity: "web.demo.serviceaccount.identity.weft.cluster.local".into(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             argv: Vec::new(),
@@ -240,7 +246,7 @@ mod tests {
                 "labels": {
                     "namespace": "demo", "pod": "web-0", "deployment": "web",
                     "pod_template_hash": "0badf00d", "control_plane_ns": "weft",
-                    "container": "linkerd-proxy",
+                    "container": "linkerd-proxy", "serviceaccount": "web",
                 }
             })
         );
