@@ -118,6 +118,8 @@ settings! {
         "2000", "Most label sets one metric family keeps; further ones are counted in one series labelled overflow=\"true\".";
     METRICS_IDLE_TIMEOUT = "WEFT_PROXY_METRICS_IDLE_TIMEOUT", [],
         "10m", "A series that nothing has used for this long is dropped from the exposition (and counts again from zero if it comes back).";
+    ACCESS_LOG = "WEFT_PROXY_ACCESS_LOG", ["LINKERD2_PROXY_ACCESS_LOG"],
+        "", "apache or json: one line per inbound HTTP request on stderr (Linkerd's fields), written off the request path; lines that would wait are dropped and counted in access_log_dropped_total. Unset: off.";
     LOG = "WEFT_PROXY_LOG", ["LINKERD2_PROXY_LOG"],
         "warn,weft_proxy=info", "Log filter (tracing-subscriber EnvFilter syntax).";
     LOG_FORMAT = "WEFT_PROXY_LOG_FORMAT", ["LINKERD2_PROXY_LOG_FORMAT"],
@@ -237,6 +239,7 @@ pub struct Config {
     pub mesh_networks: Vec<Cidr>,
     pub inbound_require_identity_ports: PortSet,
     pub inbound_metrics_authority: bool,
+    pub access_log: Option<crate::access_log::Format>,
     pub metrics_max_series: usize,
     pub metrics_idle_timeout: Duration,
     pub log_filter: String,
@@ -337,6 +340,7 @@ impl Config {
                     _ => Err("expected unsafe, or unset".into()),
                 }
             })?,
+            access_log: r.parse(&ACCESS_LOG, crate::access_log::Format::parse)?,
             metrics_max_series: r.parse(&METRICS_MAX_SERIES, |v| {
                 match v.trim().parse::<usize>() {
                     Ok(n) if (10..=1_000_000).contains(&n) => Ok(n),

@@ -17,6 +17,7 @@
 //! - [`io`]: byte counting and opaque copying.
 //! - [`init`]: iptables capture rules (`weft-proxy init`).
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;

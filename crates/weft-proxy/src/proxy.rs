@@ -43,6 +43,8 @@ pub struct Shared {
     /// The inbound policy without (or before) the policy service.
     pub default_policy: Arc<weft_policy::PortPolicy>,
     pub denials: crate::inbound::denials::DenialLog,
+    /// Present when access logging is on.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl Shared {
@@ -180,6 +182,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         policies,
         default_policy,
         denials: Default::default(),
+        access_log: config.access_log.map(|format| {
+            crate::access_log::AccessLog::start(
+                format,
+                std::io::stderr(),
+                metrics.access_log_dropped.clone(),
+            )
+        }),
         discovery,
         pools: Pools::new(dialer, config.http_pool_idle_timeout),
         metrics,

@@ -484,3 +484,112 @@ async fn idle_endpoint_connections_are_reused_then_closed() {
     }
     assert_eq!(proxy.metric("tcp_open_connections", &dst), 0.0);
 }
+
+/// The access-log lines of a proxy's stderr (the JSON ones start so).
+fn access_lines(proxy: &Proxy) -> Vec<serde_json::Value> {
+    proxy
+        .log()
+        .lines()
+        .filter(|l| l.starts_with("{\"timestamp\""))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn access_logs_are_json_lines_with_linkerds_fields_and_off_by_default() {
+    let proxy = http_app_behind_inbound_proxy(&[("WEFT_PROXY_ACCESS_LOG", "json".into())]).await;
+    let base = format!("http://{}", proxy.inbound);
+    let (ok, _, err) = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-A",
+        "agent \"quoted\" \\ back",
+        "-H",
+        "x-request-id: req-42",
+        &format!("{base}/status/404?q=1"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    proxy.wait_for("an access-log line", Duration::from_secs(5), |p| {
+        !access_lines(p).is_empty()
+    });
+    let lines = access_lines(&proxy);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["uri"], "/status/404?q=1");
+    assert_eq!(line["status"], 404);
+    assert_eq!(line["trace_id"], "req-42");
+    assert_eq!(line["client.id"], "-", "plaintext: no identity");
+    assert!(
+        line["client.addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    assert!(line["total_ns"].as_u64().unwrap() > 0, "{line}");
+    assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+    // Quotes and backslashes a client sends stay inside the one field.
+    assert_eq!(line["user_agent"], "agent \"quoted\" \\ back");
+    assert_eq!(proxy.metric("access_log_dropped_total", &[]), 0.0);
+
+    // Off by default: the same request leaves no line.
+    let quiet = http_app_behind_inbound_proxy(&[]).await;
+    let (ok, _, err) = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        &format!("http://{}/status/200", quiet.inbound),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    // The proxy logged the request's other events by now; no access line.
+    assert_eq!(
+        quiet.metric("response_total", &[("direction", "inbound")]),
+        1.0
+    );
+    assert!(access_lines(&quiet).is_empty(), "{}", quiet.log());
+}
+
+#[tokio::test]
+async fn apache_access_logs_and_a_bad_format_is_refused() {
+    let proxy =
+        http_app_behind_inbound_proxy(&[("LINKERD2_PROXY_ACCESS_LOG", "apache".into())]).await;
+    let (ok, _, err) = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        &format!("http://{}/status/201", proxy.inbound),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let apache = |p: &Proxy| {
+        p.log()
+            .lines()
+            .find(|l| l.contains("\"GET /status/201 HTTP/1.1\" 201"))
+            .map(str::to_string)
+    };
+    proxy.wait_for("an apache line", Duration::from_secs(5), |p| {
+        apache(p).is_some()
+    });
+    let line = apache(&proxy).unwrap();
+    assert!(line.starts_with("127.0.0.1:"), "{line}");
+    assert!(
+        line.contains(" - - ["),
+        "no identity in the user field: {line}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .env_clear()
+        .env("WEFT_PROXY_ACCESS_LOG", "xml")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid WEFT_PROXY_ACCESS_LOG=\"xml\": expected apache or json"),
+        "{stderr}"
+    );
+}

@@ -38,6 +38,7 @@ use self::body::{ProxyBody, RequestBody, ResponseEnd};
 use self::error::ProxyError;
 use self::orig_proto::L5D_ORIG_PROTO;
 use self::pool::{Lease, Pool};
+use crate::access_log::{AccessLog, Record, RequestFields};
 use crate::drain::Watch;
 use crate::metrics::Eos;
 use crate::metrics::{AuthorityMetrics, Direction, HttpConnMetrics};
@@ -215,6 +216,7 @@ async fn handle(
     let is_connect = req.method() == Method::CONNECT;
     // Kept for the error log; cloning shares the URI's buffers.
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    let logged = access_logged(&conn, &req);
     let (metrics, result) = match &conn.side {
         Side::Inbound(side) => side.forward(&conn, req, &exchange).await,
         Side::Outbound(side) => side.forward(&conn, req, &exchange).await,
@@ -226,7 +228,7 @@ async fn handle(
         });
         strict.upgraded(switched);
     }
-    match result {
+    let result = match result {
         Ok(resp) => Ok(resp),
         Err(err) => {
             info!(%method, path = uri.path(), error = %err, "request failed");
@@ -242,6 +244,65 @@ async fn handle(
                 Eos::start(resp.status().as_u16(), resp.headers(), exchange.grpc, None).end(None),
             );
             Ok(resp)
+        }
+    };
+    if let (Some((log, record)), Ok(resp)) = (logged, &result) {
+        log.log(record.finish(resp, exchange.started.elapsed()));
+    }
+    result
+}
+
+/// An inbound request's access-log record so far, when logging is on.
+fn access_logged(
+    conn: &HttpConn,
+    req: &Request<Incoming>,
+) -> Option<(Arc<AccessLog>, PendingRecord)> {
+    let log = conn.shared.access_log.clone()?;
+    let Side::Inbound(side) = &conn.side else {
+        return None;
+    };
+    let (client_addr, client_id) = side.client();
+    Some((
+        log,
+        PendingRecord {
+            at: std::time::SystemTime::now(),
+            client_addr,
+            client_id: client_id.map(|id| id.as_str().into()),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            fields: RequestFields::of(req.headers()),
+        },
+    ))
+}
+
+/// What a record knows before the response.
+struct PendingRecord {
+    at: std::time::SystemTime,
+    client_addr: SocketAddr,
+    client_id: Option<Arc<str>>,
+    method: Method,
+    uri: http::Uri,
+    version: http::Version,
+    fields: RequestFields,
+}
+
+impl PendingRecord {
+    fn finish<B>(self, resp: &Response<B>, total: std::time::Duration) -> Record {
+        Record {
+            at: self.at,
+            client_addr: self.client_addr,
+            client_id: self.client_id,
+            method: self.method,
+            uri: self.uri,
+            version: self.version,
+            host: self.fields.host,
+            user_agent: self.fields.user_agent,
+            trace_id: self.fields.trace_id,
+            request_bytes: self.fields.request_bytes,
+            status: resp.status().as_u16(),
+            response_bytes: resp.headers().get(http::header::CONTENT_LENGTH).cloned(),
+            total,
         }
     }
 }

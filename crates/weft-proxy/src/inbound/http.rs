@@ -38,12 +38,19 @@ pub struct Conn {
 pub struct Caller {
     pub policy: PortWatch,
     pub ip: std::net::IpAddr,
+    /// The client's address and port, for the access log.
+    pub addr: std::net::SocketAddr,
     pub tls: Tls,
     /// The `target_addr` label.
     pub target: std::net::SocketAddr,
 }
 
 impl Conn {
+    /// Who sent a request, as the access log names them.
+    pub fn client(&self) -> (std::net::SocketAddr, Option<&weft_identity::Identity>) {
+        (self.caller.addr, self.identity.as_ref())
+    }
+
     pub fn new(
         pool: Arc<Pool>,
         client_id: Option<weft_identity::Identity>,

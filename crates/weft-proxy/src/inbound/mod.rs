@@ -41,7 +41,7 @@ use crate::transport_header::{SessionProtocol, TransportHeader};
 pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
     let config = &shared.config;
     let local = accepted.local;
-    let client_ip = accepted.client.ip();
+    let client = accepted.client;
     // A connection that was not redirected came to the proxy's port itself:
     // with a forward address set (rootless), it goes there; otherwise only
     // mesh TLS with a transport header can say where (as a Linkerd proxy
@@ -87,7 +87,7 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
             target: mesh.target,
             tls,
             client_id: mesh.client_id,
-            client: client_ip,
+            client,
         };
         let io = PrefixedIo::new(mesh.prefix, mesh.io);
         return Box::pin(conn.serve(shared, io, client_conn, mesh.protocol, watch)).await;
@@ -105,7 +105,7 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted, watch: Watch) {
         target,
         tls: Tls::NotProvidedByRemote,
         client_id: None,
-        client: client_ip,
+        client,
     };
     let io = PrefixedIo::new(prefix, io);
     Box::pin(conn.serve(shared, io, client_conn, protocol, watch)).await
@@ -248,7 +248,7 @@ struct Conn {
     target: SocketAddr,
     tls: Tls,
     client_id: Option<Identity>,
-    client: std::net::IpAddr,
+    client: SocketAddr,
 }
 
 impl Conn {
@@ -292,7 +292,7 @@ impl Conn {
         if !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
             // Opaque connections are authorized once, by the server's authorizations.
             let client = weft_policy::Client {
-                ip: self.client,
+                ip: self.client.ip(),
                 tls: matches!(self.tls, Tls::FromClient(_)),
                 identity: self.client_id.as_ref().map(|c| c.as_str()),
             };
@@ -301,7 +301,7 @@ impl Conn {
                 None => {
                     shared.metrics.tcp_authz_deny(&decision);
                     shared.denials.refused(denials::Denial {
-                        client: self.client,
+                        client: self.client.ip(),
                         identity: client.identity,
                         server: &current.server.name,
                         reason: "unauthorized",
@@ -325,7 +325,8 @@ impl Conn {
                     self.client_id,
                     http::Caller {
                         policy,
-                        ip: self.client,
+                        ip: self.client.ip(),
+                        addr: self.client,
                         tls: self.tls.clone(),
                         target: self.target,
                     },

@@ -85,6 +85,8 @@ pub struct Metrics {
     tcp_route: policy_route::TcpRouteFamilies,
     control: control::ControlFamilies,
     authz: authz::AuthzFamilies,
+    /// Access-log lines dropped because the writer was behind.
+    pub access_log_dropped: Counter,
 }
 
 impl Metrics {
@@ -122,6 +124,12 @@ impl Metrics {
             "outbound_tcp_accept_errors",
             "Outbound connections closed before they were served, by reason",
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped rather than delaying requests",
+            access_log_dropped.clone(),
+        );
         registry.register_collector(Box::new(process::ProcessCollector::new()));
         Arc::new(Metrics {
             registry,
@@ -139,6 +147,7 @@ impl Metrics {
             tcp_route,
             control,
             authz,
+            access_log_dropped,
         })
     }
 
